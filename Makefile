@@ -1,0 +1,39 @@
+# Two commands on a fresh machine (see README):
+#   make demo   - set up .venv and appraise the bundled digits candidates under two-party MPC
+#   make test   - set up .venv and run the whole test suite
+PYTHON ?= python3.11
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: install demo test lint bench clean
+
+$(STAMP): pyproject.toml Makefile
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	# torch first and pinned: any other torch requirement pulls a multi-GB CUDA build
+	$(BIN)/pip install --quiet torch==2.13.0
+	# crypten's metadata requires dead/unneeded packages; its real imports are in pyproject.toml
+	$(BIN)/pip install --quiet --no-deps crypten==0.4.1
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/data-appraisal example-data demo-data
+	$(BIN)/data-appraisal local --method influence \
+	  --train demo-data/model_owner/train.npz --test demo-data/model_owner/test.npz \
+	  $(foreach p,01 02 03 04 05 06 07 08 09 10,--candidate demo-data/data_owner/candidate_$(p).npz) --check
+
+test: $(STAMP)
+	$(BIN)/python -m pytest
+
+lint: $(STAMP)
+	$(BIN)/ruff check . && $(BIN)/ruff format --check . && $(BIN)/mypy
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/bench_mpc.py
+
+clean:
+	rm -rf $(VENV) demo-data .pytest_cache .mypy_cache .ruff_cache

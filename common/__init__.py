@@ -1,0 +1,1 @@
+"""Shared kernel of data-appraisal: wire schemas, appraisal maths (plaintext and MPC), workers."""

@@ -1,0 +1,105 @@
+"""Make CrypTen 0.4.1 (its last release, 2022) importable and correct on torch 2.x.
+
+Import CrypTen only through :func:`import_crypten`, never with a bare ``import crypten``: this module
+applies three small, documented patches first, and each is idempotent.
+
+1. ``torch.onnx._internal.registration`` no longer exists in torch 2.x. ``crypten/nn/onnx_converter.py``
+   imports ``registry`` from it at import time (only to decide which ONNX symbolic-registry API to
+   use when *exporting* PyTorch models, which this project never does). We register an empty
+   stand-in module so that the import succeeds; any attempt to use the ONNX converter still fails
+   loudly inside CrypTen, because the stand-in's ``registry`` has no attributes.
+
+2. ``crypten.encoder.FixedPointEncoder.decode`` floor-divides negative integers by ``scale - 1``
+   instead of ``scale``, so some negative values decode exactly 1.0 too low (``-100.9999`` gives
+   ``-102.0``). We replace it with an exact decoding: floor division by ``scale`` plus the remainder.
+
+3. torch.distributed waits 30 minutes by default for a rendezvous; CrypTen calls
+   ``init_process_group`` without a timeout. :func:`rendezvous_timeout` is a context manager that
+   injects a deadline into that call (and into every later collective of the process group).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import functools
+import sys
+import types
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+
+_PATCHED = False
+
+
+def _install_onnx_registration_stub() -> None:
+    name = "torch.onnx._internal.registration"
+    if name in sys.modules:
+        return
+    try:
+        __import__(name)
+    except ImportError:
+        stub = types.ModuleType(name)
+        stub.__doc__ = "Empty stand-in installed by common.compat for CrypTen 0.4.1 on torch 2.x."
+        stub.registry = types.SimpleNamespace()  # type: ignore[attr-defined]
+        sys.modules[name] = stub
+
+
+def exact_decode(tensor: torch.Tensor, scale: int) -> torch.Tensor:
+    """Decode fixed-point integers exactly: ``floor(t / scale) + (t mod scale) / scale``.
+
+    Returns float64 so that large values keep all their fractional bits (float32 keeps 24).
+    """
+    quotient = torch.div(tensor, scale, rounding_mode="floor")
+    remainder = tensor - quotient * scale
+    return quotient.double() + remainder.double() / scale
+
+
+def _patch_encoder(crypten_module: Any) -> None:
+    encoder_cls = crypten_module.encoder.FixedPointEncoder
+    if getattr(encoder_cls.decode, "_data_appraisal_patched", False):
+        return
+
+    def decode(self: Any, tensor: torch.Tensor | None) -> torch.Tensor | None:
+        if tensor is None:
+            return None
+        if self._scale == 1:
+            return tensor.data
+        # CrypTen's callers expect float32, like the original decode.
+        return exact_decode(tensor, self._scale).float()
+
+    decode._data_appraisal_patched = True  # type: ignore[attr-defined]
+    encoder_cls.decode = decode
+
+
+def import_crypten() -> Any:
+    """Apply the patches above and return the ``crypten`` module."""
+    global _PATCHED
+    _install_onnx_registration_stub()
+    import crypten
+
+    if not _PATCHED:
+        _patch_encoder(crypten)
+        _PATCHED = True
+    return crypten
+
+
+@contextlib.contextmanager
+def rendezvous_timeout(seconds: float) -> Iterator[None]:
+    """Within this block, ``init_process_group`` and ``new_group`` get ``timeout=seconds``.
+
+    CrypTen creates its process groups (the main group and the dealer's) inside ``crypten.init``;
+    the timeout bounds the rendezvous and, for gloo, every later send/recv/collective of each group.
+    """
+    import torch.distributed as dist
+
+    timeout = datetime.timedelta(seconds=seconds)
+    originals = {name: getattr(dist, name) for name in ("init_process_group", "new_group")}
+    for name, original in originals.items():
+        setattr(dist, name, functools.partial(original, timeout=timeout))
+    try:
+        yield
+    finally:
+        for name, original in originals.items():
+            setattr(dist, name, original)

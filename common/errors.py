@@ -1,0 +1,35 @@
+"""Errors raised by data-appraisal.
+
+Every error carries a message that names what is wrong and how to fix it; the CLI prints it as one
+line and the services render it as ``{"error": "<ClassName>", "detail": "<message>"}``.
+
+    AppraisalError
+     ├── DataError          a data file is missing, malformed or does not match the agreed metadata
+     ├── ConfigError        an option or parameter is out of range or inconsistent
+     └── MPCError           a party of the secure computation failed or timed out
+          └── PeerTimeout   a party did not finish (or did not show up) before its deadline
+"""
+
+from __future__ import annotations
+
+
+class AppraisalError(Exception):
+    """Base class of every error this project raises on purpose."""
+
+    status_code = 500
+
+
+class DataError(AppraisalError):
+    status_code = 422
+
+
+class ConfigError(AppraisalError):
+    status_code = 422
+
+
+class MPCError(AppraisalError):
+    status_code = 502
+
+
+class PeerTimeout(MPCError):
+    status_code = 504

@@ -1,0 +1,213 @@
+"""Run a complete two-party appraisal on this machine: three processes on loopback.
+
+The model owner's and the data owner's workers each load only their own files; the dealer loads
+nothing. This module only validates the files up front (so that a bad input fails before any MPC
+starts), writes the three party configurations and merges what the parties report.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import ValidationError
+
+from common.data import Dataset, load_dataset
+from common.errors import ConfigError, MPCError
+from common.launcher import free_port, private_workdir, run_parties
+from common.worker import CandidateMeta, JobSpec, PartyConfig
+
+Method = Literal["influence", "gradient-norm", "finetune"]
+
+
+@dataclass(frozen=True)
+class CandidateResult:
+    candidate: str
+    method: str
+    score: float | None
+    accept: bool | None
+    seconds: float
+    bytes: int  # bytes sent between the parties (each logged once), as counted by CrypTen
+    rounds: int  # communication rounds of the model owner's party
+    plaintext: float | None = None  # --check: the plaintext twin's score
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"candidate": self.candidate, "method": self.method}
+        if self.accept is None:
+            out["score"] = self.score
+        else:
+            out["accept"] = self.accept
+        out.update(seconds=round(self.seconds, 4), bytes=self.bytes, rounds=self.rounds)
+        if self.plaintext is not None:
+            out["plaintext"] = self.plaintext
+            if self.score is not None:
+                out["abs_diff"] = abs(self.score - self.plaintext)
+        return out
+
+
+def load_inputs(
+    train: str | Path,
+    test: str | Path,
+    candidates: Sequence[str | Path],
+    *,
+    label_column: str | None = None,
+) -> tuple[Dataset, Dataset, list[Dataset], int, int]:
+    """Load and cross-validate every file; return them with the agreed feature and class counts."""
+    if not candidates:
+        raise ConfigError("give at least one --candidate file")
+    train_ds = load_dataset(train, label_column=label_column)
+    n_features = train_ds.n_features
+    test_ds = load_dataset(test, label_column=label_column, n_features=n_features)
+    n_classes = int(max(train_ds.y.max(), test_ds.y.max())) + 1
+    cands = [
+        load_dataset(c, label_column=label_column, n_features=n_features, n_classes=n_classes)
+        for c in candidates
+    ]
+    return train_ds, test_ds, cands, n_features, n_classes
+
+
+def appraise_local(
+    *,
+    method: Method,
+    train: str | Path,
+    test: str | Path,
+    candidates: Sequence[str | Path],
+    l2: float = 1.0,
+    steps: int = 16,
+    lr: float = 0.1,
+    batch_size: int | None = None,
+    reveal: Literal["score", "threshold"] = "score",
+    threshold: float | None = None,
+    direction: Literal["lower", "higher"] | None = None,
+    insecure_tfp: bool = False,
+    check: bool = False,
+    label_column: str | None = None,
+    timeout: float = 120.0,
+    deadline: float = 3600.0,
+    on_progress: Callable[[int, int], None] | None = None,
+) -> list[CandidateResult]:
+    """Appraise each candidate under two-party MPC; optionally compute the plaintext twin too."""
+    if reveal == "threshold" and threshold is None:
+        raise ConfigError("--reveal threshold needs --threshold τ")
+    if reveal == "score" and threshold is not None:
+        raise ConfigError("--threshold is only used with --reveal threshold")
+    for name, value in (("--l2", l2), ("--lr", lr)):
+        if not value > 0:
+            raise ConfigError(f"{name} must be > 0, got {value}")
+    train_ds, test_ds, cand_ds, n_features, n_classes = load_inputs(
+        train, test, candidates, label_column=label_column
+    )
+    try:
+        job = JobSpec(
+            method=method,
+            n_features=n_features,
+            n_classes=n_classes,
+            candidates=[
+                CandidateMeta(name=Path(c).name, n_samples=ds.n_samples)
+                for c, ds in zip(candidates, cand_ds, strict=True)
+            ],
+            n_train=train_ds.n_samples,
+            n_test=test_ds.n_samples,
+            l2=l2,
+            steps=steps,
+            lr=lr,
+            batch_size=batch_size,
+            reveal=reveal,
+            direction=direction,
+            provider="TFP" if insecure_tfp else "TTP",
+        )
+    except ValidationError as exc:
+        raise ConfigError(
+            f"invalid parameters: {exc.errors()[0]['loc']}: {exc.errors()[0]['msg']}"
+        ) from None
+    rendezvous = f"tcp://127.0.0.1:{free_port()}"
+    with private_workdir() as work:
+
+        def party(role: str, **kw: Any) -> PartyConfig:
+            return PartyConfig(
+                role=role,  # type: ignore[arg-type]
+                rendezvous=rendezvous,
+                job=job,
+                timeout_seconds=timeout,
+                result_file=str(work / f"{role}.result.json"),
+                error_file=str(work / f"{role}.error.json"),
+                progress_file=str(work / "progress.jsonl"),
+                label_column=label_column,
+                **kw,
+            )
+
+        configs = [
+            party("model_owner", train=str(train), test=str(test), threshold=threshold),
+            party("data_owner", candidates=[str(c) for c in candidates]),
+        ]
+        if not insecure_tfp:
+            configs.append(party("dealer"))
+        reports = run_parties(
+            configs, workdir=work, deadline_seconds=deadline, on_progress=on_progress
+        )
+
+    mo_results = reports["model_owner"]["results"]
+    do_results = reports["data_owner"]["results"]
+    plain = (
+        _plaintext_scores(method, train_ds, test_ds, cand_ds, l2, steps, lr, batch_size)
+        if check
+        else None
+    )
+    out = []
+    for i, (a, b) in enumerate(zip(mo_results, do_results, strict=True)):
+        if (a["score"], a["accept"]) != (b["score"], b["accept"]):
+            raise MPCError(f"the parties disagree on candidate {a['candidate']}: {a} vs {b}")
+        out.append(
+            CandidateResult(
+                candidate=a["candidate"],
+                method=method,
+                score=a["score"],
+                accept=a["accept"],
+                seconds=max(a["seconds"], b["seconds"]),
+                bytes=int((a["bytes"] + b["bytes"]) // 2),
+                rounds=int(a["rounds"]),
+                plaintext=None if plain is None else plain[i],
+            )
+        )
+    return out
+
+
+def _plaintext_scores(
+    method: str,
+    train: Dataset,
+    test: Dataset,
+    cands: list[Dataset],
+    l2: float,
+    steps: int,
+    lr: float,
+    batch_size: int | None,
+) -> list[float]:
+    """The plaintext twin of each candidate's score (what --check compares against)."""
+    from common import model
+
+    n_classes = int(max(train.y.max(), test.y.max())) + 1
+    state = model.prepare_model_owner(train.X, train.y, test.X, test.y, n_classes=n_classes, l2=l2)
+    scores = []
+    for c in cands:
+        if method == "influence":
+            scores.append(model.influence_score(state, c.X, c.y))
+        elif method == "gradient-norm":
+            scores.append(model.gradient_norm_score(state.theta, c.X, c.y))
+        else:
+            scores.append(
+                model.finetune_score(
+                    state,
+                    train.X,
+                    train.y,
+                    c.X,
+                    c.y,
+                    test.X,
+                    test.y,
+                    steps=steps,
+                    lr=lr,
+                    batch_size=batch_size,
+                )
+            )
+    return scores

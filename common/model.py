@@ -1,0 +1,275 @@
+"""Plaintext multinomial logistic regression, its Hessian, and the reference appraisal functions.
+
+Everything here runs in float64 in the clear. It is (1) what the model owner computes on its own
+data (θ̂ and v = H⁻¹ ḡ_test), and (2) the plaintext twin of every MPC computation in
+:mod:`common.mpc_appraisal`, used by ``--check``, the tests and the benchmarks.
+
+Conventions: ``X`` is n×d without a bias column; :func:`add_bias` appends a column of ones, so θ is
+a (d+1)×k matrix whose last row is the bias. The training objective is
+
+    J(θ) = Σ_{(x,y) ∈ D_tr} L(x, y; θ) + λ‖θ‖²,     L = cross-entropy of softmax(xᵀθ),
+
+with the penalty covering the bias too, so the Hessian is positive definite.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import scipy.linalg
+import scipy.optimize
+import scipy.sparse.linalg
+
+from common.errors import ConfigError
+
+# Largest number of parameters for which the Hessian is built and factorised exactly
+# (2,000 parameters is a 32 MB matrix). Beyond, conjugate gradients on Hessian-vector products.
+EXACT_HESSIAN_MAX_PARAMS = 2_000
+
+
+def add_bias(X: np.ndarray) -> np.ndarray:
+    """Append the bias feature (a column of ones)."""
+    return np.hstack([np.asarray(X, dtype=np.float64), np.ones((len(X), 1))])
+
+
+def one_hot(y: np.ndarray, n_classes: int) -> np.ndarray:
+    out = np.zeros((len(y), n_classes))
+    out[np.arange(len(y)), np.asarray(y, dtype=np.int64)] = 1.0
+    return out
+
+
+def softmax(Z: np.ndarray) -> np.ndarray:
+    Z = Z - Z.max(axis=1, keepdims=True)
+    E = np.exp(Z)
+    return E / E.sum(axis=1, keepdims=True)
+
+
+def per_sample_loss(theta: np.ndarray, Xb: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Cross-entropy of each sample; ``Xb`` already carries the bias column."""
+    Z = Xb @ theta
+    m = Z.max(axis=1, keepdims=True)
+    logsumexp = (m + np.log(np.exp(Z - m).sum(axis=1, keepdims=True)))[:, 0]
+    return logsumexp - Z[np.arange(len(y)), y]
+
+
+def mean_loss(theta: np.ndarray, Xb: np.ndarray, y: np.ndarray) -> float:
+    return float(per_sample_loss(theta, Xb, y).mean())
+
+
+def sum_grad(theta: np.ndarray, Xb: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Σ_samples ∇θ L = Xbᵀ (softmax(Xb θ) − Y), a (d+1)×k matrix (no penalty)."""
+    k = theta.shape[1]
+    return Xb.T @ (softmax(Xb @ theta) - one_hot(y, k))
+
+
+def hessian_vector_product(
+    theta: np.ndarray, Xb: np.ndarray, V: np.ndarray, *, l2: float
+) -> np.ndarray:
+    """H V for H the Hessian of the regularised *mean* objective (1/n)(Σ L + λ‖θ‖²)."""
+    n = len(Xb)
+    P = softmax(Xb @ theta)
+    A = Xb @ V  # n×k: the directional change of the logits
+    JA = P * A - P * (P * A).sum(axis=1, keepdims=True)  # (diag p − p pᵀ) a, row by row
+    return (Xb.T @ JA + 2.0 * l2 * V) / n
+
+
+def hessian(theta: np.ndarray, Xb: np.ndarray, *, l2: float) -> np.ndarray:
+    """Dense Hessian of the regularised mean objective, in the row-major order of ``theta.ravel()``."""
+    n, d = Xb.shape
+    k = theta.shape[1]
+    P = softmax(Xb @ theta)
+    H = np.zeros((d, k, d, k))
+    for j in range(k):
+        for jj in range(j, k):
+            w = P[:, j] * ((j == jj) - P[:, jj])
+            block = (Xb * w[:, None]).T @ Xb
+            H[:, j, :, jj] = block
+            H[:, jj, :, j] = block
+    H = H.reshape(d * k, d * k) / n
+    H[np.diag_indices_from(H)] += 2.0 * l2 / n
+    return H
+
+
+def inverse_hvp(
+    theta: np.ndarray, Xb: np.ndarray, G: np.ndarray, *, l2: float, rtol: float = 1e-10
+) -> np.ndarray:
+    """Solve H v = G. Exact (Cholesky) up to EXACT_HESSIAN_MAX_PARAMS parameters, CG beyond."""
+    shape = theta.shape
+    size = theta.size
+    if size <= EXACT_HESSIAN_MAX_PARAMS:
+        H = hessian(theta, Xb, l2=l2)
+        return np.asarray(scipy.linalg.solve(H, G.ravel(), assume_a="pos")).reshape(shape)
+    op = scipy.sparse.linalg.LinearOperator(
+        (size, size),
+        matvec=lambda v: hessian_vector_product(theta, Xb, v.reshape(shape), l2=l2).ravel(),
+        dtype=np.float64,
+    )
+    v, info = scipy.sparse.linalg.cg(op, G.ravel(), rtol=rtol, atol=0.0, maxiter=20 * size)
+    if info != 0:
+        raise ConfigError(f"conjugate gradients did not converge for H⁻¹g (info={info})")
+    return np.asarray(v).reshape(shape)
+
+
+class LogisticRegression:
+    """Multinomial logistic regression trained with L-BFGS on Σ L + λ‖θ‖² (bias included)."""
+
+    def __init__(
+        self, *, n_classes: int, l2: float = 1.0, max_iter: int = 5_000, gtol: float = 1e-9
+    ) -> None:
+        if l2 <= 0:
+            raise ConfigError(f"l2 must be > 0 so that the Hessian is invertible, got {l2}")
+        if n_classes < 2:
+            raise ConfigError(f"n_classes must be at least 2, got {n_classes}")
+        self.n_classes = n_classes
+        self.l2 = l2
+        self.max_iter = max_iter
+        self.gtol = gtol
+
+    def fit(
+        self, X: np.ndarray, y: np.ndarray, *, init: np.ndarray | None = None
+    ) -> LogisticRegression:
+        Xb = add_bias(X)
+        k = self.n_classes
+        Y = one_hot(y, k)
+        shape = (Xb.shape[1], k)
+
+        def objective(flat: np.ndarray) -> tuple[float, np.ndarray]:
+            theta = flat.reshape(shape)
+            Z = Xb @ theta
+            m = Z.max(axis=1, keepdims=True)
+            E = np.exp(Z - m)
+            s = E.sum(axis=1, keepdims=True)
+            loss = float((m[:, 0] + np.log(s[:, 0])).sum() - (Z * Y).sum())
+            loss += self.l2 * float(flat @ flat)
+            grad = Xb.T @ (E / s - Y) + 2.0 * self.l2 * theta
+            return loss, grad.ravel()
+
+        x0 = np.zeros(shape).ravel() if init is None else np.asarray(init, np.float64).ravel()
+        result = scipy.optimize.minimize(
+            objective,
+            x0,
+            jac=True,
+            method="L-BFGS-B",
+            options={"maxiter": self.max_iter, "gtol": self.gtol, "ftol": 1e-15, "maxcor": 30},
+        )
+        self.coef_ = result.x.reshape(shape)
+        self.n_iter_ = int(result.nit)
+        self.converged_ = bool(result.success)
+        return self
+
+    def predict_proba(self, X: np.ndarray) -> np.ndarray:
+        return softmax(add_bias(X) @ self.coef_)
+
+    def mean_loss(self, X: np.ndarray, y: np.ndarray) -> float:
+        return mean_loss(self.coef_, add_bias(X), y)
+
+
+@dataclass(frozen=True)
+class ModelOwnerState:
+    """What the model owner computes in the clear before any MPC: θ̂ and v = H⁻¹ ḡ_test."""
+
+    theta: np.ndarray  # (d+1)×k
+    v: np.ndarray  # (d+1)×k, H⁻¹ times the mean test-loss gradient
+    test_loss: float  # mean test loss at θ̂
+    l2: float
+
+
+def prepare_model_owner(
+    X_train: np.ndarray,
+    y_train: np.ndarray,
+    X_test: np.ndarray,
+    y_test: np.ndarray,
+    *,
+    n_classes: int,
+    l2: float = 1.0,
+) -> ModelOwnerState:
+    model = LogisticRegression(n_classes=n_classes, l2=l2).fit(X_train, y_train)
+    theta = model.coef_
+    Xb_te = add_bias(X_test)
+    g_test = sum_grad(theta, Xb_te, y_test) / len(X_test)
+    v = inverse_hvp(theta, add_bias(X_train), g_test, l2=l2)
+    return ModelOwnerState(theta=theta, v=v, test_loss=mean_loss(theta, Xb_te, y_test), l2=l2)
+
+
+# ---------------------------------------------------------------------------------------------
+# Plaintext twins of the three appraisal functions, and the exact utility.
+# ---------------------------------------------------------------------------------------------
+
+
+def influence_score(state: ModelOwnerState, X_cand: np.ndarray, y_cand: np.ndarray) -> float:
+    """−1/|D_a| Σ_a ∇L(x', y'; θ̂)ᵀ v  with v = H⁻¹ ḡ_test (lower is better)."""
+    G = sum_grad(state.theta, add_bias(X_cand), y_cand)
+    return -float((G * state.v).sum()) / len(X_cand)
+
+
+def gradient_norm_score(theta: np.ndarray, X_cand: np.ndarray, y_cand: np.ndarray) -> float:
+    """‖Σ_a ∇θ L(x', y'; θ̂)‖₂ of the unregularised loss (higher is better)."""
+    return float(np.linalg.norm(sum_grad(theta, add_bias(X_cand), y_cand)))
+
+
+def batch_slices(n: int, batch_size: int | None) -> list[slice]:
+    """The public, deterministic minibatch schedule of fine-tuning: contiguous slices of D."""
+    if batch_size is None or batch_size >= n:
+        return [slice(0, n)]
+    return [slice(i, min(i + batch_size, n)) for i in range(0, n, batch_size)]
+
+
+def finetune_theta(
+    theta: np.ndarray,
+    Xb: np.ndarray,
+    y: np.ndarray,
+    *,
+    steps: int,
+    lr: float,
+    l2: float,
+    batch_size: int | None = None,
+) -> np.ndarray:
+    """T gradient steps θ ← θ − η ∇[(1/|B|) Σ_B L + (λ/|B|)‖θ‖²] over the batches of D, cycling."""
+    theta = theta.copy()
+    batches = batch_slices(len(Xb), batch_size)
+    for t in range(steps):
+        b = batches[t % len(batches)]
+        m = b.stop - b.start
+        theta -= lr * (sum_grad(theta, Xb[b], y[b]) / m + (2.0 * l2 / m) * theta)
+    return theta
+
+
+def finetune_score(
+    state: ModelOwnerState,
+    X_train: np.ndarray,
+    y_train: np.ndarray,
+    X_cand: np.ndarray,
+    y_cand: np.ndarray,
+    X_test: np.ndarray,
+    y_test: np.ndarray,
+    *,
+    steps: int,
+    lr: float,
+    batch_size: int | None = None,
+) -> float:
+    """Mean test-loss change after fine-tuning θ̂ on D_tr ∪ D_a (lower is better)."""
+    Xb = np.vstack([add_bias(X_train), add_bias(X_cand)])
+    y = np.concatenate([y_train, y_cand])
+    theta = finetune_theta(
+        state.theta, Xb, y, steps=steps, lr=lr, l2=state.l2, batch_size=batch_size
+    )
+    Xb_te = add_bias(X_test)
+    return mean_loss(theta, Xb_te, y_test) - mean_loss(state.theta, Xb_te, y_test)
+
+
+def exact_utility(
+    state: ModelOwnerState,
+    X_train: np.ndarray,
+    y_train: np.ndarray,
+    X_cand: np.ndarray,
+    y_cand: np.ndarray,
+    X_test: np.ndarray,
+    y_test: np.ndarray,
+) -> float:
+    """U(D_a): mean test loss after retraining on D_tr ∪ D_a (warm start from θ̂) minus before."""
+    k = state.theta.shape[1]
+    model = LogisticRegression(n_classes=k, l2=state.l2).fit(
+        np.vstack([X_train, X_cand]), np.concatenate([y_train, y_cand]), init=state.theta
+    )
+    return model.mean_loss(X_test, y_test) - state.test_loss

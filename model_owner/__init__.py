@@ -1,0 +1,1 @@
+"""The model owner's side of data-appraisal."""
