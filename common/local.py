@@ -17,6 +17,7 @@ from pydantic import ValidationError
 from common.data import Dataset, load_dataset
 from common.errors import ConfigError, MPCError
 from common.launcher import free_port, private_workdir, run_parties
+from common.model import feature_bound
 from common.worker import CandidateMeta, JobSpec, PartyConfig
 
 Method = Literal["influence", "gradient-norm", "finetune"]
@@ -31,6 +32,7 @@ class CandidateResult:
     seconds: float
     bytes: int  # bytes sent between the parties (each logged once), as counted by CrypTen
     rounds: int  # communication rounds of the model owner's party
+    peak_rss_mb: float  # the larger of the two parties' peak resident memory
     plaintext: float | None = None  # --check: the plaintext twin's score
 
     def to_json(self) -> dict[str, Any]:
@@ -110,6 +112,7 @@ def appraise_local(
             ],
             n_train=train_ds.n_samples,
             n_test=test_ds.n_samples,
+            feature_bound=feature_bound(train_ds.X, test_ds.X, *(c.X for c in cand_ds)),
             l2=l2,
             steps=steps,
             lr=lr,
@@ -168,10 +171,30 @@ def appraise_local(
                 seconds=max(a["seconds"], b["seconds"]),
                 bytes=int((a["bytes"] + b["bytes"]) // 2),
                 rounds=int(a["rounds"]),
+                peak_rss_mb=max(float(a["peak_rss_mb"]), float(b["peak_rss_mb"])),
                 plaintext=None if plain is None else plain[i],
             )
         )
     return out
+
+
+def plaintext_scores(
+    *,
+    method: Method,
+    train: str | Path,
+    test: str | Path,
+    candidates: Sequence[str | Path],
+    l2: float = 1.0,
+    steps: int = 16,
+    lr: float = 0.1,
+    batch_size: int | None = None,
+    label_column: str | None = None,
+) -> list[float]:
+    """The plaintext twin of :func:`appraise_local`'s scores, computed in this process."""
+    train_ds, test_ds, cand_ds, _, _ = load_inputs(
+        train, test, candidates, label_column=label_column
+    )
+    return _plaintext_scores(method, train_ds, test_ds, cand_ds, l2, steps, lr, batch_size)
 
 
 def _plaintext_scores(

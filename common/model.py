@@ -14,6 +14,7 @@ with the penalty covering the bias too, so the Hessian is positive definite.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -109,6 +110,16 @@ def inverse_hvp(
     if info != 0:
         raise ConfigError(f"conjugate gradients did not converge for H⁻¹g (info={info})")
     return np.asarray(v).reshape(shape)
+
+
+def feature_bound(*arrays: np.ndarray) -> float:
+    """The public feature bound: max |x| rounded up to a power of two (at least 2⁻⁴).
+
+    Rounding leaks at most the binary order of magnitude of the largest feature, which the
+    feature-encoding metadata states anyway.
+    """
+    largest = max((float(np.abs(a).max()) for a in arrays if a.size), default=1.0)
+    return float(2.0 ** max(-4, math.ceil(math.log2(max(largest, 2.0**-4)))))
 
 
 class LogisticRegression:

@@ -170,10 +170,22 @@ class Shapes:
     n_candidate: int
     n_train: int = 0
     n_test: int = 0
+    feature_bound: float = 1.0  # agreed bound on |x|, a power of two (public metadata)
 
     @property
     def d(self) -> int:
         return self.n_features + 1
+
+    @property
+    def x_scale(self) -> float:
+        """max(1, feature bound): the bound on every entry of a row [x, 1] of X."""
+        return max(1.0, self.feature_bound)
+
+
+def logit_gap_bound(theta: np.ndarray, bound: float) -> float:
+    """An upper bound on max_j z_j − min_j z_j over all inputs with |x| ≤ bound (model owner only)."""
+    spread = theta.max(axis=1) - theta.min(axis=1)
+    return float(bound * spread[:-1].sum() + spread[-1])
 
 
 @dataclass
@@ -208,13 +220,13 @@ def _candidate(do: DataOwnerInputs | None, shapes: Shapes) -> tuple[Any, Any]:
     return X, Y
 
 
-def _v_scale(v: np.ndarray) -> float:
-    """The model owner's private power of two c with max_j ‖v_j/c‖₁ ≤ 8.
+def _v_scale(v: np.ndarray, x_scale: float) -> float:
+    """The model owner's private power of two c with x_scale · max_j ‖v_j/c‖₁ ≤ 8.
 
-    RANGE: for features |x| ≤ 1, each entry of X·(v/c) stays in [−8, 8], so the products R⊙(Xv/c)
+    RANGE: for rows with entries |x| ≤ x_scale, each entry of X·(v/c) stays in [−8, 8], so the products R⊙(Xv/c)
     truncate with failure probability ≤ 2⁻²⁹ per element, whatever the scale of H⁻¹.
     """
-    bound = float(np.abs(v).sum(axis=0).max())
+    bound = x_scale * float(np.abs(v).sum(axis=0).max())
     return float(2.0 ** max(0, math.ceil(math.log2(max(bound, 1e-300) / 8.0))))
 
 
@@ -231,7 +243,7 @@ def influence_statistic(
     X, Y = _candidate(do, shapes)
     if mo is not None:
         assert mo.v is not None
-        c = _v_scale(mo.v)
+        c = _v_scale(mo.v, shapes.x_scale)
         W_plain: np.ndarray | None = np.hstack([mo.theta, mo.v / c])
         c_plain: np.ndarray | None = np.array(c)
     else:
@@ -248,20 +260,20 @@ def influence_statistic(
 def gradient_norm_statistic(
     shapes: Shapes, mo: ModelOwnerInputs | None, do: DataOwnerInputs | None
 ) -> tuple[Any, float]:
-    """Shared q = ‖Σ_a ∇L_a‖² / s² with s = ⌈√|D_a|⌉ public; the score is s·√q.
+    """Shared q = ‖Σ_a ∇L_a‖² / s² with s = ⌈√|D_a|⌉·x_scale public; the score is s·√q.
 
     RANGE: without the scale, ‖Σ∇L‖² ≈ 10⁷ at MNIST size overflows the fixed-point products
     (the naive result was −9.7e8). Entries of G/s are O(1) when the per-sample gradients are
-    roughly independent and ≤ √n·max|x| when they all align, so each square stays far below 2³¹ and
+    roughly independent and ≤ √n when they all align, so each square stays far below 2³¹ and
     q stays above the resolution; sqrt is taken in the clear after the reveal.
     """
     d, k, n = shapes.d, shapes.n_classes, shapes.n_candidate
     X, Y = _candidate(do, shapes)
     theta = share(None if mo is None else mo.theta, (d, k), src=MODEL_OWNER)
     R = softmax(X.matmul(theta)) - Y
-    s = math.ceil(math.sqrt(n))
-    G_scaled = matmul_truncated(X.t(), R, SCALE * s)  # Xᵀ R / s, one truncation
-    return G_scaled.square().sum(), float(s)
+    s = math.ceil(math.sqrt(n)) * shapes.x_scale
+    G_scaled = matmul_truncated(X.t(), R, round(SCALE * s))  # Xᵀ R / s, one truncation
+    return G_scaled.square().sum(), s
 
 
 def _sum_test_loss(theta: Any, X_te: Any, Y_te: Any, k: int) -> Any:
@@ -291,8 +303,8 @@ def finetune_statistic(
 
     RANGE: the step is θ ← θ − η·(ΣB ∇L)/|B| − (2ηλ/|B|)·θ. With η/|B| ≈ 1e-5 < 2⁻¹⁶, a naive
     product keeps no bit of η/|B| and drifts (3.107 against 2.955 after 16 steps). Instead the
-    gradient is computed as ĝ = 2⁴·(Σ∇L)/|B| by folding 2⁴/|B| into the matmul's only truncation
-    (entries ≤ 16 for |x| ≤ 1), and η/2⁴ and 2ηλ/|B| are applied with 14 significant bits.
+    gradient is computed as ĝ = γ·(Σ∇L)/|B| with γ = 2⁴/x_scale by folding γ/|B| into the matmul's
+    only truncation (entries ≤ 16), and η/γ and 2ηλ/|B| are applied with 14 significant bits.
     """
     from common.model import batch_slices
 
@@ -307,7 +319,7 @@ def finetune_statistic(
 
     X = crypten.cat([X_tr, X_a], dim=0)
     Y = crypten.cat([Y_tr, Y_a], dim=0)
-    grad_gain = 16  # ĝ = 2⁴ · mean gradient
+    grad_gain = 16 / shapes.x_scale  # ĝ = γ · mean gradient, |ĝ| ≤ 16
     theta = theta0
     batches = batch_slices(n_tr + n_a, batch_size)
     for t in range(steps):
@@ -383,4 +395,5 @@ def appraise_candidate(
     # decreasing for influence (score = −S/n), which flips the comparison.
     stat_better_low = (direction == "lower") != (method == "influence")
     bit = stat.lt(t) if stat_better_low else stat.gt(t)
-    return Outcome(score=None, accept=bool(round(float(reveal_float(bit)))))
+    # the comparison result carries its own encoder (scale 1 in CrypTen), so decode through it
+    return Outcome(score=None, accept=bool(round(float(bit.get_plain_text()))))

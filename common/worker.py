@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import resource
 import secrets
 import sys
 import time
@@ -30,9 +31,10 @@ from typing import TYPE_CHECKING, Literal
 import numpy as np
 from pydantic import BaseModel, Field
 
-from common.errors import ConfigError
+from common.errors import ConfigError, DataError
 
 if TYPE_CHECKING:
+    from common.data import Dataset
     from common.mpc_appraisal import DataOwnerInputs, ModelOwnerInputs
 
 CONFIG_ENV = "DATA_APPRAISAL_WORKER_CONFIG"
@@ -58,6 +60,7 @@ class JobSpec(BaseModel):
     candidates: list[CandidateMeta]
     n_train: int = Field(default=0, ge=0)
     n_test: int = Field(default=0, ge=0)
+    feature_bound: float = Field(default=1.0, gt=0, description="agreed bound on |x|, power of 2")
     l2: float = Field(default=1.0, gt=0)
     steps: int = Field(default=16, ge=1)
     lr: float = Field(default=0.1, gt=0)
@@ -125,10 +128,18 @@ def run_dealer(config: PartyConfig) -> dict[str, object]:
     return {"role": "dealer"}
 
 
+def _check_bound(ds: Dataset, bound: float) -> None:
+    largest = float(np.abs(ds.X).max())
+    if largest > bound:
+        raise DataError(
+            f"{ds.source}: a feature has |x| = {largest:g}, above the agreed feature bound {bound:g}"
+        )
+
+
 def _load_model_owner(config: PartyConfig) -> ModelOwnerInputs:
     from common.data import load_dataset
     from common.model import ModelOwnerState, add_bias, prepare_model_owner
-    from common.mpc_appraisal import ModelOwnerInputs
+    from common.mpc_appraisal import MAX_LOGIT_GAP, ModelOwnerInputs, logit_gap_bound
 
     job = config.job
     if config.train is None or config.test is None:
@@ -143,6 +154,16 @@ def _load_model_owner(config: PartyConfig) -> ModelOwnerInputs:
     else:
         state = prepare_model_owner(
             train.X, train.y, test.X, test.y, n_classes=job.n_classes, l2=job.l2
+        )
+    for ds in (train, test):
+        _check_bound(ds, job.feature_bound)
+    gap = logit_gap_bound(state.theta, max(1.0, job.feature_bound))
+    if gap > MAX_LOGIT_GAP:
+        log.warning(
+            "the model's logit gap can reach %.0f on inputs within the feature bound; the MPC "
+            "softmax is accurate up to %.0f, so extreme candidates may be appraised inaccurately",
+            gap,
+            MAX_LOGIT_GAP,
         )
     if job.reveal == "threshold" and config.threshold is None:
         raise ConfigError("threshold reveal needs --threshold τ (the model owner's secret)")
@@ -176,6 +197,7 @@ def _load_data_owner(config: PartyConfig) -> list[DataOwnerInputs]:
             n_features=job.n_features,
             n_classes=job.n_classes,
         )
+        _check_bound(ds, job.feature_bound)
         if ds.n_samples != meta.n_samples:
             raise ConfigError(
                 f"{path}: has {ds.n_samples} samples, the agreed metadata says {meta.n_samples}"
@@ -212,6 +234,7 @@ def run_party(config: PartyConfig) -> dict[str, object]:
                 n_candidate=meta.n_samples,
                 n_train=job.n_train,
                 n_test=job.n_test,
+                feature_bound=job.feature_bound,
             )
             outcome = appraise_candidate(
                 job.method,
@@ -233,6 +256,8 @@ def run_party(config: PartyConfig) -> dict[str, object]:
                 "seconds": time.perf_counter() - start,
                 "bytes": int(stats["bytes"]),
                 "rounds": int(stats["rounds"]),
+                # peak resident memory of this party's process so far (Linux reports KiB)
+                "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
             }
             results.append(result)
             with open(config.progress_file, "a") as f:

@@ -1,0 +1,109 @@
+"""Time each appraisal method under two-party MPC against its plaintext twin, in one run.
+
+Case (b) of the engine issue by default: an MNIST-sized candidate (6,000 × 784, 10 classes,
+|D_tr| = 600, |D_te| = 1,000, features in [0, 1]) built offline from scikit-learn's digits
+(``common.data.mnist_like``). For each method it prints
+
+- plaintext seconds: the plaintext twin of the score, given θ̂ and v (what MPC replaces);
+- MPC seconds: the parties' compute time for the candidate (after the rendezvous), and the
+  wall time of the whole run (process start-up, loading, training θ̂, rendezvous included);
+- bytes and rounds as counted by CrypTen's communicator, and the parties' peak memory;
+- the ratio MPC / plaintext, and the relative error of the MPC score.
+
+Usage: ``.venv/bin/python benchmarks/bench_mpc.py [--small] [--methods influence,...] [--json F]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+
+from common import model
+from common.data import load_dataset, mnist_like, save_npz, write_example_data
+from common.local import appraise_local
+
+METHODS = ["influence", "gradient-norm", "finetune"]
+
+
+def plaintext_seconds(
+    method: str, state, train, test, cand, *, repeats: int = 3
+) -> tuple[float, float]:
+    best = float("inf")
+    score = 0.0
+    for _ in range(repeats):
+        start = time.perf_counter()
+        if method == "influence":
+            score = model.influence_score(state, cand.X, cand.y)
+        elif method == "gradient-norm":
+            score = model.gradient_norm_score(state.theta, cand.X, cand.y)
+        else:
+            score = model.finetune_score(
+                state, train.X, train.y, cand.X, cand.y, test.X, test.y, steps=16, lr=0.1
+            )
+        best = min(best, time.perf_counter() - start)
+    return best, score
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--small", action="store_true", help="digits case (a) instead of (b)")
+    parser.add_argument("--methods", default=",".join(METHODS))
+    parser.add_argument("--json", type=Path, help="also write the rows as JSON here")
+    args = parser.parse_args()
+
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        if args.small:
+            split = write_example_data(root / "digits")
+            paths = (split.train, split.test, split.candidates[0])
+            case = "digits (a): 64 features, |D_tr|=100, |D_te|=400, candidate 170"
+        else:
+            train, test, cand = mnist_like()
+            paths = (root / "train.npz", root / "test.npz", root / "cand.npz")
+            for p, ds in zip(paths, (train, test, cand), strict=True):
+                save_npz(p, ds)
+            case = "MNIST-sized (b): 784 features, |D_tr|=600, |D_te|=1000, candidate 6000"
+        train, test, cand = (load_dataset(p) for p in paths)
+        state = model.prepare_model_owner(train.X, train.y, test.X, test.y, n_classes=10)
+        print(f"case: {case}")
+        header = (
+            f"{'method':<14}{'plain s':>10}{'MPC s':>9}{'wall s':>9}{'ratio':>9}"
+            f"{'MB':>10}{'rounds':>8}{'peak MB':>9}{'rel err':>10}"
+        )
+        print(header)
+        rows = []
+        for method in args.methods.split(","):
+            plain_s, plain_score = plaintext_seconds(method, state, train, test, cand)
+            start = time.perf_counter()
+            (result,) = appraise_local(
+                method=method, train=paths[0], test=paths[1], candidates=[paths[2]]
+            )
+            wall = time.perf_counter() - start
+            assert result.score is not None
+            rel = abs(result.score - plain_score) / abs(plain_score)
+            row = {
+                "method": method,
+                "plaintext_seconds": plain_s,
+                "mpc_seconds": result.seconds,
+                "wall_seconds": wall,
+                "ratio": result.seconds / plain_s,
+                "bytes": result.bytes,
+                "rounds": result.rounds,
+                "peak_rss_mb": result.peak_rss_mb,
+                "relative_error": rel,
+            }
+            rows.append(row)
+            print(
+                f"{method:<14}{plain_s:>10.4f}{result.seconds:>9.2f}{wall:>9.2f}"
+                f"{row['ratio']:>9.0f}{result.bytes / 1e6:>10.1f}{result.rounds:>8}"
+                f"{result.peak_rss_mb:>9.0f}{rel:>10.1e}"
+            )
+        if args.json:
+            args.json.write_text(json.dumps({"case": case, "rows": rows}, indent=2))
+
+
+if __name__ == "__main__":
+    main()

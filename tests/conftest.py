@@ -1,0 +1,74 @@
+"""Shared fixtures: the bundled digits split and the MNIST-sized offline case, written once."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from common.data import ExampleSplit, mnist_like, save_npz, write_example_data
+
+
+@pytest.fixture(scope="session")
+def digits_split(tmp_path_factory: pytest.TempPathFactory) -> ExampleSplit:
+    return write_example_data(tmp_path_factory.mktemp("digits"), seed=0)
+
+
+@dataclass(frozen=True)
+class MnistFiles:
+    train: Path
+    test: Path
+    clean: Path  # 6,000 samples × 784 features, 10 classes, values in [0, 1]
+    noisy: Path  # the same draw with half of the labels replaced at random
+
+
+@pytest.fixture(scope="session")
+def mnist_files(tmp_path_factory: pytest.TempPathFactory) -> MnistFiles:
+    root = tmp_path_factory.mktemp("mnist")
+    train, test, cand = mnist_like(n_candidate=6000, n_train=600, n_test=1000, seed=0)
+    rng = np.random.default_rng(1)
+    y_noisy = cand.y.copy()
+    flip = rng.random(len(y_noisy)) < 0.5
+    y_noisy[flip] = rng.integers(0, 10, flip.sum())
+    files = MnistFiles(
+        root / "train.npz", root / "test.npz", root / "clean.npz", root / "noisy.npz"
+    )
+    save_npz(files.train, train)
+    save_npz(files.test, test)
+    save_npz(files.clean, cand)
+    save_npz(files.noisy, (cand.X, y_noisy))
+    return files
+
+
+# Tag every process this test session starts, so that leftover workers are ours, not another run's.
+SESSION_TAG = f"DATA_APPRAISAL_TEST_SESSION={uuid.uuid4().hex}"
+os.environ["DATA_APPRAISAL_TEST_SESSION"] = SESSION_TAG.split("=", 1)[1]
+
+
+def worker_pids() -> list[int]:
+    """PIDs of live MPC worker processes started by this test session (found by environment)."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            environ = (entry / "environ").read_bytes()
+            status = (entry / "status").read_text()
+        except OSError:
+            continue
+        ours = SESSION_TAG.encode() in environ
+        is_worker = b"DATA_APPRAISAL_WORKER_CONFIG=" in environ and "State:\tZ" not in status
+        if ours and is_worker and int(entry.name) != os.getpid():
+            pids.append(int(entry.name))
+    return pids
+
+
+@pytest.fixture(autouse=True)
+def no_leftover_workers() -> object:
+    """Every test must leave no MPC worker process behind."""
+    yield
+    assert worker_pids() == [], "a test left MPC worker processes running"

@@ -1,0 +1,145 @@
+"""The ``data-appraisal`` command line, run as a user would: a real subprocess per call."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from common.data import save_npz
+
+pytestmark = pytest.mark.mpc
+
+
+def run_cli(*args: str | Path, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "common.cli", *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+def assert_one_line_error(proc: subprocess.CompletedProcess[str], *needles: str) -> None:
+    assert proc.returncode != 0
+    assert "Traceback" not in proc.stderr and "Traceback" not in proc.stdout
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, proc.stderr
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+
+
+def local_args(split, *cands: Path | str) -> list[str | Path]:
+    args: list[str | Path] = ["local", "--train", split.train, "--test", split.test]
+    for c in cands or split.candidates[:2]:
+        args += ["--candidate", c]
+    return args
+
+
+def test_help_lists_the_commands() -> None:
+    proc = run_cli("--help")
+    assert proc.returncode == 0
+    for command in ("local", "example-data"):
+        assert command in proc.stdout
+
+
+def test_example_data_writes_and_refuses_to_overwrite(tmp_path: Path) -> None:
+    proc = run_cli("example-data", tmp_path / "split")
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "split/model_owner/train.npz").exists()
+    assert len(list((tmp_path / "split/data_owner").glob("candidate_*.npz"))) == 10
+    assert_one_line_error(run_cli("example-data", tmp_path / "split"), "overwrite")
+
+
+def test_local_json_is_the_only_stdout(digits_split) -> None:
+    proc = run_cli(*local_args(digits_split), "--json", "--check")
+    assert proc.returncode == 0, proc.stderr
+    rows = json.loads(proc.stdout)
+    assert [r["candidate"] for r in rows] == ["candidate_01.npz", "candidate_02.npz"]
+    for r in rows:
+        assert r["method"] == "influence"
+        assert {"score", "seconds", "bytes", "rounds", "plaintext"} <= set(r)
+        assert abs(r["score"] - r["plaintext"]) <= 0.01 * abs(r["plaintext"])
+
+
+def test_local_threshold_json_has_only_the_bit(digits_split) -> None:
+    proc = run_cli(
+        *local_args(digits_split), "--json", "--reveal", "threshold", "--threshold", "-0.3"
+    )
+    assert proc.returncode == 0, proc.stderr
+    rows = json.loads(proc.stdout)
+    assert all(isinstance(r["accept"], bool) and "score" not in r for r in rows)
+
+
+def test_local_table_output(digits_split) -> None:
+    proc = run_cli(
+        *local_args(digits_split, digits_split.candidates[0]), "--method", "gradient-norm"
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "candidate_01.npz" in proc.stdout and "gradient-norm" in proc.stdout
+
+
+def test_insecure_tfp_warns(digits_split) -> None:
+    proc = run_cli(
+        *local_args(digits_split, digits_split.candidates[0]), "--insecure-tfp", "--json"
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "INSECURE" in proc.stderr or "insecure" in proc.stderr
+    assert len(json.loads(proc.stdout)) == 1
+
+
+@pytest.fixture()
+def bad_files(tmp_path: Path, digits_split) -> dict[str, Path]:
+    rng = np.random.default_rng(0)
+    X = rng.random((20, 64))
+    y = rng.integers(0, 10, 20)
+    files = {}
+    files["features"] = save_npz(tmp_path / "features.npz", (X[:, :63], y))
+    X_nan = X.copy()
+    X_nan[3, 5] = np.nan
+    files["nan"] = save_npz(tmp_path / "nan.npz", (X_nan, y))
+    y_bad = y.copy()
+    y_bad[4] = 12
+    files["labels"] = save_npz(tmp_path / "labels.npz", (X, y_bad))
+    files["empty"] = save_npz(tmp_path / "empty.npz", (np.zeros((0, 64)), np.zeros(0, int)))
+    csv = tmp_path / "text.csv"
+    header = ",".join(f"f{i}" for i in range(64)) + ",label"
+    rows = [",".join(["0.5"] * 64) + ",1", ",".join(["abc"] + ["0.5"] * 63) + ",2"]
+    csv.write_text("\n".join([header, *rows]) + "\n")
+    files["csv"] = csv
+    return files
+
+
+@pytest.mark.parametrize(
+    ("kind", "needles"),
+    [
+        ("features", ("features.npz", "64 features", "63")),
+        ("nan", ("nan.npz", "NaN")),
+        ("labels", ("labels.npz", "12")),
+        ("empty", ("empty.npz", "empty")),
+        ("csv", ("text.csv", "not numeric")),
+    ],
+)
+def test_bad_candidate_is_rejected_before_mpc(kind, needles, bad_files, digits_split) -> None:
+    assert_one_line_error(run_cli(*local_args(digits_split, bad_files[kind])), *needles)
+
+
+def test_missing_file(digits_split, tmp_path: Path) -> None:
+    assert_one_line_error(run_cli(*local_args(digits_split, tmp_path / "nope.npz")), "nope.npz")
+
+
+@pytest.mark.parametrize(
+    ("extra", "needle"),
+    [
+        (["--reveal", "threshold"], "--threshold"),
+        (["--threshold", "0.5"], "--reveal threshold"),
+        (["--lr", "0"], "--lr"),
+    ],
+)
+def test_bad_options(extra, needle, digits_split) -> None:
+    assert_one_line_error(run_cli(*local_args(digits_split), *extra), needle)

@@ -1,0 +1,157 @@
+"""Supervision of the MPC parties: failures, deadlines, a peer killed mid-run, no leftovers.
+
+The conftest's autouse fixture asserts after every test that no worker process is left.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+import common.local
+from common.errors import MPCError, PeerTimeout
+from common.launcher import MPCRunError, free_port, private_workdir, run_parties
+from common.local import appraise_local
+from common.worker import CandidateMeta, JobSpec, PartyConfig
+from tests.conftest import worker_pids
+
+pytestmark = pytest.mark.mpc
+
+
+def _configs(work: Path, split, *, roles, n_samples=None, timeout=30.0, method="influence"):
+    cand = split.candidates[0]
+    from common.data import load_dataset
+
+    n = load_dataset(cand).n_samples if n_samples is None else n_samples
+    job = JobSpec(
+        method=method,
+        n_features=64,
+        n_classes=10,
+        candidates=[CandidateMeta(name=cand.name, n_samples=n)],
+        n_train=100,
+        n_test=400,
+    )
+    rendezvous = f"tcp://127.0.0.1:{free_port()}"
+    extra = {
+        "model_owner": {"train": str(split.train), "test": str(split.test)},
+        "data_owner": {"candidates": [str(cand)]},
+        "dealer": {},
+    }
+    return [
+        PartyConfig(
+            role=role,
+            rendezvous=rendezvous,
+            job=job,
+            timeout_seconds=timeout,
+            result_file=str(work / f"{role}.result.json"),
+            error_file=str(work / f"{role}.error.json"),
+            progress_file=str(work / "progress.jsonl"),
+            **extra[role],
+        )
+        for role in roles
+    ]
+
+
+def test_three_parties_complete(digits_split) -> None:
+    with private_workdir() as work:
+        reports = run_parties(
+            _configs(work, digits_split, roles=["model_owner", "data_owner", "dealer"]),
+            workdir=work,
+            deadline_seconds=120,
+        )
+    assert (
+        reports["model_owner"]["results"][0]["score"]
+        == reports["data_owner"]["results"][0]["score"]
+    )
+    assert reports["dealer"] == {"role": "dealer"}
+
+
+def test_failing_party_reports_its_error_and_stops_the_others(digits_split) -> None:
+    with private_workdir() as work:
+        configs = _configs(
+            work, digits_split, roles=["model_owner", "data_owner", "dealer"], n_samples=7
+        )
+        start = time.monotonic()
+        with pytest.raises(MPCRunError) as info:
+            run_parties(configs, workdir=work, deadline_seconds=120)
+    assert time.monotonic() - start < 30
+    assert "data_owner" in str(info.value)
+    assert "the agreed metadata says 7" in str(info.value)
+    assert "Traceback" in info.value.report  # the party's own traceback reaches the supervisor
+
+
+def test_missing_peer_fails_at_the_rendezvous_deadline(digits_split) -> None:
+    with private_workdir() as work:
+        configs = _configs(work, digits_split, roles=["model_owner", "dealer"], timeout=3)
+        start = time.monotonic()
+        with pytest.raises(MPCError):
+            run_parties(configs, workdir=work, deadline_seconds=60)
+    assert time.monotonic() - start < 30  # torch's default would wait 30 minutes
+
+
+def test_overall_deadline_stops_everything(digits_split) -> None:
+    with private_workdir() as work:
+        configs = _configs(work, digits_split, roles=["model_owner", "dealer"], timeout=300)
+        start = time.monotonic()
+        with pytest.raises(PeerTimeout, match="did not finish within 2 s"):
+            run_parties(configs, workdir=work, deadline_seconds=2)
+    assert time.monotonic() - start < 15
+
+
+def test_peer_killed_mid_run_fails_the_run(digits_split) -> None:
+    errors: list[BaseException] = []
+    progressed = threading.Event()
+
+    def run() -> None:
+        try:
+            appraise_local(
+                method="finetune",
+                train=digits_split.train,
+                test=digits_split.test,
+                candidates=list(digits_split.candidates),
+                timeout=20,
+                on_progress=lambda done, total: progressed.set(),
+            )
+        except BaseException as exc:
+            errors.append(exc)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    assert progressed.wait(120), "the first candidate never finished"
+    victims = [
+        p for p in worker_pids() if b"data_owner.json" in Path(f"/proc/{p}/environ").read_bytes()
+    ]
+    assert len(victims) == 1
+    os.kill(victims[0], signal.SIGKILL)
+    killed_at = time.monotonic()
+    thread.join(120)
+    assert not thread.is_alive()
+    assert time.monotonic() - killed_at < 40  # within the 20 s peer timeout plus the grace period
+    assert len(errors) == 1 and isinstance(errors[0], MPCError), errors
+
+
+def test_dealer_is_used_unless_tfp_is_explicitly_allowed(monkeypatch, digits_split) -> None:
+    """Unit test of the layer above the launcher: which parties does a local run start?"""
+    started: list[list[str]] = []
+
+    def fake_run_parties(configs, **kwargs):
+        started.append([c.role for c in configs])
+        assert all(c.job.provider == ("TTP" if len(configs) == 3 else "TFP") for c in configs)
+        raise MPCError("stop here")
+
+    monkeypatch.setattr(common.local, "run_parties", fake_run_parties)
+    for insecure in (False, True):
+        with pytest.raises(MPCError, match="stop here"):
+            appraise_local(
+                method="influence",
+                train=digits_split.train,
+                test=digits_split.test,
+                candidates=[digits_split.candidates[0]],
+                insecure_tfp=insecure,
+            )
+    assert started == [["model_owner", "data_owner", "dealer"], ["model_owner", "data_owner"]]

@@ -1,0 +1,125 @@
+"""MPC against its plaintext twin: real CrypTen workers (model owner, data owner, dealer) over TCP.
+
+Tolerance: 1 % relative error for every method, at both the digits case and the MNIST-sized case
+(6,000 × 784 candidate, |D_tr| = 600, |D_te| = 1,000, 10 classes). Threshold bits are checked with
+τ between two candidates' plaintext scores, so that one lies on each side of τ.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from common.local import CandidateResult, appraise_local, plaintext_scores
+from common.mpc_appraisal import DEFAULT_DIRECTION
+
+pytestmark = pytest.mark.mpc
+METHODS = ["influence", "gradient-norm", "finetune"]
+REL_TOL = 0.01
+
+
+def _assert_close(results: list[CandidateResult]) -> None:
+    for r in results:
+        assert r.score is not None and r.plaintext is not None
+        rel = abs(r.score - r.plaintext) / abs(r.plaintext)
+        assert rel < REL_TOL, f"{r.candidate}: MPC {r.score} vs plaintext {r.plaintext} ({rel:.2%})"
+        assert r.bytes > 0 and r.rounds > 0 and r.seconds > 0
+
+
+def _threshold_run(method: str, train: object, test: object, cands: list[object], **kw: object):
+    """Score the candidates in plaintext, put τ between them, and run the threshold reveal."""
+    scores = plaintext_scores(method=method, train=train, test=test, candidates=cands, **kw)
+    assert abs(scores[0] - scores[1]) > 0.02 * max(abs(scores[0]), abs(scores[1]))
+    tau = (scores[0] + scores[1]) / 2
+    bits = appraise_local(
+        method=method,
+        train=train,
+        test=test,
+        candidates=cands,
+        reveal="threshold",
+        threshold=tau,
+        **kw,
+    )
+    better_low = DEFAULT_DIRECTION[method] == "lower"
+    expected = [(s < tau) if better_low else (s > tau) for s in scores]
+    assert [b.accept for b in bits] == expected
+    assert all(b.score is None for b in bits)
+    assert sorted(expected) == [False, True]  # both sides of τ were exercised
+    return scores, tau
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_digits_score_matches_plaintext(method: str, digits_split) -> None:
+    results = appraise_local(
+        method=method,
+        train=digits_split.train,
+        test=digits_split.test,
+        candidates=[digits_split.candidates[0], digits_split.candidates[-1]],
+        check=True,
+    )
+    assert [r.candidate for r in results] == ["candidate_01.npz", "candidate_10.npz"]
+    _assert_close(results)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_digits_threshold_bits(method: str, digits_split) -> None:
+    _threshold_run(
+        method,
+        digits_split.train,
+        digits_split.test,
+        [digits_split.candidates[0], digits_split.candidates[-1]],
+        lr=1.0,
+    )
+
+
+def test_threshold_direction_override_flips_the_bits(digits_split) -> None:
+    cands = [digits_split.candidates[0], digits_split.candidates[-1]]
+    common = dict(train=digits_split.train, test=digits_split.test, candidates=cands)
+    scores = plaintext_scores(method="influence", **common)
+    tau = sum(scores) / 2
+    default = appraise_local(method="influence", reveal="threshold", threshold=tau, **common)
+    flipped = appraise_local(
+        method="influence", reveal="threshold", threshold=tau, direction="higher", **common
+    )
+    assert [r.accept for r in default] == [not r.accept for r in flipped]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", METHODS)
+def test_mnist_size_score_matches_plaintext(method: str, mnist_files) -> None:
+    results = appraise_local(
+        method=method,
+        train=mnist_files.train,
+        test=mnist_files.test,
+        candidates=[mnist_files.clean],
+        check=True,
+    )
+    _assert_close(results)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", METHODS)
+def test_mnist_size_threshold_bits(method: str, mnist_files) -> None:
+    _threshold_run(
+        method, mnist_files.train, mnist_files.test, [mnist_files.clean, mnist_files.noisy]
+    )
+
+
+def test_unnormalised_features_stay_accurate(digits_split, tmp_path) -> None:
+    """Raw 0..16 digits times 8 (|x| up to 128): the scalings follow the agreed feature bound."""
+    from common.data import load_dataset, save_npz
+
+    paths = []
+    for p in (digits_split.train, digits_split.test, digits_split.candidates[0]):
+        ds = load_dataset(p)
+        paths.append(save_npz(tmp_path / p.name, (ds.X * 128, ds.y)))
+    for method in METHODS:
+        results = appraise_local(
+            method=method,
+            train=paths[0],
+            test=paths[1],
+            candidates=[paths[2]],
+            check=True,
+            lr=0.001,
+            l2=100.0,
+        )
+        _assert_close(results)
