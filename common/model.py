@@ -128,9 +128,9 @@ class LogisticRegression:
     def __init__(
         self, *, n_classes: int, l2: float = 1.0, max_iter: int = 5_000, gtol: float = 1e-9
     ) -> None:
-        if l2 <= 0:
-            raise ConfigError(f"l2 must be > 0 so that the Hessian is invertible, got {l2}")
-        if n_classes < 2:
+        if not (math.isfinite(l2) and l2 > 0):
+            raise ConfigError(f"l2 must be finite and > 0 so that H is invertible, got {l2}")
+        if not isinstance(n_classes, int | np.integer) or n_classes < 2:
             raise ConfigError(f"n_classes must be at least 2, got {n_classes}")
         self.n_classes = n_classes
         self.l2 = l2
@@ -142,6 +142,13 @@ class LogisticRegression:
     ) -> LogisticRegression:
         Xb = add_bias(X)
         k = self.n_classes
+        y = np.asarray(y)
+        if len(y) != len(Xb) or len(y) == 0:
+            raise ConfigError(
+                f"fit needs as many labels as samples (> 0), got {len(y)} and {len(Xb)}"
+            )
+        if y.min() < 0 or y.max() >= k:
+            raise ConfigError(f"labels must lie in 0..{k - 1}, found {y.min()}..{y.max()}")
         Y = one_hot(y, k)
         shape = (Xb.shape[1], k)
 
@@ -221,6 +228,8 @@ def gradient_norm_score(theta: np.ndarray, X_cand: np.ndarray, y_cand: np.ndarra
 
 def batch_slices(n: int, batch_size: int | None) -> list[slice]:
     """The public, deterministic minibatch schedule of fine-tuning: contiguous slices of D."""
+    if batch_size is not None and batch_size < 1:
+        raise ConfigError(f"batch_size must be at least 1, got {batch_size}")
     if batch_size is None or batch_size >= n:
         return [slice(0, n)]
     return [slice(i, min(i + batch_size, n)) for i in range(0, n, batch_size)]
