@@ -7,8 +7,10 @@ Case (b) of the engine issue by default: an MNIST-sized candidate (6,000 × 784,
 - plaintext seconds: the plaintext twin of the score, given θ̂ and v (what MPC replaces);
 - MPC seconds: the parties' compute time for the candidate (after the rendezvous), and the
   wall time of the whole run (process start-up, loading, training θ̂, rendezvous included);
-- bytes and rounds as counted by CrypTen's communicator, and the parties' peak memory;
-- the ratio MPC / plaintext, and the relative error of the MPC score.
+- bytes the two parties wrote to their sockets (measured through /proc/self/io), the dealer's
+  bytes, rounds as counted by CrypTen's communicator, and the parties' peak memory;
+- the ratio MPC / plaintext, the relative error of the MPC score, and P(trunc): the expected
+  number of CrypTen local-truncation failures in one run (Σ|v|/2³² over the dominant products).
 
 Usage: ``.venv/bin/python benchmarks/bench_mpc.py [--small] [--methods influence,...] [--json F]``
 """
@@ -20,6 +22,8 @@ import json
 import tempfile
 import time
 from pathlib import Path
+
+import numpy as np
 
 from common import model
 from common.data import load_dataset, mnist_like, save_npz, write_example_data
@@ -47,6 +51,23 @@ def plaintext_seconds(
     return best, score
 
 
+def truncation_risk(method: str, state, train, cand, *, steps: int = 16, lr: float = 0.1) -> float:
+    """Expected number of local-truncation failures in one run: Σ|v|/2³² over the dominant
+    truncated products (the logits X θ and the gradient sums Xᵀ R), computed in plaintext."""
+    if method == "finetune":
+        Xb = np.vstack([model.add_bias(train.X), model.add_bias(cand.X)])
+        y = np.concatenate([train.y, cand.y])
+    else:
+        Xb, y = model.add_bias(cand.X), cand.y
+    theta = state.theta.copy()
+    total = 0.0
+    for _ in range(steps if method == "finetune" else 1):
+        G = model.sum_grad(theta, Xb, y)
+        total += float(np.abs(Xb @ theta).sum() + np.abs(G).sum())
+        theta -= lr * (G / len(Xb) + 2.0 * state.l2 / len(Xb) * theta)
+    return total / 2.0**32
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--small", action="store_true", help="digits case (a) instead of (b)")
@@ -71,7 +92,7 @@ def main() -> None:
         print(f"case: {case}")
         header = (
             f"{'method':<14}{'plain s':>10}{'MPC s':>9}{'wall s':>9}{'ratio':>9}"
-            f"{'MB':>10}{'rounds':>8}{'peak MB':>9}{'rel err':>10}"
+            f"{'MB':>10}{'dealer MB':>10}{'rounds':>8}{'peak MB':>9}{'rel err':>10}{'P(trunc)':>10}"
         )
         print(header)
         rows = []
@@ -91,15 +112,19 @@ def main() -> None:
                 "wall_seconds": wall,
                 "ratio": result.seconds / plain_s,
                 "bytes": result.bytes,
+                "dealer_bytes": result.dealer_bytes,
                 "rounds": result.rounds,
                 "peak_rss_mb": result.peak_rss_mb,
                 "relative_error": rel,
+                "expected_truncation_failures": truncation_risk(method, state, train, cand),
             }
             rows.append(row)
             print(
                 f"{method:<14}{plain_s:>10.4f}{result.seconds:>9.2f}{wall:>9.2f}"
-                f"{row['ratio']:>9.0f}{result.bytes / 1e6:>10.1f}{result.rounds:>8}"
+                f"{row['ratio']:>9.0f}{result.bytes / 1e6:>10.1f}{result.dealer_bytes / 1e6:>10.1f}"
+                f"{result.rounds:>8}"
                 f"{result.peak_rss_mb:>9.0f}{rel:>10.1e}"
+                f"{row['expected_truncation_failures']:>10.1e}"
             )
         if args.json:
             args.json.write_text(json.dumps({"case": case, "rows": rows}, indent=2))

@@ -30,9 +30,10 @@ class CandidateResult:
     score: float | None
     accept: bool | None
     seconds: float
-    bytes: int  # bytes sent between the parties (each logged once), as counted by CrypTen
-    rounds: int  # communication rounds of the model owner's party
+    bytes: int  # bytes the two parties wrote to their sockets for this candidate (measured)
+    rounds: int  # communication rounds of the model owner's party, as counted by CrypTen
     peak_rss_mb: float  # the larger of the two parties' peak resident memory
+    dealer_bytes: int = 0  # bytes the dealer wrote during the whole run (all candidates)
     plaintext: float | None = None  # --check: the plaintext twin's score
 
     def to_json(self) -> dict[str, Any]:
@@ -41,7 +42,12 @@ class CandidateResult:
             out["score"] = self.score
         else:
             out["accept"] = self.accept
-        out.update(seconds=round(self.seconds, 4), bytes=self.bytes, rounds=self.rounds)
+        out.update(
+            seconds=round(self.seconds, 4),
+            bytes=self.bytes,
+            rounds=self.rounds,
+            peak_rss_mb=round(self.peak_rss_mb, 1),
+        )
         if self.plaintext is not None:
             out["plaintext"] = self.plaintext
             if self.score is not None:
@@ -169,9 +175,10 @@ def appraise_local(
                 score=a["score"],
                 accept=a["accept"],
                 seconds=max(a["seconds"], b["seconds"]),
-                bytes=int((a["bytes"] + b["bytes"]) // 2),
+                bytes=int(a["bytes_written"]) + int(b["bytes_written"]),
                 rounds=int(a["rounds"]),
                 peak_rss_mb=max(float(a["peak_rss_mb"]), float(b["peak_rss_mb"])),
+                dealer_bytes=int(reports.get("dealer", {}).get("bytes_written", 0)),
                 plaintext=None if plain is None else plain[i],
             )
         )
