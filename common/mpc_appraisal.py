@@ -176,11 +176,6 @@ class Shapes:
     def d(self) -> int:
         return self.n_features + 1
 
-    @property
-    def x_scale(self) -> float:
-        """max(1, feature bound): the bound on every entry of a row [x, 1] of X."""
-        return max(1.0, self.feature_bound)
-
 
 def logit_gap_bound(theta: np.ndarray, bound: float) -> float:
     """An upper bound on max_j z_j − min_j z_j over all inputs with |x| ≤ bound (model owner only)."""
@@ -213,20 +208,49 @@ def _one_hot(y: np.ndarray | None, k: int) -> np.ndarray | None:
     return out
 
 
+# Feature normalisation. Each owner divides its features by the agreed bound B (a power of two, so
+# exactly) before sharing, and the model owner multiplies the feature rows of θ and v by B, so that
+# X' θ' = X θ. RANGE: every entry of every shared row [x/B, 1] is in [−1, 1], whatever the scale of
+# the raw features; the products Xᵀ R, whose truncation-failure probability grows with their
+# magnitude (≈ Σ|G|/2³²), then stay as small as for features in [0, 1]. Gradients with respect to
+# the feature rows of θ' are G/B; the protocols below undo that with public powers of two.
+
+
+def _rows(X: np.ndarray | None, bound: float) -> np.ndarray | None:
+    """[x, 1] → [x/B, 1] (the owner's side, in the clear)."""
+    if X is None:
+        return None
+    out = np.array(X, dtype=np.float64)
+    out[:, :-1] /= bound
+    return out
+
+
+def _params(P: np.ndarray, bound: float) -> np.ndarray:
+    """θ or v → the same map in normalised coordinates: feature rows times B."""
+    out = np.array(P, dtype=np.float64)
+    out[:-1] *= bound
+    return out
+
+
+def mul_pow2(x: Any, exponent: int) -> Any:
+    """x · 2^exponent exactly (an integer product, or one truncation for a negative exponent)."""
+    return x.mul(2**exponent) if exponent >= 0 else x.div(2 ** (-exponent))
+
+
 def _candidate(do: DataOwnerInputs | None, shapes: Shapes) -> tuple[Any, Any]:
     n, d, k = shapes.n_candidate, shapes.d, shapes.n_classes
-    X = share(None if do is None else do.X, (n, d), src=DATA_OWNER)
+    X = share(None if do is None else _rows(do.X, shapes.feature_bound), (n, d), src=DATA_OWNER)
     Y = share(None if do is None else _one_hot(do.y, k), (n, k), src=DATA_OWNER)
     return X, Y
 
 
-def _v_scale(v: np.ndarray, x_scale: float) -> float:
-    """The model owner's private power of two c with x_scale · max_j ‖v_j/c‖₁ ≤ 8.
+def _v_scale(v: np.ndarray) -> float:
+    """The model owner's private power of two c with max_j ‖v_j/c‖₁ ≤ 8 (v normalised).
 
-    RANGE: for rows with entries |x| ≤ x_scale, each entry of X·(v/c) stays in [−8, 8], so the products R⊙(Xv/c)
+    RANGE: for rows with entries in [−1, 1], each entry of X·(v/c) stays in [−8, 8], so the products R⊙(Xv/c)
     truncate with failure probability ≤ 2⁻²⁹ per element, whatever the scale of H⁻¹.
     """
-    bound = x_scale * float(np.abs(v).sum(axis=0).max())
+    bound = float(np.abs(v).sum(axis=0).max())
     return float(2.0 ** max(0, math.ceil(math.log2(max(bound, 1e-300) / 8.0))))
 
 
@@ -243,14 +267,15 @@ def influence_statistic(
     X, Y = _candidate(do, shapes)
     if mo is not None:
         assert mo.v is not None
-        c = _v_scale(mo.v, shapes.x_scale)
-        W_plain: np.ndarray | None = np.hstack([mo.theta, mo.v / c])
+        v = _params(mo.v, shapes.feature_bound)
+        c = _v_scale(v)
+        W_plain: np.ndarray | None = np.hstack([_params(mo.theta, shapes.feature_bound), v / c])
         c_plain: np.ndarray | None = np.array(c)
     else:
         W_plain, c_plain = None, None
     W = share(W_plain, (d, 2 * k), src=MODEL_OWNER)
     c_shared = share(c_plain, (), src=MODEL_OWNER)
-    ZU = X.matmul(W)  # RANGE: logits and X v/c, both O(10) for |x| ≤ 1
+    ZU = X.matmul(W)  # RANGE: logits and X v/c, both O(10)
     Z, U = ZU[:, :k], ZU[:, k:]
     R = softmax(Z) - Y  # entries in [−1, 1]
     s_scaled = (R * U).sum()  # ≤ 8·n·k in magnitude
@@ -260,20 +285,26 @@ def influence_statistic(
 def gradient_norm_statistic(
     shapes: Shapes, mo: ModelOwnerInputs | None, do: DataOwnerInputs | None
 ) -> tuple[Any, float]:
-    """Shared q = ‖Σ_a ∇L_a‖² / s² with s = ⌈√|D_a|⌉·x_scale public; the score is s·√q.
+    """Shared q = ‖Σ_a ∇L_a‖² / s² with s = ⌈√|D_a|⌉ public; the score is s·√q.
 
     RANGE: without the scale, ‖Σ∇L‖² ≈ 10⁷ at MNIST size overflows the fixed-point products
     (the naive result was −9.7e8). Entries of G/s are O(1) when the per-sample gradients are
     roughly independent and ≤ √n when they all align, so each square stays far below 2³¹ and
-    q stays above the resolution; sqrt is taken in the clear after the reveal.
+    q stays above the resolution; sqrt is taken in the clear after the reveal. With normalised
+    features the feature rows of X'ᵀR are G/B, so their squares are multiplied back by B² (a power
+    of two: exact).
     """
     d, k, n = shapes.d, shapes.n_classes, shapes.n_candidate
     X, Y = _candidate(do, shapes)
-    theta = share(None if mo is None else mo.theta, (d, k), src=MODEL_OWNER)
+    theta_plain = None if mo is None else _params(mo.theta, shapes.feature_bound)
+    theta = share(theta_plain, (d, k), src=MODEL_OWNER)
     R = softmax(X.matmul(theta)) - Y
-    s = math.ceil(math.sqrt(n)) * shapes.x_scale
-    G_scaled = matmul_truncated(X.t(), R, round(SCALE * s))  # Xᵀ R / s, one truncation
-    return G_scaled.square().sum(), s
+    s = math.ceil(math.sqrt(n))
+    G_scaled = matmul_truncated(X.t(), R, SCALE * s)  # X'ᵀ R / s, one truncation
+    squares = G_scaled.square()
+    log2_bound = round(math.log2(shapes.feature_bound))
+    q = mul_pow2(squares[:-1].sum(), 2 * log2_bound) + squares[-1].sum()
+    return q, float(s)
 
 
 def _sum_test_loss(theta: Any, X_te: Any, Y_te: Any, k: int) -> Any:
@@ -303,23 +334,26 @@ def finetune_statistic(
 
     RANGE: the step is θ ← θ − η·(ΣB ∇L)/|B| − (2ηλ/|B|)·θ. With η/|B| ≈ 1e-5 < 2⁻¹⁶, a naive
     product keeps no bit of η/|B| and drifts (3.107 against 2.955 after 16 steps). Instead the
-    gradient is computed as ĝ = γ·(Σ∇L)/|B| with γ = 2⁴/x_scale by folding γ/|B| into the matmul's
-    only truncation (entries ≤ 16), and η/γ and 2ηλ/|B| are applied with 14 significant bits.
+    gradient is computed as ĝ = γ·(Σ∇L')/|B| with γ = 2⁴ by folding γ/|B| into the matmul's
+    only truncation (entries ≤ 16), and η/γ and 2ηλ/|B| are applied with 14 significant bits. In
+    normalised coordinates (θ'_feature = B·θ_feature, ∇' = ∇/B) the feature rows' step is
+    B²·η/γ·ĝ, the bias row's η/γ·ĝ.
     """
     from common.model import batch_slices
 
     d, k = shapes.d, shapes.n_classes
     n_tr, n_a, n_te = shapes.n_train, shapes.n_candidate, shapes.n_test
     X_a, Y_a = _candidate(do, shapes)
-    X_tr = share(None if mo is None else mo.X_train, (n_tr, d), src=MODEL_OWNER)
+    B = shapes.feature_bound
+    X_tr = share(None if mo is None else _rows(mo.X_train, B), (n_tr, d), src=MODEL_OWNER)
     Y_tr = share(None if mo is None else _one_hot(mo.y_train, k), (n_tr, k), src=MODEL_OWNER)
-    X_te = share(None if mo is None else mo.X_test, (n_te, d), src=MODEL_OWNER)
+    X_te = share(None if mo is None else _rows(mo.X_test, B), (n_te, d), src=MODEL_OWNER)
     Y_te = share(None if mo is None else _one_hot(mo.y_test, k), (n_te, k), src=MODEL_OWNER)
-    theta0 = share(None if mo is None else mo.theta, (d, k), src=MODEL_OWNER)
+    theta0 = share(None if mo is None else _params(mo.theta, B), (d, k), src=MODEL_OWNER)
 
     X = crypten.cat([X_tr, X_a], dim=0)
     Y = crypten.cat([Y_tr, Y_a], dim=0)
-    grad_gain = 16 / shapes.x_scale  # ĝ = γ · mean gradient, |ĝ| ≤ 16
+    grad_gain = 16  # ĝ = γ · mean gradient, |ĝ| ≤ 16
     theta = theta0
     batches = batch_slices(n_tr + n_a, batch_size)
     for t in range(steps):
@@ -329,7 +363,14 @@ def finetune_statistic(
         R = softmax(Xb.matmul(theta)) - Yb
         divisor = round(SCALE * size / grad_gain)
         g_hat = matmul_truncated(Xb.t(), R, divisor)
-        theta = theta - mul_public(g_hat, lr / grad_gain) - mul_public(theta, 2.0 * lr * l2 / size)
+        step = crypten.cat(
+            [
+                mul_public(g_hat[:-1], lr * B * B / grad_gain),  # feature rows
+                mul_public(g_hat[-1:], lr / grad_gain),  # bias row
+            ],
+            dim=0,
+        )
+        theta = theta - step - mul_public(theta, 2.0 * lr * l2 / size)
     return _sum_test_loss(theta, X_te, Y_te, k) - _sum_test_loss(theta0, X_te, Y_te, k)
 
 
