@@ -21,7 +21,7 @@ $(STAMP): pyproject.toml Makefile
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/data-appraisal example-data demo-data
+	$(BIN)/data-appraisal example-data demo-data --overwrite
 	$(BIN)/data-appraisal local --method influence \
 	  --train demo-data/model_owner/train.npz --test demo-data/model_owner/test.npz \
 	  $(foreach p,01 02 03 04 05 06 07 08 09 10,--candidate demo-data/data_owner/candidate_$(p).npz) --check

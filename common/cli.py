@@ -172,7 +172,10 @@ def local(
             )
         row += [f"{r.seconds:.2f}", f"{r.bytes / 1e6:.1f}", str(r.rounds)]
         table.add_row(*row)
-    Console().print(table)
+    out = Console()
+    if not out.is_terminal:
+        out = Console(width=120)  # no terminal to measure: wide enough for every column
+    out.print(table)
 
 
 @app.command("example-data")

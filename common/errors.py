@@ -7,6 +7,7 @@ line and the services render it as ``{"error": "<ClassName>", "detail": "<messag
      ├── DataError          a data file is missing, malformed or does not match the agreed metadata
      ├── ConfigError        an option or parameter is out of range or inconsistent
      └── MPCError           a party of the secure computation failed or timed out
+          ├── MPCRunError   a party raised; carries every party's traceback in ``report``
           └── PeerTimeout   a party did not finish (or did not show up) before its deadline
 """
 
@@ -29,6 +30,12 @@ class ConfigError(AppraisalError):
 
 class MPCError(AppraisalError):
     status_code = 502
+
+
+class MPCRunError(MPCError):
+    def __init__(self, message: str, report: str) -> None:
+        super().__init__(message)
+        self.report = report
 
 
 class PeerTimeout(MPCError):

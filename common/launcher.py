@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from common.errors import MPCError, PeerTimeout
+from common.errors import MPCRunError, PeerTimeout
 from common.worker import CONFIG_ENV, PartyConfig
 
 GRACE_SECONDS = 5.0
@@ -101,14 +101,6 @@ def _failure_report(parties: list[Party]) -> str:
         elif code not in (0, None):
             blocks.append(f"--- {p.role} (exit {code}), log tail:\n{p.log_tail()}")
     return "\n".join(blocks)
-
-
-class MPCRunError(MPCError):
-    """A party failed; ``report`` holds every party's traceback or log tail."""
-
-    def __init__(self, message: str, report: str) -> None:
-        super().__init__(message)
-        self.report = report
 
 
 def run_parties(

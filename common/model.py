@@ -14,6 +14,7 @@ with the penalty covering the bias too, so the Hessian is positive definite.
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass
 
@@ -23,6 +24,8 @@ import scipy.optimize
 import scipy.sparse.linalg
 
 from common.errors import ConfigError
+
+log = logging.getLogger("data_appraisal.model")
 
 # Largest number of parameters for which the Hessian is built and factorised exactly
 # (2,000 parameters is a 32 MB matrix). Beyond, conjugate gradients on Hessian-vector products.
@@ -173,7 +176,17 @@ class LogisticRegression:
         )
         self.coef_ = result.x.reshape(shape)
         self.n_iter_ = int(result.nit)
-        self.converged_ = bool(result.success)
+        # L-BFGS-B also stops "abnormally" when the line search cannot improve at machine
+        # precision; judge convergence by the gradient instead.
+        grad_norm = float(np.abs(objective(result.x)[1]).max())
+        self.converged_ = bool(result.success) or grad_norm <= 1e-6 * max(1.0, abs(result.fun))
+        if not self.converged_:
+            log.warning(
+                "L-BFGS stopped after %d iterations without converging (max |∇J| = %.2e): %s",
+                self.n_iter_,
+                grad_norm,
+                result.message,
+            )
         return self
 
     def predict_proba(self, X: np.ndarray) -> np.ndarray:

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from common.data import ExampleSplit, mnist_like, save_npz, write_example_data
+from common.errors import MPCRunError
 
 
 @pytest.fixture(scope="session")
@@ -72,3 +73,12 @@ def no_leftover_workers() -> object:
     """Every test must leave no MPC worker process behind."""
     yield
     assert worker_pids() == [], "a test left MPC worker processes running"
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):  # type: ignore[no-untyped-def]
+    """When an MPC run fails inside a test, show every party's traceback in the report."""
+    outcome = yield
+    report = outcome.get_result()
+    if call.excinfo is not None and isinstance(call.excinfo.value, MPCRunError):
+        report.sections.append(("MPC parties", call.excinfo.value.report))

@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 
 import common.local
-from common.errors import MPCError, PeerTimeout
-from common.launcher import MPCRunError, free_port, private_workdir, run_parties
+from common.errors import MPCError, MPCRunError, PeerTimeout
+from common.launcher import free_port, private_workdir, run_parties
 from common.local import appraise_local
 from common.worker import CandidateMeta, JobSpec, PartyConfig
 from tests.conftest import worker_pids

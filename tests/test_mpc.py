@@ -139,3 +139,18 @@ def test_communication_figures_are_measured(digits_split) -> None:
     assert r.bytes >= 2 * n * 65 * 8
     assert r.bytes < 100 * n * 65 * 8  # and not wildly more: the protocol is one matmul deep
     assert r.dealer_bytes > 0 and r.rounds > 0 and r.peak_rss_mb > 50
+
+
+def test_minibatch_finetune_matches_plaintext(digits_split) -> None:
+    """Minibatches are public contiguous slices of D_tr ∪ D_a, cycled; an uneven last batch too."""
+    results = appraise_local(
+        method="finetune",
+        train=digits_split.train,
+        test=digits_split.test,
+        candidates=[digits_split.candidates[0]],
+        batch_size=64,
+        steps=8,
+        lr=0.5,
+        check=True,
+    )
+    _assert_close(results)
