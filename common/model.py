@@ -177,9 +177,10 @@ class LogisticRegression:
         self.coef_ = result.x.reshape(shape)
         self.n_iter_ = int(result.nit)
         # L-BFGS-B also stops "abnormally" when the line search cannot improve at machine
-        # precision; judge convergence by the gradient instead.
+        # precision; judge convergence by the gradient, relative to the gradient at the start.
         grad_norm = float(np.abs(objective(result.x)[1]).max())
-        self.converged_ = bool(result.success) or grad_norm <= 1e-6 * max(1.0, abs(result.fun))
+        start_norm = float(np.abs(objective(x0)[1]).max())
+        self.converged_ = bool(result.success) or grad_norm <= 1e-6 * max(1.0, start_norm)
         if not self.converged_:
             log.warning(
                 "L-BFGS stopped after %d iterations without converging (max |∇J| = %.2e): %s",

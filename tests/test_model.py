@@ -616,3 +616,13 @@ def test_labels_outside_the_classes_are_rejected() -> None:
 def test_bad_batch_size_is_a_config_error(batch_size: int) -> None:
     with pytest.raises(ConfigError, match="batch_size"):
         batch_slices(10, batch_size)
+
+
+def test_convergence_is_reported(caplog: pytest.LogCaptureFixture) -> None:
+    digits = load_digits()
+    X, y = digits.data[:200] / 16.0, digits.target[:200]
+    assert LogisticRegression(n_classes=10).fit(X, y).converged_
+    with caplog.at_level("WARNING", logger="data_appraisal.model"):
+        model_ = LogisticRegression(n_classes=10, max_iter=2).fit(X, y)
+    assert not model_.converged_
+    assert "without converging" in caplog.text
