@@ -80,14 +80,18 @@ def main() -> None:
         if args.small:
             split = write_example_data(root / "digits")
             paths = (split.train, split.test, split.candidates[0])
-            case = "digits (a): 64 features, |D_tr|=100, |D_te|=400, candidate 170"
+            case = "digits (a)"
         else:
             train, test, cand = mnist_like()
             paths = (root / "train.npz", root / "test.npz", root / "cand.npz")
             for p, ds in zip(paths, (train, test, cand), strict=True):
                 save_npz(p, ds)
-            case = "MNIST-sized (b): 784 features, |D_tr|=600, |D_te|=1000, candidate 6000"
+            case = "MNIST-sized (b), offline stand-in built from digits"
         train, test, cand = (load_dataset(p) for p in paths)
+        case += (
+            f": {cand.n_features} features, |D_tr|={train.n_samples}, |D_te|={test.n_samples}, "
+            f"candidate {cand.n_samples}"
+        )
         state = model.prepare_model_owner(train.X, train.y, test.X, test.y, n_classes=10)
         print(f"case: {case}")
         header = (

@@ -62,7 +62,10 @@ def share(value: np.ndarray | torch.Tensor | None, shape: tuple[int, ...], *, sr
     if value is None:
         tensor = torch.zeros(shape, dtype=torch.float64)
     else:
-        tensor = torch.as_tensor(np.asarray(value, dtype=np.float64))
+        # Round to the nearest fixed-point value here: CrypTen's encoder truncates toward zero,
+        # which shrinks every entry by half a unit on average, a bias that sums up in X·v.
+        grid = np.round(np.asarray(value, dtype=np.float64) * SCALE) / SCALE
+        tensor = torch.as_tensor(grid)
         if tuple(tensor.shape) != tuple(shape):
             raise ConfigError(f"party {src} input has shape {tuple(tensor.shape)}, agreed {shape}")
     return crypten.cryptensor(tensor, src=src)
