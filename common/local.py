@@ -55,6 +55,12 @@ class CandidateResult:
         return out
 
 
+def _label(path: str | Path, every: Sequence[str | Path]) -> str:
+    """A candidate's name in results: its file name, or the path as given if names collide."""
+    names = [Path(p).name for p in every]
+    return Path(path).name if names.count(Path(path).name) == 1 else str(path)
+
+
 def load_inputs(
     train: str | Path,
     test: str | Path,
@@ -113,7 +119,7 @@ def appraise_local(
             n_features=n_features,
             n_classes=n_classes,
             candidates=[
-                CandidateMeta(name=Path(c).name, n_samples=ds.n_samples)
+                CandidateMeta(name=_label(c, candidates), n_samples=ds.n_samples)
                 for c, ds in zip(candidates, cand_ds, strict=True)
             ],
             n_train=train_ds.n_samples,

@@ -240,13 +240,24 @@ def gradient_norm_score(theta: np.ndarray, X_cand: np.ndarray, y_cand: np.ndarra
     return float(np.linalg.norm(sum_grad(theta, add_bias(X_cand), y_cand)))
 
 
-def batch_slices(n: int, batch_size: int | None) -> list[slice]:
-    """The public, deterministic minibatch schedule of fine-tuning: contiguous slices of D."""
+# Seed of the public minibatch order. Both parties derive the same permutation from it; it says
+# nothing about the data, only which rows form each batch.
+MINIBATCH_SEED = 0
+
+
+def minibatches(n: int, batch_size: int | None) -> list[np.ndarray]:
+    """The public minibatch schedule of fine-tuning: row indices of D_tr ∪ D_a, one array a batch.
+
+    Full batch when ``batch_size`` is None or ≥ n; otherwise a fixed public permutation of the rows
+    (so that batches mix both owners' data) cut into contiguous chunks, the last one possibly
+    smaller. Step t uses batch t mod (number of batches).
+    """
     if batch_size is not None and batch_size < 1:
         raise ConfigError(f"batch_size must be at least 1, got {batch_size}")
     if batch_size is None or batch_size >= n:
-        return [slice(0, n)]
-    return [slice(i, min(i + batch_size, n)) for i in range(0, n, batch_size)]
+        return [np.arange(n)]
+    order = np.random.default_rng(MINIBATCH_SEED).permutation(n)
+    return [order[i : i + batch_size] for i in range(0, n, batch_size)]
 
 
 def finetune_theta(
@@ -259,12 +270,15 @@ def finetune_theta(
     l2: float,
     batch_size: int | None = None,
 ) -> np.ndarray:
-    """T gradient steps θ ← θ − η ∇[(1/|B|) Σ_B L + (λ/|B|)‖θ‖²] over the batches of D, cycling."""
+    """T gradient steps θ ← θ − η ∇[(1/|B|) Σ_B L + (λ/|B|)‖θ‖²] over the batches of D, cycling.
+
+    The batches are :func:`minibatches` (the full set by default).
+    """
     theta = theta.copy()
-    batches = batch_slices(len(Xb), batch_size)
+    batches = minibatches(len(Xb), batch_size)
     for t in range(steps):
         b = batches[t % len(batches)]
-        m = b.stop - b.start
+        m = len(b)
         theta -= lr * (sum_grad(theta, Xb[b], y[b]) / m + (2.0 * l2 / m) * theta)
     return theta
 

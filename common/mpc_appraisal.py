@@ -331,7 +331,8 @@ def finetune_statistic(
 ) -> Any:
     """Shared Δ = Σ_te L(θ_T) − Σ_te L(θ̂); the score is Δ/|D_te|.
 
-    θ_T is θ̂ after ``steps`` gradient steps on D_tr ∪ D_a (minibatches: contiguous public slices).
+    θ_T is θ̂ after ``steps`` gradient steps on D_tr ∪ D_a (minibatches: the public
+    :func:`common.model.minibatches`).
     Both test losses are computed under MPC with the same approximations, so their bias cancels in
     the difference.
 
@@ -342,7 +343,7 @@ def finetune_statistic(
     normalised coordinates (θ'_feature = B·θ_feature, ∇' = ∇/B) the feature rows' step is
     B²·η/γ·ĝ, the bias row's η/γ·ĝ.
     """
-    from common.model import batch_slices
+    from common.model import minibatches
 
     d, k = shapes.d, shapes.n_classes
     n_tr, n_a, n_te = shapes.n_train, shapes.n_candidate, shapes.n_test
@@ -358,11 +359,15 @@ def finetune_statistic(
     Y = crypten.cat([Y_tr, Y_a], dim=0)
     grad_gain = 16  # ĝ = γ · mean gradient, |ĝ| ≤ 16
     theta = theta0
-    batches = batch_slices(n_tr + n_a, batch_size)
+    batches = minibatches(n_tr + n_a, batch_size)
     for t in range(steps):
-        b = batches[t % len(batches)]
-        size = b.stop - b.start
-        Xb, Yb = X[b], Y[b]
+        rows = batches[t % len(batches)]
+        size = len(rows)
+        if size == n_tr + n_a:
+            Xb, Yb = X, Y
+        else:  # a public selection of rows: local on each share
+            index = torch.as_tensor(rows, dtype=torch.long)
+            Xb, Yb = X[index], Y[index]
         R = softmax(Xb.matmul(theta)) - Yb
         divisor = round(SCALE * size / grad_gain)
         g_hat = matmul_truncated(Xb.t(), R, divisor)

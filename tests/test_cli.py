@@ -76,6 +76,17 @@ def test_local_threshold_json_has_only_the_bit(digits_split) -> None:
     assert all(isinstance(r["accept"], bool) and "score" not in r for r in rows)
 
 
+def test_candidates_with_the_same_file_name_keep_their_paths(digits_split, tmp_path) -> None:
+    other = tmp_path / "again" / digits_split.candidates[0].name
+    other.parent.mkdir()
+    other.write_bytes(digits_split.candidates[0].read_bytes())
+    proc = run_cli(*local_args(digits_split, digits_split.candidates[0], other), "--json")
+    assert proc.returncode == 0, proc.stderr
+    rows = json.loads(proc.stdout)
+    assert [r["candidate"] for r in rows] == [str(digits_split.candidates[0]), str(other)]
+    assert rows[0]["score"] == pytest.approx(rows[1]["score"], rel=1e-3)  # same data, same score
+
+
 def test_local_table_output(digits_split) -> None:
     proc = run_cli(
         *local_args(digits_split, digits_split.candidates[0]), "--method", "gradient-norm"

@@ -27,7 +27,6 @@ from common.model import (
     LogisticRegression,
     ModelOwnerState,
     add_bias,
-    batch_slices,
     exact_utility,
     finetune_score,
     finetune_theta,
@@ -37,6 +36,7 @@ from common.model import (
     influence_score,
     inverse_hvp,
     mean_loss,
+    minibatches,
     one_hot,
     per_sample_loss,
     prepare_model_owner,
@@ -460,13 +460,19 @@ def test_gradient_norm_score_is_frobenius_norm_of_summed_gradients() -> None:
     assert expected < 0.99 * per_sample
 
 
-def test_batch_slices() -> None:
-    assert batch_slices(10, None) == [slice(0, 10)]
-    assert batch_slices(10, 10) == [slice(0, 10)]
-    assert batch_slices(10, 25) == [slice(0, 10)]
-    assert batch_slices(10, 4) == [slice(0, 4), slice(4, 8), slice(8, 10)]
-    assert batch_slices(9, 3) == [slice(0, 3), slice(3, 6), slice(6, 9)]
-    assert batch_slices(5, 1) == [slice(i, i + 1) for i in range(5)]
+def test_minibatches() -> None:
+    for full in (minibatches(10, None), minibatches(10, 10), minibatches(10, 25)):
+        assert len(full) == 1 and np.array_equal(full[0], np.arange(10))
+    batches = minibatches(10, 4)
+    assert [len(b) for b in batches] == [4, 4, 2]
+    # a permutation of every row, the same every time (both parties derive it independently)
+    assert np.array_equal(np.sort(np.concatenate(batches)), np.arange(10))
+    assert all(np.array_equal(a, b) for a, b in zip(batches, minibatches(10, 4), strict=True))
+    assert [len(b) for b in minibatches(9, 3)] == [3, 3, 3]
+    assert [len(b) for b in minibatches(5, 1)] == [1] * 5
+    # shuffled: with 600 model-owner rows first, the first batch of 64 mixes both owners' rows
+    first = minibatches(6600, 64)[0]
+    assert (first < 600).any() and (first >= 600).any()
 
 
 def test_finetune_theta_one_step_is_a_manual_gradient_step() -> None:
@@ -488,11 +494,12 @@ def test_finetune_theta_cycles_through_uneven_minibatches() -> None:
     Xb = add_bias(X)
     theta = np.random.default_rng(15).normal(size=(6, 3))
     lr, l2 = 0.2, 0.5
-    batches = [(0, 4), (4, 8), (8, 10), (0, 4), (4, 8)]  # 5 steps over batches of 4, 4, 2
+    order = minibatches(10, 4)  # 3 batches of 4, 4, 2 rows
+    assert [len(b) for b in order] == [4, 4, 2]
     expected = theta.copy()
-    for lo, hi in batches:
-        m = hi - lo
-        expected = expected - lr * ref_objective_grad(expected, Xb[lo:hi], y[lo:hi], l2) / m
+    for rows in [order[0], order[1], order[2], order[0], order[1]]:  # 5 steps, cycling
+        m = len(rows)
+        expected = expected - lr * ref_objective_grad(expected, Xb[rows], y[rows], l2) / m
     got = finetune_theta(theta, Xb, y, steps=5, lr=lr, l2=l2, batch_size=4)
     np.testing.assert_allclose(got, expected, rtol=1e-12, atol=1e-14)
     full = finetune_theta(theta, Xb, y, steps=5, lr=lr, l2=l2, batch_size=None)
@@ -615,7 +622,7 @@ def test_labels_outside_the_classes_are_rejected() -> None:
 @pytest.mark.parametrize("batch_size", [0, -2])
 def test_bad_batch_size_is_a_config_error(batch_size: int) -> None:
     with pytest.raises(ConfigError, match="batch_size"):
-        batch_slices(10, batch_size)
+        minibatches(10, batch_size)
 
 
 def test_convergence_is_reported(caplog: pytest.LogCaptureFixture) -> None:

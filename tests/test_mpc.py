@@ -142,7 +142,7 @@ def test_communication_figures_are_measured(digits_split) -> None:
 
 
 def test_minibatch_finetune_matches_plaintext(digits_split) -> None:
-    """Minibatches are public contiguous slices of D_tr ∪ D_a, cycled; an uneven last batch too."""
+    """Minibatches: a public permutation of D_tr ∪ D_a in chunks, cycled; an uneven last batch too."""
     results = appraise_local(
         method="finetune",
         train=digits_split.train,
