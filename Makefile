@@ -1,6 +1,6 @@
 # Two commands on a fresh machine (see README):
 #   make demo   - set up .venv and appraise the bundled digits candidates under two-party MPC
-#   make test   - set up .venv and run the whole test suite
+#   make test   - set up .venv, lint (ruff, mypy) and run the whole test suite
 PYTHON ?= python3.11
 VENV   := .venv
 BIN    := $(VENV)/bin
@@ -26,7 +26,7 @@ demo: $(STAMP)
 	  --train demo-data/model_owner/train.npz --test demo-data/model_owner/test.npz \
 	  $(foreach p,01 02 03 04 05 06 07 08 09 10,--candidate demo-data/data_owner/candidate_$(p).npz) --check
 
-test: $(STAMP)
+test: lint
 	$(BIN)/python -m pytest
 
 lint: $(STAMP)
