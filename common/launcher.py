@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from common.errors import MPCRunError, PeerTimeout
-from common.worker import CONFIG_ENV, PartyConfig
+from common.worker import CONFIG_ENV, JobSpec, PartyConfig
 
 GRACE_SECONDS = 5.0
 
@@ -35,6 +35,22 @@ def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind((host, 0))
         return int(s.getsockname()[1])
+
+
+def party_config(
+    role: str, *, job: JobSpec, rendezvous: str, workdir: Path, timeout: float, **inputs: Any
+) -> PartyConfig:
+    """A party's configuration, with its result, error and progress files inside ``workdir``."""
+    return PartyConfig(
+        role=role,  # type: ignore[arg-type]
+        rendezvous=rendezvous,
+        job=job,
+        timeout_seconds=timeout,
+        result_file=str(workdir / f"{role}.result.json"),
+        error_file=str(workdir / f"{role}.error.json"),
+        progress_file=str(workdir / "progress.jsonl"),
+        **inputs,
+    )
 
 
 @dataclass

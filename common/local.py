@@ -16,7 +16,7 @@ from pydantic import ValidationError
 
 from common.data import Dataset, load_dataset
 from common.errors import ConfigError, MPCError
-from common.launcher import free_port, private_workdir, run_parties
+from common.launcher import free_port, party_config, private_workdir, run_parties
 from common.model import feature_bound
 from common.worker import CandidateMeta, JobSpec, PartyConfig
 
@@ -140,22 +140,20 @@ def appraise_local(
     rendezvous = f"tcp://127.0.0.1:{free_port()}"
     with private_workdir() as work:
 
-        def party(role: str, **kw: Any) -> PartyConfig:
-            return PartyConfig(
-                role=role,  # type: ignore[arg-type]
-                rendezvous=rendezvous,
-                job=job,
-                timeout_seconds=timeout,
-                result_file=str(work / f"{role}.result.json"),
-                error_file=str(work / f"{role}.error.json"),
-                progress_file=str(work / "progress.jsonl"),
-                label_column=label_column,
-                **kw,
+        def party(role: str, **inputs: Any) -> PartyConfig:
+            return party_config(
+                role, job=job, rendezvous=rendezvous, workdir=work, timeout=timeout, **inputs
             )
 
         configs = [
-            party("model_owner", train=str(train), test=str(test), threshold=threshold),
-            party("data_owner", candidates=[str(c) for c in candidates]),
+            party(
+                "model_owner",
+                train=str(train),
+                test=str(test),
+                threshold=threshold,
+                label_column=label_column,
+            ),
+            party("data_owner", candidates=[str(c) for c in candidates], label_column=label_column),
         ]
         if not insecure_tfp:
             configs.append(party("dealer"))

@@ -15,9 +15,9 @@ import pytest
 
 import common.local
 from common.errors import MPCError, MPCRunError, PeerTimeout
-from common.launcher import free_port, private_workdir, run_parties
+from common.launcher import free_port, party_config, private_workdir, run_parties
 from common.local import appraise_local
-from common.worker import CandidateMeta, JobSpec, PartyConfig
+from common.worker import CandidateMeta, JobSpec
 from tests.conftest import worker_pids
 
 pytestmark = pytest.mark.mpc
@@ -43,15 +43,8 @@ def _configs(work: Path, split, *, roles, n_samples=None, timeout=30.0, method="
         "dealer": {},
     }
     return [
-        PartyConfig(
-            role=role,
-            rendezvous=rendezvous,
-            job=job,
-            timeout_seconds=timeout,
-            result_file=str(work / f"{role}.result.json"),
-            error_file=str(work / f"{role}.error.json"),
-            progress_file=str(work / "progress.jsonl"),
-            **extra[role],
+        party_config(
+            role, job=job, rendezvous=rendezvous, workdir=work, timeout=timeout, **extra[role]
         )
         for role in roles
     ]
