@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import json
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -15,6 +17,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from common.errors import AppraisalError
+from common.experiments.cli import app as experiment_app
 
 app = typer.Typer(
     help=(
@@ -26,6 +29,7 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
+app.add_typer(experiment_app, name="experiment")
 err_console = Console(stderr=True)
 
 
@@ -200,6 +204,267 @@ def example_data(
     err_console.print(
         f"wrote {split.train}, {split.test} and {len(split.candidates)} candidates in "
         f"{split.directory / 'data_owner'} (see {split.readme})"
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Services
+# --------------------------------------------------------------------------------------------
+
+SERVICES = {
+    # command name: (module, settings class, environment prefix, default port)
+    "model-owner": ("model_owner.service", "ModelOwnerSettings", "MODEL_OWNER_", 8000),
+    "data-owner": ("data_owner.service", "DataOwnerSettings", "DATA_OWNER_", 8001),
+    "dealer": ("dealer.service", "DealerSettings", "DEALER_", 8002),
+}
+
+
+def _serve(name: str, host: str | None, port: int | None, demo: bool, log_level: str) -> None:
+    import importlib
+    import logging
+
+    import uvicorn
+
+    module_name, settings_name, _, _ = SERVICES[name]
+    module = importlib.import_module(module_name)
+    overrides: dict[str, object] = {}
+    if host is not None:
+        overrides["host"] = host
+    if port is not None:
+        overrides["port"] = port
+    if demo:
+        overrides["demo"] = True
+    logging.basicConfig(
+        level=log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s"
+    )
+    try:
+        settings = getattr(module, settings_name)(**overrides)
+        app = module.create_app(settings)
+    except AppraisalError as exc:
+        _fail(f"{name} service: {exc}")
+        return
+    except ValueError as exc:  # pydantic's ValidationError of a malformed environment variable
+        _fail(f"{name} service: invalid settings: {exc}")
+        return
+    uvicorn.run(app, host=settings.host, port=settings.port, log_level=log_level.lower())
+
+
+def _serve_command(name: str) -> typer.Typer:
+    _, _, prefix, default_port = SERVICES[name]
+    sub = typer.Typer(help=f"The {name.replace('-', ' ')} service.", no_args_is_help=True)
+
+    @sub.command(
+        "serve",
+        help=f"Run the {name.replace('-', ' ')} service (uvicorn). Every setting is an environment "
+        f"variable {prefix}<SETTING>, listed in the README; tokens are never command-line options.",
+    )
+    # plain defaults, not Annotated: the help texts depend on this service's name and prefix
+    def serve(
+        host: str | None = typer.Option(
+            None, help=f"Interface to bind [env {prefix}HOST, default 127.0.0.1]."
+        ),
+        port: int | None = typer.Option(
+            None, help=f"Port [env {prefix}PORT, default {default_port}]."
+        ),
+        demo: bool = typer.Option(
+            False, "--demo", help=f"Allow placeholder tokens (local demo only) [env {prefix}DEMO]."
+        ),
+        log_level: str = typer.Option("info", help="debug, info, warning or error."),
+    ) -> None:
+        _serve(name, host, port, demo, log_level)
+
+    return sub
+
+
+for _name in SERVICES:
+    app.add_typer(_serve_command(_name), name=_name)
+
+
+def _session_progress(total: int, show: bool) -> tuple[Progress, Callable[[Any], None]]:
+    progress = Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=err_console,
+        disable=not show,
+        transient=True,
+    )
+    task = progress.add_task("negotiating", total=total)
+
+    def update(view: Any) -> None:
+        progress.update(task, completed=view.progress.done, description=view.state.value)
+
+    return progress, update
+
+
+def _outcome_table(title: str, outcomes: list[Any], extra: dict[str, str] | None = None) -> None:
+    reveal_bit = any(o.accept is not None for o in outcomes)
+    table = Table(title=title)
+    table.add_column("rank", justify="right")
+    table.add_column("candidate")
+    if extra:
+        table.add_column("label noise p", justify="right")
+    table.add_column("accept" if reveal_bit else "score", justify="right")
+    table.add_column("seconds", justify="right")
+    table.add_column("MB sent", justify="right")
+    table.add_column("rounds", justify="right")
+    for rank, o in enumerate(outcomes, 1):
+        row = [str(rank), o.candidate]
+        if extra:
+            row.append(extra.get(o.candidate, ""))
+        row += [
+            str(o.accept) if o.score is None else f"{o.score:.6g}",
+            f"{o.seconds:.2f}",
+            f"{o.bytes / 1e6:.1f}",
+            str(o.rounds),
+        ]
+        table.add_row(*row)
+    out = Console()
+    if not out.is_terminal:
+        out = Console(width=120)
+    out.print(table)
+
+
+def _token() -> str:
+    for var in ("DATA_APPRAISAL_TOKEN", "MODEL_OWNER_API_TOKEN"):
+        if os.environ.get(var):
+            return os.environ[var]
+    _fail("set DATA_APPRAISAL_TOKEN to the model owner's API token (never a command-line option)")
+    return ""
+
+
+@app.command()
+def appraise(
+    model_owner: Annotated[str, typer.Option(help="The model owner service's URL.")],
+    data_owner: Annotated[str, typer.Option(help="The data owner service's URL.")],
+    dataset: Annotated[
+        list[str], typer.Option(help="A data owner's dataset id; repeat for several.")
+    ],
+    method: Annotated[MethodChoice, typer.Option(help="Appraisal function.")] = (
+        MethodChoice.influence
+    ),
+    steps: Annotated[int, typer.Option(help="Fine-tuning: gradient steps T.", min=1)] = 16,
+    lr: Annotated[float, typer.Option(help="Fine-tuning: learning rate η.", min=0.0)] = 0.1,
+    batch_size: Annotated[
+        int | None, typer.Option(help="Fine-tuning: minibatch size (default: full batch).", min=1)
+    ] = None,
+    reveal: Annotated[
+        RevealChoice,
+        typer.Option(
+            help="'score' reveals the score; 'threshold' only the bit score-better-than-τ."
+        ),
+    ] = RevealChoice.score,
+    threshold: Annotated[
+        float | None,
+        typer.Option(help="τ for --reveal threshold (stays the model owner's secret)."),
+    ] = None,
+    direction: Annotated[
+        DirectionChoice | None,
+        typer.Option(help="Which scores are better (default: lower, higher for gradient-norm)."),
+    ] = None,
+    json_output: Annotated[
+        bool, typer.Option("--json", help="Print only a JSON list, one object per candidate.")
+    ] = False,
+) -> None:
+    """Open an appraisal session on a model owner service and follow it to its result.
+
+    The model owner's API token is read from the environment variable DATA_APPRAISAL_TOKEN.
+    """
+    from common.stack import appraise as run
+
+    token = _token()
+    progress, update = _session_progress(len(dataset), not json_output and err_console.is_terminal)
+    try:
+        with progress:
+            outcomes = run(
+                model_owner,
+                token,
+                data_owner=data_owner,
+                datasets=dataset,
+                method=method.value,
+                reveal=reveal.value,
+                threshold=threshold,
+                params={"steps": steps, "lr": lr, "batch_size": batch_size},
+                direction=None if direction is None else direction.value,
+                on_progress=update,
+            )
+    except AppraisalError as exc:
+        _fail(str(exc))
+        return
+    if json_output:
+        sys.stdout.write(json.dumps([o.to_json() for o in outcomes]) + "\n")
+        return
+    _outcome_table(f"{method.value} appraisal ({reveal.value} reveal)", outcomes)
+
+
+@app.command()
+def demo(
+    method: Annotated[MethodChoice, typer.Option(help="Appraisal function.")] = (
+        MethodChoice.influence
+    ),
+    json_output: Annotated[
+        bool, typer.Option("--json", help="Print only a JSON list, best candidate first.")
+    ] = False,
+    workdir: Annotated[
+        Path | None,
+        typer.Option(help="Keep the data, state and service logs here (default: a temp dir)."),
+    ] = None,
+) -> None:
+    """Start the dealer, the data owner and the model owner on loopback and appraise every candidate.
+
+    Uses the bundled digits split (no download): the data owner holds ten candidates, candidate p
+    with the labels 1 and 7 swapped with probability p/10. Prints the candidates ranked best first.
+    """
+    import tempfile
+
+    from common.data import write_example_data
+    from common.stack import appraise as run
+    from common.stack import local_stack
+
+    with contextlib.ExitStack() as stack:
+        root = workdir or Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="da-demo-")))
+        show = not json_output and err_console.is_terminal
+        try:
+            split = write_example_data(root / "data", seed=0, overwrite=True)
+            if show:
+                err_console.print("starting the dealer, the data owner and the model owner ...")
+            services = stack.enter_context(
+                local_stack(
+                    root / "services",
+                    train=split.train,
+                    test=split.test,
+                    data_dir=split.directory / "data_owner",
+                )
+            )
+            ids = [Path(c).stem for c in split.candidates]
+            progress, update = _session_progress(len(ids), show)
+            with progress:
+                outcomes = run(
+                    services.model_owner.url,
+                    services.model_owner.token,
+                    data_owner=services.data_owner.url,
+                    datasets=ids,
+                    method=method.value,
+                    on_progress=update,
+                )
+        except AppraisalError as exc:
+            _fail(str(exc))
+            return
+    higher = method is MethodChoice.gradient_norm
+    ranked = sorted(outcomes, key=lambda o: -(o.score or 0.0) if higher else (o.score or 0.0))
+    noise = {
+        Path(c).stem: f"{p:.1f}"
+        for c, p in zip(split.candidates, split.flip_probabilities, strict=True)
+    }
+    if json_output:
+        rows = [{**o.to_json(), "label_noise": float(noise[o.candidate])} for o in ranked]
+        sys.stdout.write(json.dumps(rows) + "\n")
+        return
+    _outcome_table(
+        f"{method.value}: the data owner's candidates, best first (appraised under MPC)",
+        ranked,
+        noise,
     )
 
 

@@ -48,7 +48,7 @@ def party_config(
         timeout_seconds=timeout,
         result_file=str(workdir / f"{role}.result.json"),
         error_file=str(workdir / f"{role}.error.json"),
-        progress_file=str(workdir / "progress.jsonl"),
+        progress_file=str(workdir / f"{role}.progress.jsonl"),
         **inputs,
     )
 
@@ -74,6 +74,17 @@ class Party:
     def result(self) -> dict[str, Any]:
         return dict(json.loads(Path(self.config.result_file).read_text()))
 
+    def progress(self) -> tuple[int, int] | None:
+        """(done, total) from the worker's last progress line; None before it joined the run."""
+        try:
+            lines = Path(self.config.progress_file).read_text().splitlines()
+        except OSError:
+            return None
+        if not lines:
+            return None
+        last = json.loads(lines[-1])
+        return int(last["done"]), int(last["total"])
+
     def log_tail(self, lines: int = 30) -> str:
         try:
             return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
@@ -81,7 +92,34 @@ class Party:
             return ""
 
 
-def _stop(parties: list[Party]) -> None:
+def start_party(config: PartyConfig, workdir: Path) -> Party:
+    """Write the party's configuration (mode 0600) and start its worker process.
+
+    The worker runs in a new process session (so that one signal reaches its whole group) with the
+    configuration's path in its environment: nothing secret appears on its command line.
+    """
+    config_path = workdir / f"{config.role}.json"
+    fd = os.open(config_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(config.model_dump_json())
+    party = Party(config, config_path, workdir / f"{config.role}.log")
+    env = dict(os.environ)
+    env[CONFIG_ENV] = str(config_path)
+    env.setdefault("OMP_NUM_THREADS", "1")
+    party.log_file = open(party.log_path, "wb")  # noqa: SIM115 - closed in stop_parties
+    party.process = subprocess.Popen(
+        [sys.executable, "-m", "common.worker"],
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=party.log_file,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+        cwd=str(Path(__file__).resolve().parent.parent),
+    )
+    return party
+
+
+def stop_parties(parties: list[Party]) -> None:
     """SIGTERM every live party's process group, SIGKILL after the grace period, reap all."""
     live = [p for p in parties if p.process is not None and p.process.poll() is None]
     for p in live:
@@ -133,30 +171,11 @@ def run_parties(
     returns or raises.
     """
     parties: list[Party] = []
-    for config in configs:
-        config_path = workdir / f"{config.role}.json"
-        fd = os.open(config_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write(config.model_dump_json())
-        parties.append(Party(config, config_path, workdir / f"{config.role}.log"))
-
     progress_file = Path(configs[0].progress_file)
     reported = 0
     try:
-        for p in parties:
-            env = dict(os.environ)
-            env[CONFIG_ENV] = str(p.config_path)
-            env.setdefault("OMP_NUM_THREADS", "1")
-            p.log_file = open(p.log_path, "wb")  # noqa: SIM115 - closed in _stop
-            p.process = subprocess.Popen(
-                [sys.executable, "-m", "common.worker"],
-                env=env,
-                stdin=subprocess.DEVNULL,
-                stdout=p.log_file,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-                cwd=str(Path(__file__).resolve().parent.parent),
-            )
+        for config in configs:
+            parties.append(start_party(config, workdir))
         end = time.monotonic() + deadline_seconds
         while True:
             codes = {p.role: p.process.poll() for p in parties if p.process is not None}
@@ -170,7 +189,7 @@ def run_parties(
             if failed:
                 # give the others a moment to write their own error reports, then stop them
                 time.sleep(0.5)
-                _stop(parties)
+                stop_parties(parties)
                 first = next(p for p in parties if p.role == failed[0])
                 err = first.error()
                 what = f"{err['type']}: {err['message']}" if err else "exited without a report"
@@ -178,7 +197,7 @@ def run_parties(
             if all(code == 0 for code in codes.values()):
                 break
             if time.monotonic() > end:
-                _stop(parties)
+                stop_parties(parties)
                 raise PeerTimeout(
                     f"the MPC run did not finish within {deadline_seconds:.0f} s "
                     f"(still running: {', '.join(r for r, c in codes.items() if c is None)})"
@@ -186,7 +205,7 @@ def run_parties(
             time.sleep(0.05)
         return {p.role: p.result() for p in parties}
     finally:
-        _stop(parties)
+        stop_parties(parties)
 
 
 @contextlib.contextmanager

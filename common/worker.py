@@ -23,6 +23,7 @@ import os
 import resource
 import secrets
 import sys
+import threading
 import time
 import traceback
 from pathlib import Path
@@ -31,7 +32,7 @@ from typing import TYPE_CHECKING, Literal
 import numpy as np
 from pydantic import BaseModel, Field
 
-from common.errors import ConfigError, DataError
+from common.errors import ConfigError, DataError, PeerTimeout
 
 if TYPE_CHECKING:
     from common.data import Dataset
@@ -100,6 +101,28 @@ def bytes_written() -> int:
     return 0
 
 
+def _report_progress(config: PartyConfig, done: int, total: int) -> None:
+    with open(config.progress_file, "a") as f:
+        f.write(json.dumps({"role": config.role, "done": done, "total": total}) + "\n")
+
+
+def _exit_with_parent() -> None:
+    """End this process if its supervisor dies (it runs in its own session, so no signal comes).
+
+    Without this, a killed service would leave its worker blocked on a socket until the gloo
+    timeout; with it, the worker is gone within a second and its peers see the connection close.
+    """
+    parent = os.getppid()
+
+    def watch() -> None:
+        while True:
+            time.sleep(0.5)
+            if os.getppid() != parent:
+                os._exit(3)
+
+    threading.Thread(target=watch, name="parent-watchdog", daemon=True).start()
+
+
 def _write_json(path: str, payload: object) -> None:
     tmp = Path(path).with_suffix(".tmp")
     tmp.write_text(json.dumps(payload))
@@ -135,8 +158,14 @@ def run_dealer(config: PartyConfig) -> dict[str, object]:
     # CrypTen's dealer draws each party's generator seed from torch's global RNG; seed that RNG
     # from the OS so that the seeds are not predictable from a fixed torch.manual_seed.
     torch.manual_seed(secrets.randbits(63))
-    with rendezvous_timeout(config.timeout_seconds):
-        crypten.mpc.provider.ttp_provider.TTPServer()
+    try:
+        with rendezvous_timeout(config.timeout_seconds):
+            crypten.mpc.provider.ttp_provider.TTPServer()
+    except Exception as exc:
+        raise PeerTimeout(
+            f"the dealer lost its parties at {config.rendezvous} (they did not join, or stopped, "
+            f"within {config.timeout_seconds:g} s: {type(exc).__name__}: {exc})"
+        ) from exc
     return {"role": "dealer", "bytes_written": bytes_written()}
 
 
@@ -232,8 +261,15 @@ def run_party(config: PartyConfig) -> dict[str, object]:
             "INSECURE: the TFP provider lets the model owner's worker generate every Beaver "
             "triple and so read the data owner's secrets; use the dealer (TTP) in any real run"
         )
-    with rendezvous_timeout(config.timeout_seconds):
-        crypten.init()
+    try:
+        with rendezvous_timeout(config.timeout_seconds):
+            crypten.init()
+    except Exception as exc:
+        raise PeerTimeout(
+            f"the parties did not all join the rendezvous at {config.rendezvous} within "
+            f"{config.timeout_seconds:g} s ({type(exc).__name__}: {exc})"
+        ) from exc
+    _report_progress(config, 0, len(job.candidates))  # joined: the run has started
     comm = crypten.communicator.get()
     results: list[dict[str, object]] = []
     try:
@@ -274,8 +310,7 @@ def run_party(config: PartyConfig) -> dict[str, object]:
                 "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
             }
             results.append(result)
-            with open(config.progress_file, "a") as f:
-                f.write(json.dumps({"done": index + 1, "total": len(job.candidates)}) + "\n")
+            _report_progress(config, index + 1, len(job.candidates))
     finally:
         crypten.uninit()
     return {"role": config.role, "results": results}
@@ -293,6 +328,7 @@ def main() -> int:
         level=logging.INFO if os.environ.get("DATA_APPRAISAL_DEBUG") else logging.WARNING,
         format=f"%(asctime)s {config.role} rank={RANKS[config.role]} %(levelname)s %(message)s",
     )
+    _exit_with_parent()
     try:
         _set_dist_env(config)
         _configure_crypten(config.job)

@@ -1,0 +1,237 @@
+"""Wire schemas of the three services' REST APIs (``/v1``).
+
+Everything here is public to both owners: metadata, the agreed computation, session states and the
+revealed outcome. Secrets never appear in a response model: the model owner's threshold τ is only in
+:class:`SessionCreate` (client → model owner) and never leaves the model owner's process.
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+from typing import Annotated, Any, Literal
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, HttpUrl
+
+from common.worker import JobSpec
+
+API_PREFIX = "/v1"
+Method = Literal["influence", "gradient-norm", "finetune"]
+Reveal = Literal["score", "threshold"]
+_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+
+
+def _check_id(value: str) -> str:
+    if not _ID.match(value):
+        raise ValueError(
+            "an id is 1-128 characters of letters, digits, '_', '.' or '-', starting with a "
+            f"letter or digit; got {value!r}"
+        )
+    return value
+
+
+DatasetId = Annotated[str, AfterValidator(_check_id)]
+
+
+class Strict(BaseModel):
+    """Request bodies reject unknown fields: a typo must not silently fall back to a default."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class ErrorBody(BaseModel):
+    """The one error shape of every route."""
+
+    error: str = Field(examples=["NotFound"])
+    detail: str = Field(examples=["no dataset 'candidate_42'; GET /v1/datasets lists them"])
+
+
+class Health(BaseModel):
+    status: Literal["ok"] = "ok"
+    service: str
+    version: str
+
+
+class DatasetMeta(BaseModel):
+    """A candidate data set's public metadata; the rows never leave the data owner."""
+
+    id: str = Field(examples=["candidate_01"])
+    name: str = Field(examples=["candidate_01.npz"])
+    n_samples: int
+    n_features: int
+    n_classes: int = Field(description="largest label + 1: labels are integers 0..n_classes-1")
+    label_encoding: str = Field(examples=["integer"])
+    feature_bound: float = Field(
+        description="a power of 2 bounding every |x|; features are fixed-point encoded after "
+        "division by the session's agreed bound"
+    )
+    feature_encoding: str = Field(
+        examples=["float features, |x| <= 16; fixed-point with 16 fractional bits in MPC"]
+    )
+
+
+class ModelInfo(BaseModel):
+    """The model owner's public metadata (never θ̂, v or the data)."""
+
+    n_features: int
+    n_classes: int
+    label_encoding: str
+    n_train: int
+    n_test: int
+    l2: float
+    feature_bound: float
+    trained_at: float | None
+
+
+class MethodParams(Strict):
+    """Fine-tuning parameters (ignored by influence and gradient norm)."""
+
+    steps: int = Field(default=16, ge=1, le=10_000)
+    lr: float = Field(default=0.1, gt=0, le=1e6)
+    batch_size: int | None = Field(default=None, ge=1)
+
+
+class SessionCreate(Strict):
+    """Client → model owner: open an appraisal session with a data owner."""
+
+    data_owner_url: HttpUrl = Field(examples=["http://127.0.0.1:8001"])
+    datasets: list[DatasetId] = Field(min_length=1, max_length=100, examples=[["candidate_01"]])
+    method: Method = "influence"
+    params: MethodParams = Field(default_factory=MethodParams)
+    reveal: Reveal = "score"
+    threshold: float | None = Field(
+        default=None,
+        allow_inf_nan=False,
+        description="τ for reveal=threshold: the model owner's secret, never sent to anyone",
+    )
+    direction: Literal["lower", "higher"] | None = Field(
+        default=None,
+        description="which scores are better (default: lower for influence and finetune, higher "
+        "for gradient-norm)",
+    )
+
+
+class Deadlines(Strict):
+    rendezvous_seconds: float = Field(gt=0, le=3600)
+    compute_seconds: float = Field(gt=0, le=7 * 86400)
+
+
+class Invitation(Strict):
+    """Model owner → data owner: the proposed computation (public to both)."""
+
+    session_id: str = Field(pattern=r"^[0-9a-f]{32}$")
+    model_owner: str
+    datasets: list[DatasetId] = Field(min_length=1, max_length=100)
+    label_encoding: str
+    job: JobSpec
+    rendezvous: str = Field(pattern=r"^tcp://[^\s/:]+:\d{1,5}$")
+    dealer_url: str
+    callback_url: str | None = Field(
+        default=None, description="where the data owner reports a cancellation or failure"
+    )
+    callback_token: str | None = Field(
+        default=None, description="a one-session token the data owner presents on callbacks"
+    )
+    deadlines: Deadlines
+
+
+class InvitationReply(BaseModel):
+    accepted: bool
+    reason: str | None = None
+
+
+class DealerJob(Strict):
+    """Model owner → dealer: join this session's rendezvous and serve Beaver triples."""
+
+    session_id: str = Field(pattern=r"^[0-9a-f]{32}$")
+    job: JobSpec
+    rendezvous: str = Field(pattern=r"^tcp://[^\s/:]+:\d{1,5}$")
+    deadlines: Deadlines
+
+
+class CancelRequest(Strict):
+    reason: str = Field(default="cancelled by request", max_length=2000)
+    outcome: Literal["cancelled", "failed"] = Field(
+        default="cancelled",
+        description="'failed' when a peer reports that its side of the session failed",
+    )
+
+
+class SessionState(enum.StrEnum):
+    """A session's life: see docs/api.md for every transition."""
+
+    PROPOSED = "proposed"  # the model owner is negotiating
+    ACCEPTED = "accepted"  # both agreed; the workers are starting and meeting at the rendezvous
+    RUNNING = "running"  # the workers met and are computing
+    COMPLETED = "completed"  # results stored
+    FAILED = "failed"  # a worker or a peer failed, a deadline passed, or the service restarted
+    REJECTED = "rejected"  # negotiation found an incompatibility or a policy refusal
+    CANCELLED = "cancelled"  # either side cancelled
+    EXPIRED = "expired"  # a peer did not answer or join before its deadline
+
+    @property
+    def terminal(self) -> bool:
+        return self in TERMINAL
+
+
+TERMINAL = frozenset(
+    {
+        SessionState.COMPLETED,
+        SessionState.FAILED,
+        SessionState.REJECTED,
+        SessionState.CANCELLED,
+        SessionState.EXPIRED,
+    }
+)
+
+
+class CandidateOutcome(BaseModel):
+    """One candidate's revealed outcome: the score or the bit, and what it cost this party."""
+
+    candidate: str
+    method: Method
+    score: float | None = None
+    accept: bool | None = None
+    seconds: float
+    bytes: int = Field(description="bytes this party wrote to its sockets for this candidate")
+    rounds: int
+    peak_rss_mb: float
+
+    def to_json(self) -> dict[str, Any]:
+        """The same per-candidate shape as ``data-appraisal local --json``."""
+        out: dict[str, Any] = {"candidate": self.candidate, "method": self.method}
+        if self.accept is None:
+            out["score"] = self.score
+        else:
+            out["accept"] = self.accept
+        out.update(
+            seconds=round(self.seconds, 4),
+            bytes=self.bytes,
+            rounds=self.rounds,
+            peak_rss_mb=round(self.peak_rss_mb, 1),
+        )
+        return out
+
+
+class Progress(BaseModel):
+    done: int = 0
+    total: int = 0
+
+
+class SessionView(BaseModel):
+    """A session as one party records it."""
+
+    id: str
+    role: Literal["model_owner", "data_owner", "dealer"]
+    state: SessionState
+    counterpart: str = Field(description="the other owner (its name or URL)")
+    method: Method
+    datasets: list[str]
+    reveal: Reveal
+    params: dict[str, Any] = Field(default_factory=dict)
+    rendezvous: str | None = None
+    reason: str | None = Field(default=None, description="why it was rejected, failed, ...")
+    progress: Progress = Field(default_factory=Progress)
+    results: list[CandidateOutcome] = Field(default_factory=list)
+    created_at: float
+    updated_at: float

@@ -1,0 +1,174 @@
+"""Durable session records: one SQLite file per service.
+
+Each write is its own transaction (WAL journal, synchronous=FULL), so a crash loses nothing that a
+response already reported. At start-up, :meth:`SessionStore.recover` marks every session that was
+still proposed, accepted or running as failed, with the cause: its worker died with the service.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from common.errors import AppraisalError
+from common.schemas import TERMINAL, CandidateOutcome, Progress, SessionState, SessionView
+
+
+class NotFound(AppraisalError):
+    status_code = 404
+
+
+class Conflict(AppraisalError):
+    status_code = 409
+
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS sessions (
+    id TEXT PRIMARY KEY,
+    role TEXT NOT NULL,
+    state TEXT NOT NULL,
+    counterpart TEXT NOT NULL,
+    method TEXT NOT NULL,
+    datasets TEXT NOT NULL,
+    reveal TEXT NOT NULL,
+    params TEXT NOT NULL,
+    rendezvous TEXT,
+    reason TEXT,
+    progress TEXT NOT NULL,
+    results TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    updated_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS sessions_counterpart ON sessions (counterpart, created_at);
+"""
+
+
+class SessionStore:
+    """Thread-safe CRUD over the ``sessions`` table."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+        self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        self._db.row_factory = sqlite3.Row
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.executescript(_SCHEMA)
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    @staticmethod
+    def _view(row: sqlite3.Row) -> SessionView:
+        return SessionView(
+            id=row["id"],
+            role=row["role"],
+            state=SessionState(row["state"]),
+            counterpart=row["counterpart"],
+            method=row["method"],
+            datasets=json.loads(row["datasets"]),
+            reveal=row["reveal"],
+            params=json.loads(row["params"]),
+            rendezvous=row["rendezvous"],
+            reason=row["reason"],
+            progress=Progress.model_validate_json(row["progress"]),
+            results=[CandidateOutcome.model_validate(r) for r in json.loads(row["results"])],
+            created_at=row["created_at"],
+            updated_at=row["updated_at"],
+        )
+
+    def create(self, view: SessionView) -> SessionView:
+        with self._lock:
+            try:
+                self._db.execute(
+                    "INSERT INTO sessions VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (
+                        view.id,
+                        view.role,
+                        view.state.value,
+                        view.counterpart,
+                        view.method,
+                        json.dumps(view.datasets),
+                        view.reveal,
+                        json.dumps(view.params),
+                        view.rendezvous,
+                        view.reason,
+                        view.progress.model_dump_json(),
+                        json.dumps([r.model_dump() for r in view.results]),
+                        view.created_at,
+                        view.updated_at,
+                    ),
+                )
+            except sqlite3.IntegrityError:
+                raise Conflict(f"a session with id {view.id} already exists") from None
+        return view
+
+    def get(self, session_id: str) -> SessionView:
+        with self._lock:
+            row = self._db.execute("SELECT * FROM sessions WHERE id = ?", (session_id,)).fetchone()
+        if row is None:
+            raise NotFound(f"no session {session_id!r}; GET /v1/sessions lists them")
+        return self._view(row)
+
+    def all(self, limit: int = 100, state: SessionState | None = None) -> list[SessionView]:
+        query, args = "SELECT * FROM sessions", []
+        if state is not None:
+            query, args = query + " WHERE state = ?", [state.value]
+        with self._lock:
+            rows = self._db.execute(
+                query + " ORDER BY created_at DESC LIMIT ?", (*args, limit)
+            ).fetchall()
+        return [self._view(r) for r in rows]
+
+    def count_since(self, counterpart: str, since: float, *, exclude_rejected: bool) -> int:
+        query = "SELECT COUNT(*) FROM sessions WHERE counterpart = ? AND created_at >= ?"
+        if exclude_rejected:
+            query += " AND state != 'rejected'"
+        with self._lock:
+            return int(self._db.execute(query, (counterpart, since)).fetchone()[0])
+
+    def update(self, session_id: str, **fields: Any) -> SessionView:
+        """Set fields of a live session. A terminal session is never changed again.
+
+        Returns the record as stored afterwards (unchanged if it was already terminal).
+        """
+        encoded: dict[str, Any] = {}
+        for key, value in fields.items():
+            if key == "state":
+                encoded[key] = SessionState(value).value
+            elif key == "progress":
+                encoded[key] = Progress.model_validate(value).model_dump_json()
+            elif key == "results":
+                encoded[key] = json.dumps(
+                    [CandidateOutcome.model_validate(r).model_dump() for r in value]
+                )
+            elif key in ("reason", "rendezvous"):
+                encoded[key] = value
+            else:
+                raise ValueError(f"cannot update session field {key!r}")
+        encoded["updated_at"] = time.time()
+        assignments = ", ".join(f"{k} = ?" for k in encoded)
+        terminal = ", ".join(f"'{s.value}'" for s in TERMINAL)
+        with self._lock:
+            self._db.execute(
+                f"UPDATE sessions SET {assignments} WHERE id = ? AND state NOT IN ({terminal})",
+                (*encoded.values(), session_id),
+            )
+        return self.get(session_id)
+
+    def recover(self) -> list[str]:
+        """Mark every session left live by a previous process as failed; return their ids."""
+        live = [s.id for s in self.all(limit=1_000_000) if not s.state.terminal]
+        for session_id in live:
+            self.update(
+                session_id,
+                state=SessionState.FAILED,
+                reason="the service stopped while this session was live; its worker stopped with it",
+            )
+        return live

@@ -1,0 +1,275 @@
+"""Run the three services on loopback (the demo and the end-to-end tests), and a REST client.
+
+:func:`local_stack` starts the dealer, the data owner and the model owner as separate uvicorn
+processes (``python -m common.cli <service> serve``) with fresh random tokens passed in their
+environment, waits until each answers its health check, and stops all three afterwards (SIGTERM,
+then SIGKILL after a grace period); each service stops its own workers when it shuts down.
+:func:`appraise` opens a session on a model owner and follows it to its end.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import random
+import secrets
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from common.errors import AppraisalError, MPCError, PeerTimeout
+from common.launcher import free_port
+from common.schemas import API_PREFIX, CandidateOutcome, SessionState, SessionView
+
+GRACE_SECONDS = 10.0
+ROOT = Path(__file__).resolve().parent.parent
+
+
+class SessionEnded(MPCError):
+    """A session ended without results: rejected, failed, cancelled or expired."""
+
+    def __init__(self, view: SessionView) -> None:
+        super().__init__(
+            f"session {view.id} {view.state.value}: {view.reason or 'no reason given'}"
+        )
+        self.view = view
+
+
+@dataclass
+class Service:
+    name: str
+    url: str
+    token: str  # the operator token
+    process: subprocess.Popen[bytes]
+    log_path: Path
+    env: dict[str, str] = field(repr=False)
+
+    def log_tail(self, lines: int = 40) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+    def client(self, timeout: float = 30.0) -> httpx.Client:
+        return httpx.Client(
+            base_url=self.url, headers={"Authorization": f"Bearer {self.token}"}, timeout=timeout
+        )
+
+
+@dataclass
+class Stack:
+    model_owner: Service
+    data_owner: Service
+    dealer: Service
+    workdir: Path
+
+    @property
+    def services(self) -> list[Service]:
+        return [self.dealer, self.data_owner, self.model_owner]
+
+
+def start_service(name: str, port: int, env: dict[str, str], workdir: Path, token: str) -> Service:
+    """Start ``data-appraisal <name> serve`` as its own process; secrets only in its environment."""
+    log_path = workdir / f"{name}.log"
+    with open(log_path, "ab") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "common.cli", name, "serve", "--port", str(port)],
+            env={**os.environ, **env},
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            cwd=str(ROOT),
+        )
+    return Service(name, f"http://127.0.0.1:{port}", token, process, log_path, env)
+
+
+def wait_healthy(service: Service, deadline_seconds: float = 90.0) -> None:
+    end = time.monotonic() + deadline_seconds
+    while time.monotonic() < end:
+        if service.process.poll() is not None:
+            raise AppraisalError(
+                f"the {service.name} service exited with status {service.process.returncode}:\n"
+                f"{service.log_tail()}"
+            )
+        with contextlib.suppress(httpx.HTTPError):
+            if httpx.get(f"{service.url}{API_PREFIX}/health", timeout=2).status_code == 200:
+                return
+        time.sleep(0.2)
+    raise PeerTimeout(f"the {service.name} service did not answer within {deadline_seconds:g} s")
+
+
+def stop_service(service: Service, grace: float = GRACE_SECONDS) -> None:
+    """SIGTERM (uvicorn shuts down and the service stops its workers), SIGKILL after ``grace``."""
+    if service.process.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(service.process.pid, signal.SIGTERM)
+        try:
+            service.process.wait(timeout=grace)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(service.process.pid, signal.SIGKILL)
+            service.process.wait()
+
+
+def stack_env(
+    workdir: Path, *, train: Path, test: Path, data_dir: Path, ports: dict[str, int]
+) -> dict[str, dict[str, str]]:
+    """Each service's environment: fresh random tokens, its own state directory, loopback URLs."""
+    mo_api, do_api, dealer_api = (secrets.token_urlsafe(24) for _ in range(3))
+    mo_at_do, mo_at_dealer = secrets.token_urlsafe(24), secrets.token_urlsafe(24)
+    base = random.randrange(20000, 29000, 100)  # rendezvous range; the pool skips ports in use
+    common = {"RENDEZVOUS_TIMEOUT": "60", "COMPUTE_TIMEOUT": "1800"}
+    return {
+        "dealer": {
+            "DEALER_API_TOKEN": dealer_api,
+            "DEALER_MODEL_OWNER_TOKENS": f'{{"model-owner": "{mo_at_dealer}"}}',
+            "DEALER_STATE_DIR": str(workdir / "dealer"),
+            **{f"DEALER_{k}": v for k, v in common.items()},
+        },
+        "data-owner": {
+            "DATA_OWNER_API_TOKEN": do_api,
+            "DATA_OWNER_MODEL_OWNER_TOKENS": f'{{"model-owner": "{mo_at_do}"}}',
+            "DATA_OWNER_STATE_DIR": str(workdir / "data_owner"),
+            "DATA_OWNER_DATA_DIR": str(data_dir),
+            **{f"DATA_OWNER_{k}": v for k, v in common.items()},
+        },
+        "model-owner": {
+            "MODEL_OWNER_API_TOKEN": mo_api,
+            "MODEL_OWNER_DATA_OWNER_TOKEN": mo_at_do,
+            "MODEL_OWNER_DEALER_TOKEN": mo_at_dealer,
+            "MODEL_OWNER_DEALER_URL": f"http://127.0.0.1:{ports['dealer']}",
+            "MODEL_OWNER_PUBLIC_URL": f"http://127.0.0.1:{ports['model-owner']}",
+            "MODEL_OWNER_STATE_DIR": str(workdir / "model_owner"),
+            "MODEL_OWNER_TRAIN": str(train),
+            "MODEL_OWNER_TEST": str(test),
+            "MODEL_OWNER_RENDEZVOUS_PORTS": f"{base}-{base + 99}",
+            **{f"MODEL_OWNER_{k}": v for k, v in common.items()},
+        },
+    }
+
+
+TOKEN_VARS = {
+    "dealer": "DEALER_API_TOKEN",
+    "data-owner": "DATA_OWNER_API_TOKEN",
+    "model-owner": "MODEL_OWNER_API_TOKEN",
+}
+
+
+@contextlib.contextmanager
+def local_stack(workdir: Path, *, train: Path, test: Path, data_dir: Path) -> Iterator[Stack]:
+    """The dealer, the data owner and the model owner, each its own process, on loopback."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    ports = {name: free_port() for name in TOKEN_VARS}
+    envs = stack_env(workdir, train=train, test=test, data_dir=data_dir, ports=ports)
+    started: dict[str, Service] = {}
+    try:
+        for name in ("dealer", "data-owner", "model-owner"):
+            env = envs[name]
+            started[name] = start_service(name, ports[name], env, workdir, env[TOKEN_VARS[name]])
+        for service in started.values():
+            wait_healthy(service)
+        yield Stack(started["model-owner"], started["data-owner"], started["dealer"], workdir)
+    finally:
+        for service in reversed(list(started.values())):
+            stop_service(service)
+
+
+def open_session(
+    model_owner: str, token: str, body: dict[str, Any], timeout: float = 60.0
+) -> SessionView:
+    """POST /v1/sessions on the model owner; raise with the service's own message on refusal."""
+    try:
+        response = httpx.post(
+            f"{model_owner.rstrip('/')}{API_PREFIX}/sessions",
+            json=body,
+            headers={"Authorization": f"Bearer {token}"},
+            timeout=timeout,
+        )
+    except httpx.HTTPError as exc:
+        raise PeerTimeout(f"the model owner at {model_owner} did not answer: {exc}") from None
+    if response.status_code != 201:
+        raise _client_error(response)
+    return SessionView.model_validate(response.json())
+
+
+def _client_error(response: httpx.Response) -> AppraisalError:
+    try:
+        body = response.json()
+        message = f"{body['error']}: {body['detail']}"
+    except (ValueError, KeyError, TypeError):
+        message = f"HTTP {response.status_code}: {response.text[:200]}"
+    error = AppraisalError(f"the model owner answered {response.status_code}: {message}")
+    error.status_code = response.status_code
+    return error
+
+
+def follow(
+    model_owner: str,
+    token: str,
+    session_id: str,
+    *,
+    on_progress: Callable[[SessionView], None] | None = None,
+    poll_seconds: float = 0.25,
+    deadline_seconds: float = 7200.0,
+) -> SessionView:
+    """Poll a session until it ends; return its final view."""
+    end = time.monotonic() + deadline_seconds
+    with httpx.Client(
+        base_url=model_owner.rstrip("/"), headers={"Authorization": f"Bearer {token}"}, timeout=30
+    ) as client:
+        while True:
+            try:
+                response = client.get(f"{API_PREFIX}/sessions/{session_id}")
+            except httpx.HTTPError as exc:
+                raise PeerTimeout(f"lost the model owner at {model_owner}: {exc}") from None
+            if response.status_code != 200:
+                raise _client_error(response)
+            view = SessionView.model_validate(response.json())
+            if on_progress is not None:
+                on_progress(view)
+            if view.state.terminal:
+                return view
+            if time.monotonic() > end:
+                raise PeerTimeout(f"session {session_id} did not end within {deadline_seconds:g} s")
+            time.sleep(poll_seconds)
+
+
+def appraise(
+    model_owner: str,
+    token: str,
+    *,
+    data_owner: str,
+    datasets: Sequence[str],
+    method: str = "influence",
+    reveal: str = "score",
+    threshold: float | None = None,
+    params: dict[str, Any] | None = None,
+    direction: str | None = None,
+    on_progress: Callable[[SessionView], None] | None = None,
+) -> list[CandidateOutcome]:
+    """Open a session and follow it; return each candidate's outcome or raise SessionEnded."""
+    body: dict[str, Any] = {
+        "data_owner_url": data_owner,
+        "datasets": list(datasets),
+        "method": method,
+        "reveal": reveal,
+        "params": params or {},
+    }
+    if threshold is not None:
+        body["threshold"] = threshold
+    if direction is not None:
+        body["direction"] = direction
+    view = open_session(model_owner, token, body)
+    if not view.state.terminal:
+        view = follow(model_owner, token, view.id, on_progress=on_progress)
+    if view.state is not SessionState.COMPLETED:
+        raise SessionEnded(view)
+    return view.results

@@ -1,0 +1,351 @@
+"""The data owner's service: registers candidate data sets, answers invitations, runs its worker.
+
+It serves only public metadata. The rows stay in ``data_dir`` and are read by this service's own
+worker process, which secret-shares them with the model owner's worker over TCP.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Annotated, Any, ClassVar, Literal, get_args
+
+import httpx
+from fastapi import APIRouter, Depends, Query, Request
+from pydantic import Field, SecretStr
+from pydantic_settings import SettingsConfigDict
+
+from common.data import load_dataset
+from common.errors import AppraisalError, DataError
+from common.launcher import party_config
+from common.model import feature_bound
+from common.schemas import (
+    API_PREFIX,
+    DatasetId,
+    DatasetMeta,
+    Deadlines,
+    Invitation,
+    InvitationReply,
+    Method,
+    SessionState,
+    SessionView,
+)
+from common.service import (
+    ERROR_RESPONSES,
+    OPERATOR,
+    PLACEHOLDER,
+    Forbidden,
+    PayloadTooLarge,
+    ServiceSettings,
+    SessionManager,
+    bearer_auth,
+    build_app,
+    notify_peer,
+)
+from common.sessions import Conflict, NotFound
+
+log = logging.getLogger("data_appraisal.data_owner")
+UPLOAD_PATH = f"{API_PREFIX}/datasets"
+
+
+class DataOwnerSettings(ServiceSettings):
+    """Environment variables ``DATA_OWNER_<FIELD>`` (dicts and lists as JSON)."""
+
+    model_config = SettingsConfigDict(env_prefix="DATA_OWNER_")
+    env_prefix_name: ClassVar[str] = "DATA_OWNER_"
+    secret_fields: ClassVar[tuple[str, ...]] = ("api_token", "model_owner_tokens")
+
+    port: int = 8001
+    data_dir: Path = Path("data")
+    label_encoding: str = "integer"
+    # the model owners this data owner knows, by name, with the token each presents
+    model_owner_tokens: dict[str, SecretStr] = Field(
+        default_factory=lambda: {"model-owner": SecretStr(PLACEHOLDER)}
+    )
+    # policy
+    allowed_model_owners: list[str] | None = None  # default: every model owner with a token
+    allowed_methods: list[Method] = Field(default_factory=lambda: list(get_args(Method)))
+    allowed_dealers: list[str] | None = None  # dealer URLs; default: any
+    max_sessions_per_day: int = 100  # per model owner, rejected invitations not counted
+    max_upload_bytes: int = 200_000_000
+
+
+class Registry:
+    """The candidate data sets: every .npz/.csv file in ``data_dir``, with its metadata."""
+
+    def __init__(self, settings: DataOwnerSettings) -> None:
+        self.settings = settings
+        self.dir = settings.data_dir
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.meta: dict[str, DatasetMeta] = {}
+        self.paths: dict[str, Path] = {}
+        for path in sorted(self.dir.iterdir()):
+            if path.suffix in (".npz", ".csv") and path.is_file():
+                try:
+                    self._register(path.stem, path)
+                except (AppraisalError, ValueError) as exc:
+                    log.warning("skipping %s: %s", path, exc)
+
+    def _register(self, dataset_id: str, path: Path) -> DatasetMeta:
+        ds = load_dataset(path)
+        bound = feature_bound(ds.X)
+        meta = DatasetMeta(
+            id=dataset_id,
+            name=path.name,
+            n_samples=ds.n_samples,
+            n_features=ds.n_features,
+            n_classes=int(ds.y.max()) + 1,
+            label_encoding=self.settings.label_encoding,
+            feature_bound=bound,
+            feature_encoding=f"float features, |x| <= {bound:g}; in MPC divided by the session's "
+            "agreed bound and fixed-point encoded with 16 fractional bits",
+        )
+        self.meta[dataset_id], self.paths[dataset_id] = meta, path
+        return meta
+
+    def get(self, dataset_id: str) -> DatasetMeta:
+        if dataset_id not in self.meta:
+            known = ", ".join(sorted(self.meta)[:20]) or "none"
+            raise NotFound(f"no dataset {dataset_id!r} (this data owner has: {known})")
+        return self.meta[dataset_id]
+
+    def add(self, dataset_id: str, suffix: str, body: bytes) -> DatasetMeta:
+        """Validate an uploaded file, then move it into ``data_dir`` (never half-written)."""
+        if dataset_id in self.meta or any(
+            (self.dir / f"{dataset_id}{s}").exists() for s in (".npz", ".csv")
+        ):
+            raise Conflict(f"a dataset {dataset_id!r} already exists; choose another id")
+        fd, tmp = tempfile.mkstemp(suffix=suffix, dir=self.dir, prefix=".upload-")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(body)
+            load_dataset(tmp)  # raises DataError naming what is wrong
+            final = self.dir / f"{dataset_id}{suffix}"
+            os.replace(tmp, final)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+            raise
+        return self._register(dataset_id, final)
+
+
+def review(
+    inv: Invitation,
+    who: str,
+    settings: DataOwnerSettings,
+    registry: Registry,
+    manager: SessionManager,
+) -> str | None:
+    """Why this invitation must be refused, or None to accept it."""
+    allowed = settings.allowed_model_owners
+    if inv.model_owner != who:
+        return f"the invitation names model owner {inv.model_owner!r}, but its token is {who!r}'s"
+    if allowed is not None and who not in allowed:
+        return f"the data owner's policy does not allow model owner {who!r}"
+    if inv.job.method not in settings.allowed_methods:
+        return (
+            f"the data owner's policy does not allow the method {inv.job.method!r} "
+            f"(allowed: {', '.join(settings.allowed_methods)})"
+        )
+    if inv.job.provider != "TTP":
+        return "the data owner requires a separate dealer (provider TTP); TFP lets the model owner read the data"
+    if settings.allowed_dealers is not None and inv.dealer_url.rstrip("/") not in [
+        d.rstrip("/") for d in settings.allowed_dealers
+    ]:
+        return f"the data owner does not trust the dealer at {inv.dealer_url}"
+    today = manager.store.count_since(who, time.time() - 86400, exclude_rejected=True)
+    if today >= settings.max_sessions_per_day:
+        return (
+            f"model owner {who!r} has used its {settings.max_sessions_per_day} sessions for the "
+            "last 24 hours"
+        )
+    if len(set(inv.datasets)) != len(inv.datasets):
+        return "a dataset is listed twice"
+    names = [c.name for c in inv.job.candidates]
+    if names != inv.datasets:
+        return f"the job's candidates {names} are not the invited datasets {inv.datasets}"
+    if inv.label_encoding != settings.label_encoding:
+        return (
+            f"label encodings differ: the model owner uses {inv.label_encoding!r}, this data owner "
+            f"{settings.label_encoding!r}"
+        )
+    for cand in inv.job.candidates:
+        if cand.name not in registry.meta:
+            return f"unknown dataset {cand.name!r}; GET /v1/datasets lists this data owner's"
+        meta = registry.meta[cand.name]
+        if meta.n_features != inv.job.n_features:
+            return (
+                f"dataset {cand.name!r} has {meta.n_features} features, the model owner's model "
+                f"{inv.job.n_features}"
+            )
+        if meta.n_classes > inv.job.n_classes:
+            return (
+                f"dataset {cand.name!r} has labels up to {meta.n_classes - 1}, the model owner's "
+                f"model only {inv.job.n_classes} classes"
+            )
+        if meta.n_samples != cand.n_samples:
+            return (
+                f"dataset {cand.name!r} has {meta.n_samples} samples, the job says {cand.n_samples}"
+            )
+        if meta.feature_bound > inv.job.feature_bound:
+            return (
+                f"dataset {cand.name!r} has features up to {meta.feature_bound:g}, above the job's "
+                f"feature bound {inv.job.feature_bound:g}"
+            )
+    return None
+
+
+def create_app(
+    settings: DataOwnerSettings | None = None, client: httpx.AsyncClient | None = None
+) -> Any:
+    settings = settings or DataOwnerSettings()
+    registry = Registry(settings)
+    manager = SessionManager(settings, role="data_owner")
+    http = client or httpx.AsyncClient(timeout=settings.negotiation_timeout)
+    callbacks: dict[str, tuple[str, str]] = {}  # session id -> (model owner URL, one-time token)
+
+    def tokens() -> dict[str, SecretStr]:
+        return {OPERATOR: settings.api_token, **settings.model_owner_tokens}
+
+    caller = bearer_auth(tokens)
+    router = APIRouter(prefix=API_PREFIX, responses=ERROR_RESPONSES)
+
+    @router.get(
+        "/datasets", response_model=list[DatasetMeta], tags=["datasets"], summary="Public metadata"
+    )
+    async def list_datasets(who: str = Depends(caller)) -> list[DatasetMeta]:
+        return list(registry.meta.values())
+
+    @router.get(
+        "/datasets/{dataset_id}",
+        response_model=DatasetMeta,
+        tags=["datasets"],
+        summary="One data set",
+    )
+    async def get_dataset(dataset_id: str, who: str = Depends(caller)) -> DatasetMeta:
+        return registry.get(dataset_id)
+
+    @router.post(
+        "/datasets",
+        response_model=DatasetMeta,
+        status_code=201,
+        tags=["datasets"],
+        summary="Upload a candidate data set (operator only)",
+        description="The body is the file itself (`.npz` with arrays X and y, or `.csv` with the "
+        "label in the last column); its size is limited by DATA_OWNER_MAX_UPLOAD_BYTES.",
+        openapi_extra={
+            "requestBody": {
+                "required": True,
+                "content": {
+                    "application/octet-stream": {"schema": {"type": "string", "format": "binary"}}
+                },
+            }
+        },
+    )
+    async def upload_dataset(
+        request: Request,
+        id: Annotated[DatasetId, Query(description="the new dataset's id")],
+        format: Annotated[Literal["npz", "csv"], Query(description="the file's format")] = "npz",
+        who: str = Depends(caller),
+    ) -> DatasetMeta:
+        if who != OPERATOR:
+            raise Forbidden("only the data owner's operator token may upload data sets")
+        chunks, size = [], 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > settings.max_upload_bytes:
+                raise PayloadTooLarge(
+                    f"the upload is larger than DATA_OWNER_MAX_UPLOAD_BYTES = {settings.max_upload_bytes}"
+                )
+            chunks.append(chunk)
+        if size == 0:
+            raise DataError("the upload is empty: send the .npz or .csv file as the request body")
+        return registry.add(id, f".{format}", b"".join(chunks))
+
+    @router.post(
+        "/invitations",
+        response_model=InvitationReply,
+        tags=["sessions"],
+        summary="A model owner proposes a session (model owners only)",
+    )
+    async def invite(inv: Invitation, who: str = Depends(caller)) -> InvitationReply:
+        if who == OPERATOR:
+            raise Forbidden("invitations come from a model owner's token, not the operator's")
+        reason = review(inv, who, settings, registry, manager)
+        now = time.time()
+        view = manager.store.create(
+            SessionView(
+                id=inv.session_id,
+                role="data_owner",
+                state=SessionState.REJECTED if reason else SessionState.ACCEPTED,
+                counterpart=who,
+                method=inv.job.method,
+                datasets=inv.datasets,
+                reveal=inv.job.reveal,
+                params=_params(inv),
+                rendezvous=inv.rendezvous,
+                reason=reason,
+                created_at=now,
+                updated_at=now,
+            )
+        )
+        if reason is not None:
+            log.info("rejected session %s from %s: %s", view.id, who, reason)
+            return InvitationReply(accepted=False, reason=reason)
+        if inv.callback_url and inv.callback_token:
+            callbacks[view.id] = (inv.callback_url, inv.callback_token)
+        deadlines = Deadlines(
+            rendezvous_seconds=min(inv.deadlines.rendezvous_seconds, settings.rendezvous_timeout),
+            compute_seconds=min(inv.deadlines.compute_seconds, settings.compute_timeout),
+        )
+        workdir = manager.new_workdir(view.id)
+        config = party_config(
+            "data_owner",
+            job=inv.job,
+            rendezvous=inv.rendezvous,
+            workdir=workdir,
+            timeout=deadlines.rendezvous_seconds,
+            candidates=[str(registry.paths[d]) for d in inv.datasets],
+        )
+        manager.start(view.id, config, workdir, deadlines)
+        return InvitationReply(accepted=True)
+
+    async def on_end(view: SessionView) -> None:
+        target = callbacks.pop(view.id, None)
+        if view.state is SessionState.COMPLETED or target is None:
+            return
+        url, token = target
+        await notify_peer(http, url, token, view, "the data owner")
+
+    manager.on_end = on_end
+    app = build_app(
+        title="data-appraisal data owner",
+        description="Registers candidate data sets and serves their public metadata; accepts or "
+        "refuses appraisal sessions by policy; runs its side of each session's MPC.",
+        settings=settings,
+        manager=manager,
+        caller=caller,
+        routers=[router],
+        upload_limits={UPLOAD_PATH: settings.max_upload_bytes},
+        http=http,
+    )
+    app.state.registry = registry
+    return app
+
+
+def _params(inv: Invitation) -> dict[str, Any]:
+    job = inv.job
+    return {
+        "l2": job.l2,
+        "steps": job.steps,
+        "lr": job.lr,
+        "batch_size": job.batch_size,
+        "direction": job.direction,
+        "feature_bound": job.feature_bound,
+        "n_features": job.n_features,
+        "n_classes": job.n_classes,
+    }

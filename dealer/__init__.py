@@ -1,0 +1,1 @@
+"""The dealer service: a third party that serves Beaver triples and holds no inputs."""

@@ -1,0 +1,114 @@
+"""The dealer service: for each session, a worker that serves Beaver triples and holds no input.
+
+CrypTen's trusted-third-party provider (TTP) needs a third process that generates every
+multiplication triple and sends each party its share. Whoever generates the triples can unmask the
+opened values, so neither owner may run the dealer: it is a separate service that both owners trust
+not to collude with the other (see docs/threat-model.md). A model owner asks it to join a session's
+rendezvous; the dealer sees the public job and nothing else.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, ClassVar
+
+from fastapi import APIRouter, Depends
+from pydantic import Field, SecretStr
+from pydantic_settings import SettingsConfigDict
+
+from common.launcher import party_config
+from common.schemas import API_PREFIX, Deadlines, DealerJob, SessionState, SessionView
+from common.service import (
+    ERROR_RESPONSES,
+    OPERATOR,
+    PLACEHOLDER,
+    Forbidden,
+    ServiceSettings,
+    SessionManager,
+    bearer_auth,
+    build_app,
+)
+
+
+class DealerSettings(ServiceSettings):
+    """Environment variables ``DEALER_<FIELD>`` (dicts as JSON)."""
+
+    model_config = SettingsConfigDict(env_prefix="DEALER_")
+    env_prefix_name: ClassVar[str] = "DEALER_"
+    secret_fields: ClassVar[tuple[str, ...]] = ("api_token", "model_owner_tokens")
+
+    port: int = 8002
+    # the model owners that may ask for a dealer, by name, with the token each presents
+    model_owner_tokens: dict[str, SecretStr] = Field(
+        default_factory=lambda: {"model-owner": SecretStr(PLACEHOLDER)}
+    )
+    max_concurrent_sessions: int = 16
+
+
+def create_app(settings: DealerSettings | None = None) -> Any:
+    settings = settings or DealerSettings()
+    manager = SessionManager(settings, role="dealer")
+
+    def tokens() -> dict[str, SecretStr]:
+        return {OPERATOR: settings.api_token, **settings.model_owner_tokens}
+
+    caller = bearer_auth(tokens)
+    router = APIRouter(prefix=API_PREFIX, responses=ERROR_RESPONSES)
+
+    @router.post(
+        "/sessions",
+        response_model=SessionView,
+        status_code=201,
+        tags=["sessions"],
+        summary="Serve Beaver triples for a session (model owners only)",
+    )
+    async def join(body: DealerJob, who: str = Depends(caller)) -> SessionView:
+        if who == OPERATOR:
+            raise Forbidden("a session is requested with a model owner's token")
+        if body.job.provider != "TTP":
+            raise Forbidden("the dealer serves TTP sessions only")
+        if len(manager.running()) >= settings.max_concurrent_sessions:
+            raise Forbidden(
+                f"the dealer already serves {settings.max_concurrent_sessions} sessions "
+                "(DEALER_MAX_CONCURRENT_SESSIONS); retry later"
+            )
+        now = time.time()
+        view = manager.store.create(
+            SessionView(
+                id=body.session_id,
+                role="dealer",
+                state=SessionState.ACCEPTED,
+                counterpart=who,
+                method=body.job.method,
+                datasets=[c.name for c in body.job.candidates],
+                reveal=body.job.reveal,
+                rendezvous=body.rendezvous,
+                created_at=now,
+                updated_at=now,
+            )
+        )
+        deadlines = Deadlines(
+            rendezvous_seconds=min(body.deadlines.rendezvous_seconds, settings.rendezvous_timeout),
+            compute_seconds=min(body.deadlines.compute_seconds, settings.compute_timeout),
+        )
+        workdir = manager.new_workdir(view.id)
+        config = party_config(
+            "dealer",
+            job=body.job,
+            rendezvous=body.rendezvous,
+            workdir=workdir,
+            timeout=deadlines.rendezvous_seconds,
+        )
+        manager.start(view.id, config, workdir, deadlines, reports_progress=False)
+        manager.store.update(view.id, state=SessionState.RUNNING)
+        return manager.store.get(view.id)
+
+    return build_app(
+        title="data-appraisal dealer",
+        description="Serves Beaver triples to both owners' workers (CrypTen's TTP provider). "
+        "Holds no inputs; neither owner may run it for both.",
+        settings=settings,
+        manager=manager,
+        caller=caller,
+        routers=[router],
+    )

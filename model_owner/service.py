@@ -1,0 +1,385 @@
+"""The model owner's service: holds θ̂ and the test set, opens appraisal sessions with data owners.
+
+Opening a session negotiates over REST: fetch the candidates' public metadata from the data owner,
+check it against the model, propose the computation and a rendezvous, ask the dealer to serve the
+session's Beaver triples, then start this side's worker. The threshold τ of a threshold session is
+written only to this side's 0600 worker configuration: never stored, logged or sent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import secrets
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+import httpx
+import numpy as np
+from fastapi import APIRouter, Depends
+from pydantic import SecretStr
+from pydantic_settings import SettingsConfigDict
+
+from common.data import Dataset, load_dataset
+from common.errors import ConfigError
+from common.launcher import party_config
+from common.model import ModelOwnerState, feature_bound, prepare_model_owner
+from common.schemas import (
+    API_PREFIX,
+    DatasetMeta,
+    DealerJob,
+    Invitation,
+    InvitationReply,
+    ModelInfo,
+    SessionCreate,
+    SessionState,
+    SessionView,
+)
+from common.service import (
+    ERROR_RESPONSES,
+    OPERATOR,
+    Forbidden,
+    PeerUnreachable,
+    PortPool,
+    ServiceSettings,
+    SessionManager,
+    bearer_auth,
+    build_app,
+    notify_peer,
+    peer_call,
+    peer_detail,
+)
+from common.sessions import Conflict
+from common.worker import CandidateMeta, JobSpec
+
+log = logging.getLogger("data_appraisal.model_owner")
+
+
+class ModelOwnerSettings(ServiceSettings):
+    """Environment variables ``MODEL_OWNER_<FIELD>``."""
+
+    model_config = SettingsConfigDict(env_prefix="MODEL_OWNER_")
+    env_prefix_name: ClassVar[str] = "MODEL_OWNER_"
+    secret_fields: ClassVar[tuple[str, ...]] = ("api_token", "data_owner_token", "dealer_token")
+
+    port: int = 8000
+    name: str = "model-owner"  # this model owner's name at the data owners
+    public_url: str = "http://127.0.0.1:8000"  # where data owners report a cancellation
+    train: Path = Path("data/train.npz")
+    test: Path = Path("data/test.npz")
+    l2: float = 1.0
+    n_classes: int | None = None  # default: largest label in train/test + 1
+    label_encoding: str = "integer"
+    data_owner_token: SecretStr = SecretStr("change-me")  # presented to data owners
+    dealer_url: str = "http://127.0.0.1:8002"
+    dealer_token: SecretStr = SecretStr("change-me")
+    advertise_host: str = "127.0.0.1"  # the rendezvous address the other parties connect to
+    rendezvous_ports: str = "29500-29599"
+
+
+@dataclass
+class Model:
+    """θ̂ and v, trained from the configured files and cached on disk."""
+
+    train: Dataset
+    test: Dataset
+    n_classes: int
+    state: ModelOwnerState
+    state_path: Path
+    trained_at: float
+
+    @classmethod
+    def load(cls, settings: ModelOwnerSettings, retrain: bool = False) -> Model:
+        train = load_dataset(settings.train)
+        test = load_dataset(settings.test, n_features=train.n_features)
+        n_classes = settings.n_classes or int(max(train.y.max(), test.y.max())) + 1
+        if n_classes < 2 or max(train.y.max(), test.y.max()) >= n_classes:
+            raise ConfigError(
+                f"MODEL_OWNER_N_CLASSES={n_classes} does not cover the labels of the train and "
+                "test sets"
+            )
+        digest = hashlib.sha256()
+        for path in (settings.train, settings.test):
+            digest.update(Path(path).read_bytes())
+        digest.update(f"{settings.l2!r} {n_classes}".encode())
+        key = digest.hexdigest()
+        path = settings.state_dir / "model.npz"
+        if not retrain and path.exists():
+            with np.load(path) as f:
+                if str(f["key"]) == key:
+                    state = ModelOwnerState(
+                        theta=f["theta"], v=f["v"], test_loss=float(f["test_loss"]), l2=settings.l2
+                    )
+                    return cls(train, test, n_classes, state, path, float(f["trained_at"]))
+        state = prepare_model_owner(
+            train.X, train.y, test.X, test.y, n_classes=n_classes, l2=settings.l2
+        )
+        trained_at = time.time()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(".model.tmp.npz")
+        np.savez(
+            tmp,
+            theta=state.theta,
+            v=state.v,
+            test_loss=state.test_loss,
+            key=key,
+            trained_at=trained_at,
+        )
+        path.parent.joinpath(".model.tmp.npz").replace(path)
+        log.info("trained θ̂ on %d samples (test loss %.4f)", train.n_samples, state.test_loss)
+        return cls(train, test, n_classes, state, path, trained_at)
+
+    def info(self, settings: ModelOwnerSettings) -> ModelInfo:
+        return ModelInfo(
+            n_features=self.train.n_features,
+            n_classes=self.n_classes,
+            label_encoding=settings.label_encoding,
+            n_train=self.train.n_samples,
+            n_test=self.test.n_samples,
+            l2=settings.l2,
+            feature_bound=feature_bound(self.train.X, self.test.X),
+            trained_at=self.trained_at,
+        )
+
+
+def incompatibility(meta: DatasetMeta, info: ModelInfo) -> str | None:
+    """Why a candidate cannot be appraised for this model, or None."""
+    if meta.n_features != info.n_features:
+        return f"dataset {meta.id!r} has {meta.n_features} features, the model {info.n_features}"
+    if meta.n_classes > info.n_classes:
+        return (
+            f"dataset {meta.id!r} has labels up to {meta.n_classes - 1}, the model only "
+            f"{info.n_classes} classes"
+        )
+    if meta.label_encoding != info.label_encoding:
+        return (
+            f"dataset {meta.id!r} uses label encoding {meta.label_encoding!r}, the model "
+            f"{info.label_encoding!r}"
+        )
+    return None
+
+
+def create_app(
+    settings: ModelOwnerSettings | None = None, client: httpx.AsyncClient | None = None
+) -> Any:
+    settings = settings or ModelOwnerSettings()
+    manager = SessionManager(settings, role="model_owner")
+    model = Model.load(settings)
+    ports = PortPool(settings.rendezvous_ports)
+    http = client or httpx.AsyncClient(timeout=settings.negotiation_timeout)
+    callback_tokens: dict[str, SecretStr] = {}  # session id -> the data owner's one-time token
+    peers: dict[str, str] = {}  # session id -> data owner URL
+
+    def tokens() -> dict[str, SecretStr]:
+        return {
+            OPERATOR: settings.api_token,
+            **{f"session:{sid}": tok for sid, tok in callback_tokens.items()},
+        }
+
+    caller = bearer_auth(tokens)
+    router = APIRouter(prefix=API_PREFIX, responses=ERROR_RESPONSES)
+
+    def operator_only(who: str) -> None:
+        if who != OPERATOR:
+            raise Forbidden("only the model owner's operator token may do this")
+
+    @router.get("/model", response_model=ModelInfo, tags=["model"], summary="Public model metadata")
+    async def model_info(who: str = Depends(caller)) -> ModelInfo:
+        operator_only(who)
+        return model.info(settings)
+
+    @router.post(
+        "/model/train", response_model=ModelInfo, tags=["model"], summary="Retrain θ̂ from the files"
+    )
+    async def retrain(who: str = Depends(caller)) -> ModelInfo:
+        nonlocal model
+        operator_only(who)
+        if manager.running():
+            raise Conflict("sessions are running on the current θ̂; retrain when they finish")
+        model = await asyncio.to_thread(Model.load, settings, True)
+        return model.info(settings)
+
+    @router.post(
+        "/sessions",
+        response_model=SessionView,
+        status_code=201,
+        tags=["sessions"],
+        summary="Open an appraisal session with a data owner",
+        description="Negotiates synchronously (metadata, proposal, dealer) and starts the MPC. The "
+        "returned session is `accepted` (follow it with GET /v1/sessions/{id}), or `rejected`, "
+        "`failed` or `expired` with a reason.",
+    )
+    async def open_session(body: SessionCreate, who: str = Depends(caller)) -> SessionView:
+        operator_only(who)
+        if body.reveal == "threshold" and body.threshold is None:
+            raise ConfigError("reveal 'threshold' needs the secret 'threshold' τ")
+        if body.reveal == "score" and body.threshold is not None:
+            raise ConfigError("'threshold' is only used with reveal 'threshold'")
+        return await negotiate(body)
+
+    async def negotiate(body: SessionCreate) -> SessionView:
+        do_url = str(body.data_owner_url).rstrip("/")
+        info = model.info(settings)
+        now = time.time()
+        view = manager.store.create(
+            SessionView(
+                id=uuid.uuid4().hex,
+                role="model_owner",
+                state=SessionState.PROPOSED,
+                counterpart=do_url,
+                method=body.method,
+                datasets=body.datasets,
+                reveal=body.reveal,
+                params={**body.params.model_dump(), "l2": settings.l2, "direction": body.direction},
+                created_at=now,
+                updated_at=now,
+            )
+        )
+        port: int | None = None
+        try:
+            metas = []
+            for dataset in body.datasets:
+                url = f"{do_url}{API_PREFIX}/datasets/{dataset}"
+                response = await peer_call(http, "GET", url, settings.data_owner_token)
+                if response.status_code != 200:
+                    return end(
+                        view.id, SessionState.REJECTED, f"the data owner: {peer_detail(response)}"
+                    )
+                metas.append(DatasetMeta.model_validate(response.json()))
+            mismatch = next((r for r in (incompatibility(m, info) for m in metas) if r), None)
+            port = ports.acquire()
+            rendezvous = f"tcp://{settings.advertise_host}:{port}"
+            job = JobSpec(
+                method=body.method,
+                n_features=info.n_features,
+                n_classes=info.n_classes,
+                candidates=[CandidateMeta(name=m.id, n_samples=m.n_samples) for m in metas],
+                n_train=info.n_train,
+                n_test=info.n_test,
+                feature_bound=max([info.feature_bound, *(m.feature_bound for m in metas)]),
+                l2=settings.l2,
+                steps=body.params.steps,
+                lr=body.params.lr,
+                batch_size=body.params.batch_size,
+                reveal=body.reveal,
+                direction=body.direction,
+                provider="TTP",
+            )
+            manager.store.update(view.id, rendezvous=rendezvous)
+            token = SecretStr(secrets.token_urlsafe(32))
+            invitation = Invitation(
+                session_id=view.id,
+                model_owner=settings.name,
+                datasets=body.datasets,
+                label_encoding=info.label_encoding,
+                job=job,
+                rendezvous=rendezvous,
+                dealer_url=settings.dealer_url,
+                callback_url=settings.public_url,
+                callback_token=token.get_secret_value(),
+                deadlines=settings.deadlines(),
+            )
+            # the proposal goes out even on a mismatch, so that both sides record the rejection
+            callback_tokens[view.id] = token
+            response = await peer_call(
+                http,
+                "POST",
+                f"{do_url}{API_PREFIX}/invitations",
+                settings.data_owner_token,
+                invitation.model_dump(mode="json"),
+            )
+            if response.status_code != 200:
+                return end(
+                    view.id, SessionState.REJECTED, f"the data owner: {peer_detail(response)}"
+                )
+            reply = InvitationReply.model_validate(response.json())
+            if mismatch is not None or not reply.accepted:
+                reason = mismatch or f"the data owner refused: {reply.reason}"
+                if reply.accepted:  # it accepted what this side rejects: withdraw
+                    await notify_peer(
+                        http,
+                        do_url,
+                        settings.data_owner_token,
+                        _as(view, reason),
+                        "the model owner",
+                    )
+                return end(view.id, SessionState.REJECTED, reason)
+            peers[view.id] = do_url
+            dealer = DealerJob(
+                session_id=view.id, job=job, rendezvous=rendezvous, deadlines=settings.deadlines()
+            )
+            response = await peer_call(
+                http,
+                "POST",
+                f"{settings.dealer_url.rstrip('/')}{API_PREFIX}/sessions",
+                settings.dealer_token,
+                dealer.model_dump(mode="json"),
+            )
+            if response.status_code != 201:
+                reason = f"the dealer refused the session: {peer_detail(response)}"
+                await notify_peer(
+                    http, do_url, settings.data_owner_token, _as(view, reason), "the model owner"
+                )
+                return end(view.id, SessionState.FAILED, reason)
+            workdir = manager.new_workdir(view.id)
+            config = party_config(
+                "model_owner",
+                job=job,
+                rendezvous=rendezvous,
+                workdir=workdir,
+                timeout=settings.rendezvous_timeout,
+                train=str(settings.train),
+                test=str(settings.test),
+                state=str(model.state_path),
+                threshold=body.threshold,
+            )
+            manager.store.update(view.id, state=SessionState.ACCEPTED)
+            held, port = port, None  # the supervisor releases it
+            manager.start(
+                view.id, config, workdir, settings.deadlines(), release=lambda: ports.release(held)
+            )
+            return manager.store.get(view.id)
+        except PeerUnreachable as exc:
+            return end(view.id, SessionState.EXPIRED, str(exc))
+        except Conflict as exc:  # no free rendezvous port
+            return end(view.id, SessionState.FAILED, str(exc))
+        finally:
+            if port is not None:
+                ports.release(port)
+
+    def end(session_id: str, state: SessionState, reason: str) -> SessionView:
+        callback_tokens.pop(session_id, None)
+        log.info("session %s %s: %s", session_id, state.value, reason)
+        return manager.store.update(session_id, state=state, reason=reason)
+
+    async def on_end(view: SessionView) -> None:
+        callback_tokens.pop(view.id, None)
+        do_url = peers.pop(view.id, None)
+        if view.state is SessionState.COMPLETED:
+            return
+        if do_url is not None:
+            await notify_peer(http, do_url, settings.data_owner_token, view, "the model owner")
+        await notify_peer(http, settings.dealer_url, settings.dealer_token, view, "the model owner")
+
+    manager.on_end = on_end
+    app = build_app(
+        title="data-appraisal model owner",
+        description="Holds the model θ̂ and the test set; opens appraisal sessions with data "
+        "owners and runs its side of each session's MPC. Only the score or the accept bit of each "
+        "candidate is revealed.",
+        settings=settings,
+        manager=manager,
+        caller=caller,
+        routers=[router],
+        http=http,
+    )
+    return app
+
+
+def _as(view: SessionView, reason: str) -> SessionView:
+    """The view as the peer should hear of it: this side rejected or failed it, for ``reason``."""
+    return view.model_copy(update={"state": SessionState.CANCELLED, "reason": reason})
