@@ -1,5 +1,5 @@
 # Two commands on a fresh machine (see README):
-#   make demo   - set up .venv and appraise the bundled digits candidates under two-party MPC
+#   make demo   - set up .venv, start both owners' services and the dealer, appraise the digits candidates
 #   make test   - set up .venv, lint (ruff, mypy) and run the whole test suite
 PYTHON ?= python3.11
 VENV   := .venv
@@ -21,10 +21,7 @@ $(STAMP): pyproject.toml Makefile
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/data-appraisal example-data demo-data --overwrite
-	$(BIN)/data-appraisal local --method influence \
-	  --train demo-data/model_owner/train.npz --test demo-data/model_owner/test.npz \
-	  $(foreach p,01 02 03 04 05 06 07 08 09 10,--candidate demo-data/data_owner/candidate_$(p).npz) --check
+	$(BIN)/data-appraisal demo
 
 test: lint
 	$(BIN)/python -m pytest

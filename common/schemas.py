@@ -151,9 +151,9 @@ class DealerJob(Strict):
 
 class CancelRequest(Strict):
     reason: str = Field(default="cancelled by request", max_length=2000)
-    outcome: Literal["cancelled", "failed"] = Field(
+    outcome: Literal["cancelled", "failed", "expired"] = Field(
         default="cancelled",
-        description="'failed' when a peer reports that its side of the session failed",
+        description="'failed' or 'expired' when a peer reports how its side of the session ended",
     )
 
 

@@ -512,11 +512,10 @@ async def notify_peer(
     http: httpx.AsyncClient, base_url: str, token: SecretStr | str, view: SessionView, me: str
 ) -> None:
     """Tell a peer that this side of a session ended without completing (best effort)."""
-    failed = view.state in (SessionState.FAILED, SessionState.EXPIRED)
-    body = {
-        "reason": f"{me}'s side {view.state.value}: {view.reason}"[:2000],
-        "outcome": "failed" if failed else "cancelled",
-    }
+    outcome = (
+        view.state if view.state in (SessionState.FAILED, SessionState.EXPIRED) else "cancelled"
+    )
+    body = {"reason": f"{me}'s side {view.state.value}: {view.reason}"[:2000], "outcome": outcome}
     url = f"{base_url.rstrip('/')}{API_PREFIX}/sessions/{view.id}/cancel"
     try:
         response = await peer_call(http, "POST", url, token, body)
@@ -572,6 +571,17 @@ def session_router(manager: SessionManager, caller: Callable[..., Awaitable[str]
     return router
 
 
+def openapi_schema(app: FastAPI) -> dict[str, Any]:
+    """The app's OpenAPI document, with the bearer scheme and the error shape on every route."""
+    from fastapi.openapi.utils import get_openapi
+
+    if app.openapi_schema is None:
+        app.openapi_schema = get_openapi(
+            title=app.title, version=app.version, description=app.description, routes=app.routes
+        )
+    return app.openapi_schema
+
+
 def build_app(
     *,
     title: str,
@@ -590,13 +600,31 @@ def build_app(
         if http is not None:
             await http.aclose()
 
-    app = FastAPI(title=title, description=description, version=VERSION, lifespan=lifespan)
+    # the schema is served behind the token like every route but health (no public /docs)
+    app = FastAPI(
+        title=title,
+        description=description,
+        version=VERSION,
+        lifespan=lifespan,
+        openapi_url=None,
+        docs_url=None,
+        redoc_url=None,
+    )
     install_error_handlers(app)
     app.add_middleware(BodyLimit, limit=settings.max_request_bytes, overrides=upload_limits)
 
     @app.get(f"{API_PREFIX}/health", response_model=Health, tags=["health"], summary="Liveness")
     async def health() -> Health:
         return Health(service=title, version=VERSION)
+
+    @app.get(
+        f"{API_PREFIX}/openapi.json",
+        tags=["health"],
+        summary="This API's OpenAPI schema",
+        responses={401: ERROR_RESPONSES[401]},
+    )
+    async def openapi(who: str = Depends(caller)) -> dict[str, Any]:
+        return openapi_schema(app)
 
     app.include_router(session_router(manager, caller))
     for router in routers:

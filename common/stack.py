@@ -170,15 +170,19 @@ def local_stack(workdir: Path, *, train: Path, test: Path, data_dir: Path) -> It
     ports = {name: free_port() for name in TOKEN_VARS}
     envs = stack_env(workdir, train=train, test=test, data_dir=data_dir, ports=ports)
     started: dict[str, Service] = {}
+    stack: Stack | None = None
     try:
         for name in ("dealer", "data-owner", "model-owner"):
             env = envs[name]
             started[name] = start_service(name, ports[name], env, workdir, env[TOKEN_VARS[name]])
         for service in started.values():
             wait_healthy(service)
-        yield Stack(started["model-owner"], started["data-owner"], started["dealer"], workdir)
+        stack = Stack(started["model-owner"], started["data-owner"], started["dealer"], workdir)
+        yield stack
     finally:
-        for service in reversed(list(started.values())):
+        # a caller may have restarted a service: stop what the stack holds now, and what it started
+        current = [] if stack is None else list(reversed(stack.services))
+        for service in [*current, *reversed(list(started.values()))]:
             stop_service(service)
 
 
