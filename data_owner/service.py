@@ -60,6 +60,7 @@ class DataOwnerSettings(ServiceSettings):
     secret_fields: ClassVar[tuple[str, ...]] = ("api_token", "model_owner_tokens")
 
     port: int = 8001
+    state_dir: Path = Path("state/data_owner")
     data_dir: Path = Path("data")
     label_encoding: str = "integer"
     # the model owners this data owner knows, by name, with the token each presents

@@ -10,6 +10,7 @@ rendezvous; the dealer sees the public job and nothing else.
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Any, ClassVar
 
 from fastapi import APIRouter, Depends
@@ -38,6 +39,7 @@ class DealerSettings(ServiceSettings):
     secret_fields: ClassVar[tuple[str, ...]] = ("api_token", "model_owner_tokens")
 
     port: int = 8002
+    state_dir: Path = Path("state/dealer")
     # the model owners that may ask for a dealer, by name, with the token each presents
     model_owner_tokens: dict[str, SecretStr] = Field(
         default_factory=lambda: {"model-owner": SecretStr(PLACEHOLDER)}

@@ -67,6 +67,7 @@ class ModelOwnerSettings(ServiceSettings):
     secret_fields: ClassVar[tuple[str, ...]] = ("api_token", "data_owner_token", "dealer_token")
 
     port: int = 8000
+    state_dir: Path = Path("state/model_owner")
     name: str = "model-owner"  # this model owner's name at the data owners
     public_url: str = "http://127.0.0.1:8000"  # where data owners report a cancellation
     train: Path = Path("data/train.npz")
