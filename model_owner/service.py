@@ -378,6 +378,7 @@ def create_app(
         routers=[router],
         http=http,
     )
+    app.state.ports = ports
     return app
 
 

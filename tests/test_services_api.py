@@ -521,6 +521,22 @@ async def test_session_runs_real_mpc_and_both_sides_store_the_score(
         "peak_rss_mb",
     }
     assert not (apps.tmp / "mo" / "work" / view["id"]).exists()  # worker files removed
+    assert apps.mo.state.ports._taken == set()  # the rendezvous port went back to the pool
+
+
+@pytest.mark.anyio
+@pytest.mark.mpc
+async def test_a_worker_error_is_reported_on_both_sessions(apps: Apps) -> None:
+    """A candidate file corrupted after registration: the data owner's worker fails to load it,
+    its error file names the cause, and both sides record it."""
+    (apps.data_dir / "candidate_02.npz").write_bytes(b"PK\x03\x04 no longer a zip archive")
+    view = await open_session(apps, datasets=["candidate_02"])
+    theirs = await finished(apps, DO, TOKENS["do"], view["id"], seconds=90)
+    ours = await finished(apps, MO, TOKENS["mo"], view["id"], seconds=90)
+    assert theirs["state"] == "failed" and "DataError" in theirs["reason"], theirs
+    assert "candidate_02.npz" in theirs["reason"]
+    assert ours["state"] == "failed" and "DataError" in ours["reason"], ours
+    assert "Traceback" not in ours["reason"]
 
 
 # --------------------------------------------------------------------------------------------
