@@ -330,7 +330,10 @@ def _token() -> str:
     for var in ("DATA_APPRAISAL_TOKEN", "MODEL_OWNER_API_TOKEN"):
         if os.environ.get(var):
             return os.environ[var]
-    _fail("set DATA_APPRAISAL_TOKEN to the model owner's API token (never a command-line option)")
+    _fail(
+        "set DATA_APPRAISAL_TOKEN (or MODEL_OWNER_API_TOKEN) to the model owner's API token; it "
+        "is never a command-line option"
+    )
     return ""
 
 
@@ -369,7 +372,8 @@ def appraise(
 ) -> None:
     """Open an appraisal session on a model owner service and follow it to its result.
 
-    The model owner's API token is read from the environment variable DATA_APPRAISAL_TOKEN.
+    The model owner's API token is read from the environment variable DATA_APPRAISAL_TOKEN (or,
+    if unset, MODEL_OWNER_API_TOKEN), never from the command line.
     """
     from common.stack import appraise as run
 

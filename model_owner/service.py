@@ -168,6 +168,17 @@ def create_app(
     settings: ModelOwnerSettings | None = None, client: httpx.AsyncClient | None = None
 ) -> Any:
     settings = settings or ModelOwnerSettings()
+    if settings.host not in ("127.0.0.1", "localhost", "::1") and settings.advertise_host in (
+        "127.0.0.1",
+        "localhost",
+    ):
+        log.warning(
+            "MODEL_OWNER_HOST=%s serves other machines, but MODEL_OWNER_ADVERTISE_HOST=%s tells "
+            "their workers to meet at a loopback address: sessions with remote data owners will "
+            "expire at the rendezvous; set it to this host's name on their network",
+            settings.host,
+            settings.advertise_host,
+        )
     manager = SessionManager(settings, role="model_owner")
     model = Model.load(settings)
     ports = PortPool(settings.rendezvous_ports)
