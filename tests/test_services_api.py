@@ -19,7 +19,7 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from pydantic import SecretStr
 
@@ -606,6 +606,10 @@ async def test_fuzzed_requests_never_cause_a_server_error(
 
     @settings(max_examples=250, deadline=None, suppress_health_check=list(HealthCheck))
     @given(target=targets, body=st.one_of(session_like, session_like, json_values), raw=raw_bodies)
+    @example(
+        target=(MO, "/v1/sessions", "mo"), body={"data_owner_url": DO, "datasets": ["x"]}, raw=None
+    )
+    @example(target=(DO, "/v1/invitations", "mo@do"), body={"job": {}}, raw=None)
     def run(target: tuple[str, str, str], body: Any, raw: bytes | None) -> None:
         base, path, who = target
 
@@ -627,7 +631,7 @@ async def test_fuzzed_requests_never_cause_a_server_error(
     loop = asyncio.get_running_loop()
     await asyncio.to_thread(run)
     assert len(calls) >= 250
-    assert {201, 422} <= seen  # rejected sessions are created; malformed bodies refused
+    assert {201, 422} <= seen  # the explicit examples: a rejected session, a malformed body
     for app in (apps.mo, apps.do, apps.dealer):
         await app.state.manager.shutdown()
 
