@@ -83,7 +83,7 @@ def wait_for(service: Service, session_id: str, states: set[str], seconds: float
 def test_concurrent_sessions_of_every_method_and_reveal_mode(
     stack: Stack, digits_split: ExampleSplit
 ) -> None:
-    """Six sessions at once: each method with the score and with the threshold reveal."""
+    """Six sessions at once (each method, each reveal mode) while `local` runs beside them."""
     files = [digits_split.candidates[0], digits_split.candidates[9]]
     methods = {"influence": {}, "gradient-norm": {}, "finetune": {"steps": 4, "lr": 0.1}}
     plain = {
@@ -101,6 +101,10 @@ def test_concurrent_sessions_of_every_method_and_reveal_mode(
         )
     ports = {v["rendezvous"] for v in sessions.values()}
     assert len(ports) == len(sessions)  # every session has its own rendezvous port
+    # meanwhile, `data-appraisal local` on the same data: the service must agree with it
+    local = appraise_local(
+        method="influence", train=digits_split.train, test=digits_split.test, candidates=files
+    )
     for (method, reveal), view in sessions.items():
         ours = wait_for(stack.model_owner, view["id"], TERMINAL, 300)
         assert ours["state"] == "completed", ours["reason"]
@@ -116,21 +120,13 @@ def test_concurrent_sessions_of_every_method_and_reveal_mode(
             if reveal == "score":
                 assert r["accept"] is None
                 assert r["score"] == pytest.approx(expected, rel=1e-3, abs=1e-3), (method, r)
-            else:
+        if (method, reveal) == ("influence", "score"):
+            for r, local_result in zip(ours["results"], local, strict=True):
+                assert r["score"] == pytest.approx(local_result.score, abs=1e-4)
+        for r, expected in zip(ours["results"], plain[method], strict=True):
+            if reveal == "threshold":
                 assert r["score"] is None  # only the bit is revealed
                 assert r["accept"] == (expected > tau if higher_is_better else expected < tau)
-
-
-def test_service_score_agrees_with_local(stack: Stack, digits_split: ExampleSplit) -> None:
-    view = open_session(stack, method="influence")
-    files = [digits_split.candidates[0], digits_split.candidates[9]]
-    local = appraise_local(
-        method="influence", train=digits_split.train, test=digits_split.test, candidates=files
-    )
-    done = wait_for(stack.model_owner, view["id"], TERMINAL, 120)
-    assert done["state"] == "completed", done["reason"]
-    for service_result, local_result in zip(done["results"], local, strict=True):
-        assert service_result["score"] == pytest.approx(local_result.score, abs=1e-4)
 
 
 def test_appraise_command_prints_the_same_shape_as_local(stack: Stack) -> None:
@@ -182,16 +178,16 @@ def test_appraise_command_prints_the_same_shape_as_local(stack: Stack) -> None:
 LONG = {"method": "finetune", "params": {"steps": 400, "lr": 0.1}}  # minutes if not stopped
 
 
-def test_cancel_by_the_data_owner_stops_every_worker(fresh_stack: Stack) -> None:
-    view = open_session(fresh_stack, **LONG)
-    wait_for(fresh_stack.model_owner, view["id"], {"running"}, 60)
-    with fresh_stack.data_owner.client() as c:
+def test_cancel_by_the_data_owner_stops_every_worker(stack: Stack) -> None:
+    view = open_session(stack, **LONG)
+    wait_for(stack.model_owner, view["id"], {"running"}, 60)
+    with stack.data_owner.client() as c:
         response = c.post(f"/v1/sessions/{view['id']}/cancel", json={"reason": "changed my mind"})
     assert response.status_code == 200, response.text
     assert response.json()["state"] == "cancelled"
-    ours = wait_for(fresh_stack.model_owner, view["id"], TERMINAL, 30)
+    ours = wait_for(stack.model_owner, view["id"], TERMINAL, 30)
     assert ours["state"] in ("cancelled", "failed") and "changed my mind" in ours["reason"]
-    dealer = wait_for(fresh_stack.dealer, view["id"], TERMINAL, 30)
+    dealer = wait_for(stack.dealer, view["id"], TERMINAL, 30)
     assert dealer["state"] in ("cancelled", "failed")
     end = time.monotonic() + 15
     while worker_pids() and time.monotonic() < end:
