@@ -50,8 +50,9 @@ SESSION_TAG = f"DATA_APPRAISAL_TEST_SESSION={uuid.uuid4().hex}"
 os.environ["DATA_APPRAISAL_TEST_SESSION"] = SESSION_TAG.split("=", 1)[1]
 
 
-def worker_pids() -> list[int]:
-    """PIDs of live MPC worker processes started by this test session (found by environment)."""
+def worker_pids(*, services: bool = False) -> list[int]:
+    """PIDs of live MPC workers (or, with ``services``, uvicorn services) started by this test
+    session, found by the tag in their environment."""
     pids = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
@@ -59,11 +60,15 @@ def worker_pids() -> list[int]:
         try:
             environ = (entry / "environ").read_bytes()
             status = (entry / "status").read_text()
+            cmdline = (entry / "cmdline").read_bytes()
         except OSError:
             continue
         ours = SESSION_TAG.encode() in environ
-        is_worker = b"DATA_APPRAISAL_WORKER_CONFIG=" in environ and "State:\tZ" not in status
-        if ours and is_worker and int(entry.name) != os.getpid():
+        is_service = b"common.cli\x00" in cmdline and b"\x00serve\x00" in cmdline
+        is_worker = b"DATA_APPRAISAL_WORKER_CONFIG=" in environ
+        if not (is_service if services else is_worker) or "State:\tZ" in status:
+            continue
+        if ours and int(entry.name) != os.getpid():
             pids.append(int(entry.name))
     return pids
 
@@ -73,6 +78,13 @@ def no_leftover_workers() -> object:
     """Every test must leave no MPC worker process behind."""
     yield
     assert worker_pids() == [], "a test left MPC worker processes running"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_leftover_services() -> object:
+    """Service stacks live across the tests of a module; none may outlive the test session."""
+    yield
+    assert worker_pids(services=True) == [], "a test left service processes running"
 
 
 @pytest.hookimpl(hookwrapper=True)
