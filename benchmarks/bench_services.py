@@ -63,12 +63,15 @@ def main() -> None:
         appraise_local(method=args.method, train=split.train, test=split.test, candidates=files)
         local = time.perf_counter() - start
 
-        with local_stack(
-            Path(tmp) / "services",
-            train=split.train,
-            test=split.test,
-            data_dir=split.directory / "data_owner",
-        ) as stack, stack.model_owner.client(timeout=120) as client:
+        with (
+            local_stack(
+                Path(tmp) / "services",
+                train=split.train,
+                test=split.test,
+                data_dir=split.directory / "data_owner",
+            ) as stack,
+            stack.model_owner.client(timeout=120) as client,
+        ):
             body = {"data_owner_url": stack.data_owner.url, "datasets": ids, "method": args.method}
             posted, session, state = run_session(client, body)
             assert state == "completed", state
