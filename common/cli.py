@@ -49,6 +49,32 @@ class DirectionChoice(enum.StrEnum):
     HIGHER = "higher"
 
 
+# Options shared by `local`, `appraise` and `demo`.
+MethodOpt = Annotated[MethodChoice, typer.Option(help="Appraisal function.")]
+StepsOpt = Annotated[int, typer.Option(help="Fine-tuning: gradient steps T.", min=1)]
+LrOpt = Annotated[float, typer.Option(help="Fine-tuning: learning rate η.", min=0.0)]
+BatchOpt = Annotated[
+    int | None, typer.Option(help="Fine-tuning: minibatch size (default: full batch).", min=1)
+]
+RevealOpt = Annotated[
+    RevealChoice,
+    typer.Option(help="'score' reveals the score; 'threshold' only the bit score-better-than-τ."),
+]
+ThresholdOpt = Annotated[
+    float | None, typer.Option(help="τ for --reveal threshold (stays the model owner's secret).")
+]
+DirectionOpt = Annotated[
+    DirectionChoice | None,
+    typer.Option(
+        help="Which scores are better (default: lower for influence and finetune, higher for "
+        "gradient-norm)."
+    ),
+]
+JsonOpt = Annotated[
+    bool, typer.Option("--json", help="Print only a JSON list, one object per candidate.")
+]
+
+
 def _fail(message: str, report: str | None = None) -> None:
     if report and os.environ.get("DATA_APPRAISAL_DEBUG"):
         err_console.print(report, highlight=False, markup=False)
@@ -63,32 +89,14 @@ def local(
     candidate: Annotated[
         list[Path], typer.Option(help="A data owner's candidate set; repeat for several.")
     ],
-    method: Annotated[MethodChoice, typer.Option(help="Appraisal function.")] = (
-        MethodChoice.influence
-    ),
+    method: MethodOpt = MethodChoice.influence,
     l2: Annotated[float, typer.Option(help="λ of the objective Σ L + λ‖θ‖².", min=0.0)] = 1.0,
-    steps: Annotated[int, typer.Option(help="Fine-tuning: gradient steps T.", min=1)] = 16,
-    lr: Annotated[float, typer.Option(help="Fine-tuning: learning rate η.", min=0.0)] = 0.1,
-    batch_size: Annotated[
-        int | None, typer.Option(help="Fine-tuning: minibatch size (default: full batch).", min=1)
-    ] = None,
-    reveal: Annotated[
-        RevealChoice,
-        typer.Option(
-            help="'score' reveals the score; 'threshold' only the bit score-better-than-τ."
-        ),
-    ] = RevealChoice.score,
-    threshold: Annotated[
-        float | None,
-        typer.Option(help="τ for --reveal threshold (stays the model owner's secret)."),
-    ] = None,
-    direction: Annotated[
-        DirectionChoice | None,
-        typer.Option(
-            help="Which scores are better (default: lower for influence and finetune, higher for "
-            "gradient-norm)."
-        ),
-    ] = None,
+    steps: StepsOpt = 16,
+    lr: LrOpt = 0.1,
+    batch_size: BatchOpt = None,
+    reveal: RevealOpt = RevealChoice.score,
+    threshold: ThresholdOpt = None,
+    direction: DirectionOpt = None,
     insecure_tfp: Annotated[
         bool,
         typer.Option(
@@ -107,9 +115,7 @@ def local(
     timeout: Annotated[
         float, typer.Option(help="Seconds any single network step may wait for a peer.", min=1)
     ] = 120.0,
-    json_output: Annotated[
-        bool, typer.Option("--json", help="Print only a JSON list, one object per candidate.")
-    ] = False,
+    json_output: JsonOpt = False,
 ) -> None:
     """Run the model owner, the data owner and the dealer as separate processes on loopback."""
     from common.local import appraise_local
@@ -344,36 +350,18 @@ def appraise(
     dataset: Annotated[
         list[str], typer.Option(help="A data owner's dataset id; repeat for several.")
     ],
-    method: Annotated[MethodChoice, typer.Option(help="Appraisal function.")] = (
-        MethodChoice.influence
-    ),
-    steps: Annotated[int, typer.Option(help="Fine-tuning: gradient steps T.", min=1)] = 16,
-    lr: Annotated[float, typer.Option(help="Fine-tuning: learning rate η.", min=0.0)] = 0.1,
-    batch_size: Annotated[
-        int | None, typer.Option(help="Fine-tuning: minibatch size (default: full batch).", min=1)
-    ] = None,
-    reveal: Annotated[
-        RevealChoice,
-        typer.Option(
-            help="'score' reveals the score; 'threshold' only the bit score-better-than-τ."
-        ),
-    ] = RevealChoice.score,
-    threshold: Annotated[
-        float | None,
-        typer.Option(help="τ for --reveal threshold (stays the model owner's secret)."),
-    ] = None,
-    direction: Annotated[
-        DirectionChoice | None,
-        typer.Option(help="Which scores are better (default: lower, higher for gradient-norm)."),
-    ] = None,
-    json_output: Annotated[
-        bool, typer.Option("--json", help="Print only a JSON list, one object per candidate.")
-    ] = False,
+    method: MethodOpt = MethodChoice.influence,
+    steps: StepsOpt = 16,
+    lr: LrOpt = 0.1,
+    batch_size: BatchOpt = None,
+    reveal: RevealOpt = RevealChoice.score,
+    threshold: ThresholdOpt = None,
+    direction: DirectionOpt = None,
+    json_output: JsonOpt = False,
 ) -> None:
     """Open an appraisal session on a model owner service and follow it to its result.
 
-    The model owner's API token is read from the environment variable DATA_APPRAISAL_TOKEN (or,
-    if unset, MODEL_OWNER_API_TOKEN), never from the command line.
+    The model owner's API token comes from DATA_APPRAISAL_TOKEN (else MODEL_OWNER_API_TOKEN).
     """
     from common.stack import appraise as run
 
@@ -404,9 +392,7 @@ def appraise(
 
 @app.command()
 def demo(
-    method: Annotated[MethodChoice, typer.Option(help="Appraisal function.")] = (
-        MethodChoice.influence
-    ),
+    method: MethodOpt = MethodChoice.influence,
     json_output: Annotated[
         bool, typer.Option("--json", help="Print only a JSON list, best candidate first.")
     ] = False,

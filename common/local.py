@@ -18,6 +18,7 @@ from common.data import Dataset, load_dataset
 from common.errors import ConfigError, MPCError
 from common.launcher import free_port, party_config, private_workdir, run_parties
 from common.model import feature_bound
+from common.schemas import outcome_json
 from common.worker import CandidateMeta, JobSpec, PartyConfig
 
 Method = Literal["influence", "gradient-norm", "finetune"]
@@ -37,17 +38,7 @@ class CandidateResult:
     plaintext: float | None = None  # --check: the plaintext twin's score
 
     def to_json(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"candidate": self.candidate, "method": self.method}
-        if self.accept is None:
-            out["score"] = self.score
-        else:
-            out["accept"] = self.accept
-        out.update(
-            seconds=round(self.seconds, 4),
-            bytes=self.bytes,
-            rounds=self.rounds,
-            peak_rss_mb=round(self.peak_rss_mb, 1),
-        )
+        out = outcome_json(self)
         if self.plaintext is not None:
             out["plaintext"] = self.plaintext
             if self.score is not None:

@@ -199,18 +199,23 @@ class CandidateOutcome(BaseModel):
 
     def to_json(self) -> dict[str, Any]:
         """The same per-candidate shape as ``data-appraisal local --json``."""
-        out: dict[str, Any] = {"candidate": self.candidate, "method": self.method}
-        if self.accept is None:
-            out["score"] = self.score
-        else:
-            out["accept"] = self.accept
-        out.update(
-            seconds=round(self.seconds, 4),
-            bytes=self.bytes,
-            rounds=self.rounds,
-            peak_rss_mb=round(self.peak_rss_mb, 1),
-        )
-        return out
+        return outcome_json(self)
+
+
+def outcome_json(o: Any) -> dict[str, Any]:
+    """One candidate's JSON in every command's ``--json`` output: the score or the bit, and cost."""
+    out: dict[str, Any] = {"candidate": o.candidate, "method": o.method}
+    if o.accept is None:
+        out["score"] = o.score
+    else:
+        out["accept"] = o.accept
+    out.update(
+        seconds=round(o.seconds, 4),
+        bytes=o.bytes,
+        rounds=o.rounds,
+        peak_rss_mb=round(o.peak_rss_mb, 1),
+    )
+    return out
 
 
 class Progress(BaseModel):

@@ -34,7 +34,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from common.errors import AppraisalError, ConfigError
-from common.launcher import Party, start_party, stop_parties
+from common.launcher import Party, party_config, start_party, stop_parties
 from common.schemas import (
     API_PREFIX,
     CancelRequest,
@@ -47,7 +47,7 @@ from common.schemas import (
     SessionView,
 )
 from common.sessions import Conflict, NotFound, SessionStore
-from common.worker import PartyConfig
+from common.worker import JobSpec, PartyConfig
 
 VERSION = "0.1.0"
 PLACEHOLDER = "change-me"
@@ -314,14 +314,37 @@ class SessionManager:
     def start(
         self,
         session_id: str,
-        config: PartyConfig,
-        workdir: Path,
-        deadlines: Deadlines,
+        job: JobSpec,
+        rendezvous: str,
+        proposed: Deadlines | None = None,
         *,
         reports_progress: bool = True,
         release: Callable[[], None] | None = None,
+        **inputs: Any,
     ) -> None:
-        """Start the session's worker and supervise it in a task of the running event loop."""
+        """Start this side's worker for a session and supervise it in a task of the event loop.
+
+        The deadlines are the smaller of this service's own and the ``proposed`` ones; ``inputs``
+        are the worker's own files (and, for the model owner, τ), written to its 0600 config.
+        """
+        own = self.settings.deadlines()
+        deadlines = (
+            own
+            if proposed is None
+            else Deadlines(
+                rendezvous_seconds=min(proposed.rendezvous_seconds, own.rendezvous_seconds),
+                compute_seconds=min(proposed.compute_seconds, own.compute_seconds),
+            )
+        )
+        workdir = self.new_workdir(session_id)
+        config = party_config(
+            self.role,
+            job=job,
+            rendezvous=rendezvous,
+            workdir=workdir,
+            timeout=deadlines.rendezvous_seconds,
+            **inputs,
+        )
         run = _Run()
         self._runs[session_id] = run
         run.task = asyncio.get_running_loop().create_task(

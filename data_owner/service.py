@@ -21,13 +21,11 @@ from pydantic_settings import SettingsConfigDict
 
 from common.data import load_dataset
 from common.errors import AppraisalError, DataError
-from common.launcher import party_config
 from common.model import feature_bound
 from common.schemas import (
     API_PREFIX,
     DatasetId,
     DatasetMeta,
-    Deadlines,
     Invitation,
     InvitationReply,
     Method,
@@ -299,20 +297,13 @@ def create_app(
             return InvitationReply(accepted=False, reason=reason)
         if inv.callback_url and inv.callback_token:
             callbacks[view.id] = (inv.callback_url, inv.callback_token)
-        deadlines = Deadlines(
-            rendezvous_seconds=min(inv.deadlines.rendezvous_seconds, settings.rendezvous_timeout),
-            compute_seconds=min(inv.deadlines.compute_seconds, settings.compute_timeout),
-        )
-        workdir = manager.new_workdir(view.id)
-        config = party_config(
-            "data_owner",
-            job=inv.job,
-            rendezvous=inv.rendezvous,
-            workdir=workdir,
-            timeout=deadlines.rendezvous_seconds,
+        manager.start(
+            view.id,
+            inv.job,
+            inv.rendezvous,
+            inv.deadlines,
             candidates=[str(registry.paths[d]) for d in inv.datasets],
         )
-        manager.start(view.id, config, workdir, deadlines)
         return InvitationReply(accepted=True)
 
     async def on_end(view: SessionView) -> None:

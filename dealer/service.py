@@ -17,8 +17,7 @@ from fastapi import APIRouter, Depends
 from pydantic import Field, SecretStr
 from pydantic_settings import SettingsConfigDict
 
-from common.launcher import party_config
-from common.schemas import API_PREFIX, Deadlines, DealerJob, SessionState, SessionView
+from common.schemas import API_PREFIX, DealerJob, SessionState, SessionView
 from common.service import (
     ERROR_RESPONSES,
     OPERATOR,
@@ -89,19 +88,7 @@ def create_app(settings: DealerSettings | None = None) -> Any:
                 updated_at=now,
             )
         )
-        deadlines = Deadlines(
-            rendezvous_seconds=min(body.deadlines.rendezvous_seconds, settings.rendezvous_timeout),
-            compute_seconds=min(body.deadlines.compute_seconds, settings.compute_timeout),
-        )
-        workdir = manager.new_workdir(view.id)
-        config = party_config(
-            "dealer",
-            job=body.job,
-            rendezvous=body.rendezvous,
-            workdir=workdir,
-            timeout=deadlines.rendezvous_seconds,
-        )
-        manager.start(view.id, config, workdir, deadlines, reports_progress=False)
+        manager.start(view.id, body.job, body.rendezvous, body.deadlines, reports_progress=False)
         manager.store.update(view.id, state=SessionState.RUNNING)
         return manager.store.get(view.id)
 

@@ -26,7 +26,6 @@ from pydantic_settings import SettingsConfigDict
 
 from common.data import Dataset, load_dataset
 from common.errors import ConfigError
-from common.launcher import party_config
 from common.model import ModelOwnerState, feature_bound, prepare_model_owner
 from common.schemas import (
     API_PREFIX,
@@ -337,22 +336,17 @@ def create_app(
                     http, do_url, settings.data_owner_token, _as(view, reason), "the model owner"
                 )
                 return end(view.id, SessionState.FAILED, reason)
-            workdir = manager.new_workdir(view.id)
-            config = party_config(
-                "model_owner",
-                job=job,
-                rendezvous=rendezvous,
-                workdir=workdir,
-                timeout=settings.rendezvous_timeout,
+            manager.store.update(view.id, state=SessionState.ACCEPTED)
+            held, port = port, None  # the supervisor releases it
+            manager.start(
+                view.id,
+                job,
+                rendezvous,
+                release=lambda: ports.release(held),
                 train=str(settings.train),
                 test=str(settings.test),
                 state=str(model.state_path),
                 threshold=body.threshold,
-            )
-            manager.store.update(view.id, state=SessionState.ACCEPTED)
-            held, port = port, None  # the supervisor releases it
-            manager.start(
-                view.id, config, workdir, settings.deadlines(), release=lambda: ports.release(held)
             )
             return manager.store.get(view.id)
         except PeerUnreachable as exc:
