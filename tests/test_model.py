@@ -633,3 +633,29 @@ def test_convergence_is_reported(caplog: pytest.LogCaptureFixture) -> None:
         model_ = LogisticRegression(n_classes=10, max_iter=2).fit(X, y)
     assert not model_.converged_
     assert "without converging" in caplog.text
+
+
+def test_large_step_finetuning_amplifies_one_fixed_point_unit(digits_split) -> None:
+    """docs/results.md: at η = 10 plaintext fine-tuning itself turns a 2⁻¹⁶ change of θ̂ into a
+    large score change (so MPC rounding must too), while at η = 0.1 it stays a rounding error."""
+    from common.data import load_dataset
+
+    tr, te = load_dataset(digits_split.train), load_dataset(digits_split.test)
+    cand = load_dataset(digits_split.candidates[2])
+    state = model.prepare_model_owner(tr.X, tr.y, te.X, te.y, n_classes=10, l2=1.0)
+    nudged = model.ModelOwnerState(
+        theta=state.theta + np.random.default_rng(0).normal(0, 2**-16, state.theta.shape),
+        v=state.v,
+        test_loss=state.test_loss,
+        l2=state.l2,
+    )
+
+    def change(lr: float) -> float:
+        a, b = (
+            model.finetune_score(s, tr.X, tr.y, cand.X, cand.y, te.X, te.y, steps=12, lr=lr)
+            for s in (state, nudged)
+        )
+        return abs(a - b)
+
+    assert change(0.1) < 1e-4
+    assert change(10.0) > 0.1
