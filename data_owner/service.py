@@ -6,11 +6,13 @@ worker process, which secret-shares them with the model owner's worker over TCP.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import os
 import tempfile
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal, get_args
 
@@ -112,24 +114,40 @@ class Registry:
             raise NotFound(f"no dataset {dataset_id!r} (this data owner has: {known})")
         return self.meta[dataset_id]
 
-    def add(self, dataset_id: str, suffix: str, body: bytes) -> DatasetMeta:
-        """Validate an uploaded file, then move it into ``data_dir`` (never half-written)."""
+    async def add(
+        self, dataset_id: str, suffix: str, body: AsyncIterator[bytes], limit: int
+    ) -> DatasetMeta:
+        """Stream an upload to a temporary file, validate it, then move it into ``data_dir``.
+
+        Nothing is registered or left behind unless the whole file arrived and is valid.
+        """
         if dataset_id in self.meta or any(
             (self.dir / f"{dataset_id}{s}").exists() for s in (".npz", ".csv")
         ):
             raise Conflict(f"a dataset {dataset_id!r} already exists; choose another id")
         fd, tmp = tempfile.mkstemp(suffix=suffix, dir=self.dir, prefix=".upload-")
         try:
+            size = 0
             with os.fdopen(fd, "wb") as f:
-                f.write(body)
-            load_dataset(tmp)  # raises DataError naming what is wrong
+                async for chunk in body:
+                    size += len(chunk)
+                    if size > limit:
+                        raise PayloadTooLarge(
+                            f"the upload is larger than DATA_OWNER_MAX_UPLOAD_BYTES = {limit}"
+                        )
+                    f.write(chunk)
+            if size == 0:
+                raise DataError(
+                    "the upload is empty: send the .npz or .csv file as the request body"
+                )
+            await asyncio.to_thread(load_dataset, tmp)  # raises DataError naming what is wrong
             final = self.dir / f"{dataset_id}{suffix}"
             os.replace(tmp, final)
         except BaseException:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
             raise
-        return self._register(dataset_id, final)
+        return await asyncio.to_thread(self._register, dataset_id, final)
 
 
 def review(
@@ -253,17 +271,7 @@ def create_app(
     ) -> DatasetMeta:
         if who != OPERATOR:
             raise Forbidden("only the data owner's operator token may upload data sets")
-        chunks, size = [], 0
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > settings.max_upload_bytes:
-                raise PayloadTooLarge(
-                    f"the upload is larger than DATA_OWNER_MAX_UPLOAD_BYTES = {settings.max_upload_bytes}"
-                )
-            chunks.append(chunk)
-        if size == 0:
-            raise DataError("the upload is empty: send the .npz or .csv file as the request body")
-        return registry.add(id, f".{format}", b"".join(chunks))
+        return await registry.add(id, f".{format}", request.stream(), settings.max_upload_bytes)
 
     @router.post(
         "/invitations",
