@@ -75,6 +75,19 @@ JsonOpt = Annotated[
 ]
 
 
+def _progress_bar(*, show: bool) -> Progress:
+    """A transient bar of finished candidates on stderr (hidden when not a terminal or --json)."""
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=err_console,
+        disable=not show,
+        transient=True,
+    )
+
+
 def _fail(message: str, report: str | None = None) -> None:
     if report and os.environ.get("DATA_APPRAISAL_DEBUG"):
         err_console.print(report, highlight=False, markup=False)
@@ -125,16 +138,7 @@ def local(
             "[bold yellow]warning:[/] --insecure-tfp: the model owner's worker generates every "
             "Beaver triple and can read the data owner's data. Use it only for testing."
         )
-    show_progress = not json_output and err_console.is_terminal
-    progress = Progress(
-        TextColumn("appraising"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=err_console,
-        disable=not show_progress,
-        transient=True,
-    )
+    progress = _progress_bar(show=not json_output and err_console.is_terminal)
     try:
         with progress:
             task = progress.add_task("appraising", total=len(candidate))
@@ -287,15 +291,7 @@ for _name in SERVICES:
 
 
 def _session_progress(total: int, show: bool) -> tuple[Progress, Callable[[Any], None]]:
-    progress = Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=err_console,
-        disable=not show,
-        transient=True,
-    )
+    progress = _progress_bar(show=show)
     task = progress.add_task("negotiating", total=total)
 
     def update(view: Any) -> None:

@@ -171,20 +171,18 @@ def run_parties(
     returns or raises.
     """
     parties: list[Party] = []
-    progress_file = Path(configs[0].progress_file)
-    reported = 0
+    reported: tuple[int, int] | None = None
     try:
         for config in configs:
             parties.append(start_party(config, workdir))
         end = time.monotonic() + deadline_seconds
         while True:
             codes = {p.role: p.process.poll() for p in parties if p.process is not None}
-            if on_progress is not None and progress_file.exists():
-                lines = progress_file.read_text().splitlines()
-                if len(lines) > reported:
-                    reported = len(lines)
-                    last = json.loads(lines[-1])
-                    on_progress(int(last["done"]), int(last["total"]))
+            if on_progress is not None:
+                progress = parties[0].progress()  # the first party's (the model owner's)
+                if progress is not None and progress != reported:
+                    reported = progress
+                    on_progress(*progress)
             failed = [role for role, code in codes.items() if code not in (None, 0)]
             if failed:
                 # give the others a moment to write their own error reports, then stop them

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import enum
 import re
+import time
 from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, HttpUrl
@@ -19,6 +20,8 @@ API_PREFIX = "/v1"
 Method = Literal["influence", "gradient-norm", "finetune"]
 Reveal = Literal["score", "threshold"]
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+SessionId = Annotated[str, Field(pattern=r"^[0-9a-f]{32}$")]
+Rendezvous = Annotated[str, Field(pattern=r"^tcp://[^\s/:]+:\d{1,5}$")]
 
 
 def _check_id(value: str) -> str:
@@ -119,12 +122,12 @@ class Deadlines(Strict):
 class Invitation(Strict):
     """Model owner → data owner: the proposed computation (public to both)."""
 
-    session_id: str = Field(pattern=r"^[0-9a-f]{32}$")
+    session_id: SessionId
     model_owner: str
     datasets: list[DatasetId] = Field(min_length=1, max_length=100)
     label_encoding: str
     job: JobSpec
-    rendezvous: str = Field(pattern=r"^tcp://[^\s/:]+:\d{1,5}$")
+    rendezvous: Rendezvous
     dealer_url: str
     callback_url: str | None = Field(
         default=None, description="where the data owner reports a cancellation or failure"
@@ -143,9 +146,9 @@ class InvitationReply(BaseModel):
 class DealerJob(Strict):
     """Model owner → dealer: join this session's rendezvous and serve Beaver triples."""
 
-    session_id: str = Field(pattern=r"^[0-9a-f]{32}$")
+    session_id: SessionId
     job: JobSpec
-    rendezvous: str = Field(pattern=r"^tcp://[^\s/:]+:\d{1,5}$")
+    rendezvous: Rendezvous
     deadlines: Deadlines
 
 
@@ -238,5 +241,5 @@ class SessionView(BaseModel):
     reason: str | None = Field(default=None, description="why it was rejected, failed, ...")
     progress: Progress = Field(default_factory=Progress)
     results: list[CandidateOutcome] = Field(default_factory=list)
-    created_at: float
-    updated_at: float
+    created_at: float = Field(default_factory=time.time)
+    updated_at: float = Field(default_factory=time.time)

@@ -28,7 +28,7 @@ from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from pydantic import SecretStr
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -51,6 +51,7 @@ from common.worker import JobSpec, PartyConfig
 
 VERSION = "0.1.0"
 PLACEHOLDER = "change-me"
+OPERATOR = "operator"  # the identity of a service's own API token
 log = logging.getLogger("data_appraisal.service")
 
 
@@ -64,12 +65,6 @@ class Forbidden(AppraisalError):
 
 class PayloadTooLarge(AppraisalError):
     status_code = 413
-
-
-class PeerError(AppraisalError):
-    """The other service answered with an error, or not at all."""
-
-    status_code = 502
 
 
 _KIND = {
@@ -86,6 +81,7 @@ _KIND = {
 
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     401: {"model": ErrorBody, "description": "missing or wrong bearer token"},
+    403: {"model": ErrorBody, "description": "a valid token, but not one allowed on this route"},
     404: {"model": ErrorBody, "description": "no such session or dataset"},
     409: {"model": ErrorBody, "description": "the session is already finished"},
     413: {"model": ErrorBody, "description": "the request body is larger than the limit"},
@@ -108,7 +104,6 @@ class ServiceSettings(BaseSettings):
     max_request_bytes: int = 1_000_000
 
     secret_fields: ClassVar[tuple[str, ...]] = ("api_token",)
-    env_prefix_name: ClassVar[str] = ""
 
     @property
     def database_path(self) -> Path:
@@ -127,12 +122,30 @@ class ServiceSettings(BaseSettings):
             value = getattr(self, name)
             values = value.values() if isinstance(value, dict) else [value]
             if any(v.get_secret_value() in (PLACEHOLDER, "") for v in values):
-                env = f"{self.env_prefix_name}{name.upper()}"
+                env = f"{self.model_config.get('env_prefix', '')}{name.upper()}"
                 raise ConfigError(
                     f"{env} is unset or the placeholder {PLACEHOLDER!r}: set a real secret (e.g. "
                     "python -c 'import secrets; print(secrets.token_urlsafe(32))'), or pass --demo "
                     "for a local demo"
                 )
+
+    def identities(self) -> dict[str, SecretStr]:
+        """Each identity this service accepts, with its bearer token."""
+        return {OPERATOR: self.api_token}
+
+
+class ServesModelOwners(ServiceSettings):
+    """A service that model owners call with their own tokens (the data owner, the dealer)."""
+
+    secret_fields: ClassVar[tuple[str, ...]] = ("api_token", "model_owner_tokens")
+
+    # the model owners this service knows, by name, with the token each presents
+    model_owner_tokens: dict[str, SecretStr] = Field(
+        default_factory=lambda: {"model-owner": SecretStr(PLACEHOLDER)}
+    )
+
+    def identities(self) -> dict[str, SecretStr]:
+        return {OPERATOR: self.api_token, **self.model_owner_tokens}
 
 
 def same_secret(given: str, expected: SecretStr) -> bool:
@@ -418,13 +431,12 @@ class SessionManager:
             code = party.process.poll()
             progress = party.progress() if reports_progress else None
             if progress is not None and progress != last:
-                if last is None:
+                fields: dict[str, Any] = {"progress": Progress(done=progress[0], total=progress[1])}
+                if last is None:  # the worker has joined the rendezvous
                     finish_by = time.monotonic() + deadlines.compute_seconds
-                    self.store.update(session_id, state=SessionState.RUNNING)
+                    fields["state"] = SessionState.RUNNING
                 last = progress
-                self.store.update(
-                    session_id, progress=Progress(done=progress[0], total=progress[1])
-                )
+                self.store.update(session_id, **fields)
             if code == 0:
                 return SessionState.COMPLETED, "", self._outcomes(party)
             if code is not None:
@@ -498,9 +510,6 @@ class SessionManager:
             with contextlib.suppress(Conflict, NotFound):
                 await self.stop(session_id, "the service shut down", SessionState.FAILED)
         self.store.close()
-
-
-OPERATOR = "operator"
 
 
 class PeerUnreachable(AppraisalError):

@@ -47,6 +47,9 @@ CREATE INDEX IF NOT EXISTS sessions_counterpart ON sessions (counterpart, create
 """
 
 
+_TERMINAL_SQL = ", ".join(f"'{s.value}'" for s in TERMINAL)  # fixed enum values, not input
+
+
 class SessionStore:
     """Thread-safe CRUD over the ``sessions`` table."""
 
@@ -154,17 +157,20 @@ class SessionStore:
                 raise ValueError(f"cannot update session field {key!r}")
         encoded["updated_at"] = time.time()
         assignments = ", ".join(f"{k} = ?" for k in encoded)
-        terminal = ", ".join(f"'{s.value}'" for s in TERMINAL)
         with self._lock:
             self._db.execute(
-                f"UPDATE sessions SET {assignments} WHERE id = ? AND state NOT IN ({terminal})",
+                f"UPDATE sessions SET {assignments} WHERE id = ? AND state NOT IN ({_TERMINAL_SQL})",
                 (*encoded.values(), session_id),
             )
         return self.get(session_id)
 
     def recover(self) -> list[str]:
         """Mark every session left live by a previous process as failed; return their ids."""
-        live = [s.id for s in self.all(limit=1_000_000) if not s.state.terminal]
+        with self._lock:
+            rows = self._db.execute(
+                f"SELECT id FROM sessions WHERE state NOT IN ({_TERMINAL_SQL})"
+            ).fetchall()
+        live = [row["id"] for row in rows]
         for session_id in live:
             self.update(
                 session_id,

@@ -10,6 +10,7 @@ then SIGKILL after a grace period); each service stops its own workers when it s
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import random
 import secrets
@@ -130,13 +131,13 @@ def stack_env(
     return {
         "dealer": {
             "DEALER_API_TOKEN": dealer_api,
-            "DEALER_MODEL_OWNER_TOKENS": f'{{"model-owner": "{mo_at_dealer}"}}',
+            "DEALER_MODEL_OWNER_TOKENS": json.dumps({"model-owner": mo_at_dealer}),
             "DEALER_STATE_DIR": str(workdir / "dealer"),
             **{f"DEALER_{k}": v for k, v in common.items()},
         },
         "data-owner": {
             "DATA_OWNER_API_TOKEN": do_api,
-            "DATA_OWNER_MODEL_OWNER_TOKENS": f'{{"model-owner": "{mo_at_do}"}}',
+            "DATA_OWNER_MODEL_OWNER_TOKENS": json.dumps({"model-owner": mo_at_do}),
             "DATA_OWNER_STATE_DIR": str(workdir / "data_owner"),
             "DATA_OWNER_DATA_DIR": str(data_dir),
             **{f"DATA_OWNER_{k}": v for k, v in common.items()},

@@ -14,11 +14,11 @@ import tempfile
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Annotated, Any, ClassVar, Literal, get_args
+from typing import Annotated, Any, Literal, get_args
 
 import httpx
 from fastapi import APIRouter, Depends, Query, Request
-from pydantic import Field, SecretStr
+from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
 from common.data import load_dataset
@@ -37,10 +37,8 @@ from common.schemas import (
 from common.service import (
     ERROR_RESPONSES,
     OPERATOR,
-    PLACEHOLDER,
     Forbidden,
-    PayloadTooLarge,
-    ServiceSettings,
+    ServesModelOwners,
     SessionManager,
     bearer_auth,
     build_app,
@@ -52,21 +50,15 @@ log = logging.getLogger("data_appraisal.data_owner")
 UPLOAD_PATH = f"{API_PREFIX}/datasets"
 
 
-class DataOwnerSettings(ServiceSettings):
+class DataOwnerSettings(ServesModelOwners):
     """Environment variables ``DATA_OWNER_<FIELD>`` (dicts and lists as JSON)."""
 
     model_config = SettingsConfigDict(env_prefix="DATA_OWNER_")
-    env_prefix_name: ClassVar[str] = "DATA_OWNER_"
-    secret_fields: ClassVar[tuple[str, ...]] = ("api_token", "model_owner_tokens")
 
     port: int = 8001
     state_dir: Path = Path("state/data_owner")
     data_dir: Path = Path("data")
     label_encoding: str = "integer"
-    # the model owners this data owner knows, by name, with the token each presents
-    model_owner_tokens: dict[str, SecretStr] = Field(
-        default_factory=lambda: {"model-owner": SecretStr(PLACEHOLDER)}
-    )
     # policy
     allowed_model_owners: list[str] | None = None  # default: every model owner with a token
     allowed_methods: list[Method] = Field(default_factory=lambda: list(get_args(Method)))
@@ -114,12 +106,11 @@ class Registry:
             raise NotFound(f"no dataset {dataset_id!r} (this data owner has: {known})")
         return self.meta[dataset_id]
 
-    async def add(
-        self, dataset_id: str, suffix: str, body: AsyncIterator[bytes], limit: int
-    ) -> DatasetMeta:
+    async def add(self, dataset_id: str, suffix: str, body: AsyncIterator[bytes]) -> DatasetMeta:
         """Stream an upload to a temporary file, validate it, then move it into ``data_dir``.
 
-        Nothing is registered or left behind unless the whole file arrived and is valid.
+        Nothing is registered or left behind unless the whole file arrived and is valid. (The size
+        limit is the app's: its BodyLimit middleware stops an oversized body mid-stream.)
         """
         if dataset_id in self.meta or any(
             (self.dir / f"{dataset_id}{s}").exists() for s in (".npz", ".csv")
@@ -131,10 +122,6 @@ class Registry:
             with os.fdopen(fd, "wb") as f:
                 async for chunk in body:
                     size += len(chunk)
-                    if size > limit:
-                        raise PayloadTooLarge(
-                            f"the upload is larger than DATA_OWNER_MAX_UPLOAD_BYTES = {limit}"
-                        )
                     f.write(chunk)
             if size == 0:
                 raise DataError(
@@ -225,10 +212,7 @@ def create_app(
     http = client or httpx.AsyncClient(timeout=settings.negotiation_timeout)
     callbacks: dict[str, tuple[str, str]] = {}  # session id -> (model owner URL, one-time token)
 
-    def tokens() -> dict[str, SecretStr]:
-        return {OPERATOR: settings.api_token, **settings.model_owner_tokens}
-
-    caller = bearer_auth(tokens)
+    caller = bearer_auth(settings.identities)
     router = APIRouter(prefix=API_PREFIX, responses=ERROR_RESPONSES)
 
     @router.get(
@@ -271,7 +255,7 @@ def create_app(
     ) -> DatasetMeta:
         if who != OPERATOR:
             raise Forbidden("only the data owner's operator token may upload data sets")
-        return await registry.add(id, f".{format}", request.stream(), settings.max_upload_bytes)
+        return await registry.add(id, f".{format}", request.stream())
 
     @router.post(
         "/invitations",
@@ -283,7 +267,6 @@ def create_app(
         if who == OPERATOR:
             raise Forbidden("invitations come from a model owner's token, not the operator's")
         reason = review(inv, who, settings, registry, manager)
-        now = time.time()
         view = manager.store.create(
             SessionView(
                 id=inv.session_id,
@@ -296,8 +279,6 @@ def create_app(
                 params=_params(inv),
                 rendezvous=inv.rendezvous,
                 reason=reason,
-                created_at=now,
-                updated_at=now,
             )
         )
         if reason is not None:

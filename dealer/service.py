@@ -9,40 +9,31 @@ rendezvous; the dealer sees the public job and nothing else.
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 from fastapi import APIRouter, Depends
-from pydantic import Field, SecretStr
 from pydantic_settings import SettingsConfigDict
 
 from common.schemas import API_PREFIX, DealerJob, SessionState, SessionView
 from common.service import (
     ERROR_RESPONSES,
     OPERATOR,
-    PLACEHOLDER,
     Forbidden,
-    ServiceSettings,
+    ServesModelOwners,
     SessionManager,
     bearer_auth,
     build_app,
 )
 
 
-class DealerSettings(ServiceSettings):
+class DealerSettings(ServesModelOwners):
     """Environment variables ``DEALER_<FIELD>`` (dicts as JSON)."""
 
     model_config = SettingsConfigDict(env_prefix="DEALER_")
-    env_prefix_name: ClassVar[str] = "DEALER_"
-    secret_fields: ClassVar[tuple[str, ...]] = ("api_token", "model_owner_tokens")
 
     port: int = 8002
     state_dir: Path = Path("state/dealer")
-    # the model owners that may ask for a dealer, by name, with the token each presents
-    model_owner_tokens: dict[str, SecretStr] = Field(
-        default_factory=lambda: {"model-owner": SecretStr(PLACEHOLDER)}
-    )
     max_concurrent_sessions: int = 16
 
 
@@ -50,10 +41,7 @@ def create_app(settings: DealerSettings | None = None) -> Any:
     settings = settings or DealerSettings()
     manager = SessionManager(settings, role="dealer")
 
-    def tokens() -> dict[str, SecretStr]:
-        return {OPERATOR: settings.api_token, **settings.model_owner_tokens}
-
-    caller = bearer_auth(tokens)
+    caller = bearer_auth(settings.identities)
     router = APIRouter(prefix=API_PREFIX, responses=ERROR_RESPONSES)
 
     @router.post(
@@ -73,7 +61,6 @@ def create_app(settings: DealerSettings | None = None) -> Any:
                 f"the dealer already serves {settings.max_concurrent_sessions} sessions "
                 "(DEALER_MAX_CONCURRENT_SESSIONS); retry later"
             )
-        now = time.time()
         view = manager.store.create(
             SessionView(
                 id=body.session_id,
@@ -84,8 +71,6 @@ def create_app(settings: DealerSettings | None = None) -> Any:
                 datasets=[c.name for c in body.job.candidates],
                 reveal=body.job.reveal,
                 rendezvous=body.rendezvous,
-                created_at=now,
-                updated_at=now,
             )
         )
         manager.start(view.id, body.job, body.rendezvous, body.deadlines, reports_progress=False)

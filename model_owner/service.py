@@ -24,7 +24,7 @@ from fastapi import APIRouter, Depends
 from pydantic import SecretStr
 from pydantic_settings import SettingsConfigDict
 
-from common.data import Dataset, load_dataset
+from common.data import load_dataset
 from common.errors import ConfigError
 from common.model import ModelOwnerState, feature_bound, prepare_model_owner
 from common.schemas import (
@@ -62,7 +62,6 @@ class ModelOwnerSettings(ServiceSettings):
     """Environment variables ``MODEL_OWNER_<FIELD>``."""
 
     model_config = SettingsConfigDict(env_prefix="MODEL_OWNER_")
-    env_prefix_name: ClassVar[str] = "MODEL_OWNER_"
     secret_fields: ClassVar[tuple[str, ...]] = ("api_token", "data_owner_token", "dealer_token")
 
     port: int = 8000
@@ -83,14 +82,11 @@ class ModelOwnerSettings(ServiceSettings):
 
 @dataclass
 class Model:
-    """θ̂ and v, trained from the configured files and cached on disk."""
+    """θ̂ and v, trained from the configured files and cached on disk, and the public metadata."""
 
-    train: Dataset
-    test: Dataset
-    n_classes: int
     state: ModelOwnerState
     state_path: Path
-    trained_at: float
+    info: ModelInfo
 
     @classmethod
     def load(cls, settings: ModelOwnerSettings, retrain: bool = False) -> Model:
@@ -108,13 +104,27 @@ class Model:
         digest.update(f"{settings.l2!r} {n_classes}".encode())
         key = digest.hexdigest()
         path = settings.state_dir / "model.npz"
+
+        def model(state: ModelOwnerState, trained_at: float) -> Model:
+            info = ModelInfo(
+                n_features=train.n_features,
+                n_classes=n_classes,
+                label_encoding=settings.label_encoding,
+                n_train=train.n_samples,
+                n_test=test.n_samples,
+                l2=settings.l2,
+                feature_bound=feature_bound(train.X, test.X),
+                trained_at=trained_at,
+            )
+            return cls(state, path, info)
+
         if not retrain and path.exists():
             with np.load(path) as f:
                 if str(f["key"]) == key:
                     state = ModelOwnerState(
                         theta=f["theta"], v=f["v"], test_loss=float(f["test_loss"]), l2=settings.l2
                     )
-                    return cls(train, test, n_classes, state, path, float(f["trained_at"]))
+                    return model(state, float(f["trained_at"]))
         state = prepare_model_owner(
             train.X, train.y, test.X, test.y, n_classes=n_classes, l2=settings.l2
         )
@@ -129,21 +139,9 @@ class Model:
             key=key,
             trained_at=trained_at,
         )
-        path.parent.joinpath(".model.tmp.npz").replace(path)
+        tmp.replace(path)
         log.info("trained θ̂ on %d samples (test loss %.4f)", train.n_samples, state.test_loss)
-        return cls(train, test, n_classes, state, path, trained_at)
-
-    def info(self, settings: ModelOwnerSettings) -> ModelInfo:
-        return ModelInfo(
-            n_features=self.train.n_features,
-            n_classes=self.n_classes,
-            label_encoding=settings.label_encoding,
-            n_train=self.train.n_samples,
-            n_test=self.test.n_samples,
-            l2=settings.l2,
-            feature_bound=feature_bound(self.train.X, self.test.X),
-            trained_at=self.trained_at,
-        )
+        return model(state, trained_at)
 
 
 def incompatibility(meta: DatasetMeta, info: ModelInfo) -> str | None:
@@ -183,13 +181,10 @@ def create_app(
     ports = PortPool(settings.rendezvous_ports)
     http = client or httpx.AsyncClient(timeout=settings.negotiation_timeout)
     callback_tokens: dict[str, SecretStr] = {}  # session id -> the data owner's one-time token
-    peers: dict[str, str] = {}  # session id -> data owner URL
 
     def tokens() -> dict[str, SecretStr]:
-        return {
-            OPERATOR: settings.api_token,
-            **{f"session:{sid}": tok for sid, tok in callback_tokens.items()},
-        }
+        sessions = {f"session:{sid}": tok for sid, tok in callback_tokens.items()}
+        return {**settings.identities(), **sessions}
 
     caller = bearer_auth(tokens)
     router = APIRouter(prefix=API_PREFIX, responses=ERROR_RESPONSES)
@@ -201,7 +196,7 @@ def create_app(
     @router.get("/model", response_model=ModelInfo, tags=["model"], summary="Public model metadata")
     async def model_info(who: str = Depends(caller)) -> ModelInfo:
         operator_only(who)
-        return model.info(settings)
+        return model.info
 
     @router.post(
         "/model/train", response_model=ModelInfo, tags=["model"], summary="Retrain θ̂ from the files"
@@ -212,7 +207,7 @@ def create_app(
         if manager.running():
             raise Conflict("sessions are running on the current θ̂; retrain when they finish")
         model = await asyncio.to_thread(Model.load, settings, True)
-        return model.info(settings)
+        return model.info
 
     @router.post(
         "/sessions",
@@ -234,8 +229,13 @@ def create_app(
 
     async def negotiate(body: SessionCreate) -> SessionView:
         do_url = str(body.data_owner_url).rstrip("/")
-        info = model.info(settings)
-        now = time.time()
+        info = model.info
+
+        async def withdraw(reason: str) -> None:
+            """Tell the data owner, which had accepted, that this side ended the session."""
+            cancelled = view.model_copy(update={"state": SessionState.CANCELLED, "reason": reason})
+            await notify_peer(http, do_url, settings.data_owner_token, cancelled, "the model owner")
+
         view = manager.store.create(
             SessionView(
                 id=uuid.uuid4().hex,
@@ -246,8 +246,6 @@ def create_app(
                 datasets=body.datasets,
                 reveal=body.reveal,
                 params={**body.params.model_dump(), "l2": settings.l2, "direction": body.direction},
-                created_at=now,
-                updated_at=now,
             )
         )
         port: int | None = None
@@ -310,16 +308,9 @@ def create_app(
             reply = InvitationReply.model_validate(response.json())
             if mismatch is not None or not reply.accepted:
                 reason = mismatch or f"the data owner refused: {reply.reason}"
-                if reply.accepted:  # it accepted what this side rejects: withdraw
-                    await notify_peer(
-                        http,
-                        do_url,
-                        settings.data_owner_token,
-                        _as(view, reason),
-                        "the model owner",
-                    )
+                if reply.accepted:  # it accepted what this side rejects
+                    await withdraw(reason)
                 return end(view.id, SessionState.REJECTED, reason)
-            peers[view.id] = do_url
             dealer = DealerJob(
                 session_id=view.id, job=job, rendezvous=rendezvous, deadlines=settings.deadlines()
             )
@@ -332,9 +323,7 @@ def create_app(
             )
             if response.status_code != 201:
                 reason = f"the dealer refused the session: {peer_detail(response)}"
-                await notify_peer(
-                    http, do_url, settings.data_owner_token, _as(view, reason), "the model owner"
-                )
+                await withdraw(reason)
                 return end(view.id, SessionState.FAILED, reason)
             manager.store.update(view.id, state=SessionState.ACCEPTED)
             held, port = port, None  # the supervisor releases it
@@ -363,12 +352,13 @@ def create_app(
         return manager.store.update(session_id, state=state, reason=reason)
 
     async def on_end(view: SessionView) -> None:
+        """A worker's session ended (its data owner had accepted): tell the peers unless done."""
         callback_tokens.pop(view.id, None)
-        do_url = peers.pop(view.id, None)
         if view.state is SessionState.COMPLETED:
             return
-        if do_url is not None:
-            await notify_peer(http, do_url, settings.data_owner_token, view, "the model owner")
+        await notify_peer(
+            http, view.counterpart, settings.data_owner_token, view, "the model owner"
+        )
         await notify_peer(http, settings.dealer_url, settings.dealer_token, view, "the model owner")
 
     manager.on_end = on_end
@@ -385,8 +375,3 @@ def create_app(
     )
     app.state.ports = ports
     return app
-
-
-def _as(view: SessionView, reason: str) -> SessionView:
-    """The view as the peer should hear of it: this side rejected or failed it, for ``reason``."""
-    return view.model_copy(update={"state": SessionState.CANCELLED, "reason": reason})
