@@ -1,5 +1,5 @@
 # One image for every role: `data-appraisal {model-owner,data-owner,dealer} serve`, `appraise`,
-# `example-data` (see docker-compose.yml). Build: docker build -t data-appraisal:0.1.0 .
+# `example-data`, `certs` (see docker-compose.yml). Build: docker build -t data-appraisal:0.1.0 .
 FROM python:3.11-slim
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
@@ -25,11 +25,11 @@ RUN pip install /build && rm -rf /build
 # An unprivileged user; the mount points of docker-compose.yml's volumes exist and belong to it, so
 # that a fresh named volume starts out writable for it.
 RUN useradd --create-home --uid 10001 --user-group appraisal \
-    && mkdir -p /data \
+    && mkdir -p /data /tls \
         /var/lib/data-appraisal/model-owner \
         /var/lib/data-appraisal/data-owner \
         /var/lib/data-appraisal/dealer \
-    && chown -R appraisal:appraisal /data /var/lib/data-appraisal
+    && chown -R appraisal:appraisal /data /tls /var/lib/data-appraisal
 USER appraisal
 WORKDIR /home/appraisal
 

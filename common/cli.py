@@ -44,6 +44,11 @@ class RevealChoice(enum.StrEnum):
     threshold = "threshold"
 
 
+class RevealToChoice(enum.StrEnum):
+    both = "both"
+    model_owner = "model_owner"
+
+
 class DirectionChoice(enum.StrEnum):
     LOWER = "lower"
     HIGHER = "higher"
@@ -68,6 +73,13 @@ DirectionOpt = Annotated[
     typer.Option(
         help="Which scores are better (default: lower for influence and finetune, higher for "
         "gradient-norm)."
+    ),
+]
+RevealToOpt = Annotated[
+    RevealToChoice | None,
+    typer.Option(
+        help="Who learns the score or bit: both owners, or the model owner only (the data owner's "
+        "results are then empty)."
     ),
 ]
 JsonOpt = Annotated[
@@ -110,6 +122,7 @@ def local(
     reveal: RevealOpt = RevealChoice.score,
     threshold: ThresholdOpt = None,
     direction: DirectionOpt = None,
+    reveal_to: RevealToOpt = None,
     insecure_tfp: Annotated[
         bool,
         typer.Option(
@@ -155,6 +168,7 @@ def local(
                 threshold=threshold,
                 direction=None if direction is None else direction.value,
                 insecure_tfp=insecure_tfp,
+                reveal_to="both" if reveal_to is None else reveal_to.value,
                 check=check,
                 label_column=label_column,
                 timeout=timeout,
@@ -235,6 +249,8 @@ def _serve(name: str, host: str | None, port: int | None, demo: bool, log_level:
 
     import uvicorn
 
+    from common.tls import uvicorn_ssl_kwargs
+
     module_name, settings_name, _, _ = SERVICES[name]
     module = importlib.import_module(module_name)
     overrides: dict[str, object] = {}
@@ -249,6 +265,7 @@ def _serve(name: str, host: str | None, port: int | None, demo: bool, log_level:
     )
     try:
         settings = getattr(module, settings_name)(**overrides)
+        tls = uvicorn_ssl_kwargs(settings)  # TLS files and the plain-HTTP policy, before training
         app = module.create_app(settings)
     except AppraisalError as exc:
         _fail(f"{name} service: {exc}")
@@ -256,7 +273,8 @@ def _serve(name: str, host: str | None, port: int | None, demo: bool, log_level:
     except ValueError as exc:  # pydantic's ValidationError of a malformed environment variable
         _fail(f"{name} service: invalid settings: {exc}")
         return
-    uvicorn.run(app, host=settings.host, port=settings.port, log_level=log_level.lower())
+    # only paths reach uvicorn: the key stays in its 0600 file, the tokens in the environment
+    uvicorn.run(app, host=settings.host, port=settings.port, log_level=log_level.lower(), **tls)
 
 
 def _serve_command(name: str) -> typer.Typer:
@@ -266,7 +284,9 @@ def _serve_command(name: str) -> typer.Typer:
     @sub.command(
         "serve",
         help=f"Run the {name.replace('-', ' ')} service (uvicorn). Every setting is an environment "
-        f"variable {prefix}<SETTING>, listed in the README; tokens are never command-line options.",
+        f"variable {prefix}<SETTING>, listed in the README; tokens are never command-line options. "
+        f"It serves HTTPS (mutual TLS) with {prefix}TLS_CERT, {prefix}TLS_KEY and {prefix}TLS_CA, "
+        f"and plain HTTP only on loopback unless {prefix}INSECURE_HTTP=true.",
     )
     # plain defaults, not Annotated: the help texts depend on this service's name and prefix
     def serve(
@@ -288,6 +308,60 @@ def _serve_command(name: str) -> typer.Typer:
 
 for _name in SERVICES:
     app.add_typer(_serve_command(_name), name=_name)
+
+
+@app.command()
+def certs(
+    out: Annotated[
+        Path, typer.Option(help="Directory for ca.pem, <name>.pem (0644) and <name>.key (0600).")
+    ],
+    name: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="A certificate to issue, named by the DNS name its holder is reached at; repeat "
+            "for several (default: model-owner, data-owner, dealer, operator)."
+        ),
+    ] = None,
+    days: Annotated[int, typer.Option(help="Validity in days.", min=1)] = 365,
+    overwrite: Annotated[
+        bool,
+        typer.Option(help="Replace a set already in --out (then restart every service)."),
+    ] = False,
+    ca_key: Annotated[
+        Path | None,
+        typer.Option(
+            help="Keep the CA's private key in this file (0600), outside --out; by default it is "
+            "discarded once the certificates are issued."
+        ),
+    ] = None,
+) -> None:
+    """Write a private demo CA and a certificate and key per name, for TLS between the services.
+
+    Every certificate is valid for its name, localhost, 127.0.0.1 and ::1, as a server and as a
+    client (mutual TLS). A complete, valid set already in --out is kept, so this may run at every
+    start (docker compose does). Point each service's *_TLS_CERT, *_TLS_KEY and *_TLS_CA at its files.
+    """
+    from common.tls import DEFAULT_NAMES, write_demo_pki
+
+    names = tuple(name or DEFAULT_NAMES)
+    try:
+        pki = write_demo_pki(out, names, days=days, overwrite=overwrite, ca_key=ca_key)
+    except AppraisalError as exc:
+        _fail(str(exc))
+        return
+    if not pki.written:
+        extra = f"; {ca_key} was not written" if ca_key is not None else ""
+        err_console.print(
+            f"kept the valid CA and certificates of {', '.join(names)} in {out} (--overwrite "
+            f"issues a fresh set){extra}",
+            highlight=False,
+        )
+        return
+    err_console.print(
+        f"wrote {pki.ca} and a certificate and key for {', '.join(names)} in {out}"
+        + (f"; the CA's key is in {ca_key}" if ca_key is not None else ""),
+        highlight=False,
+    )
 
 
 def _session_progress(total: int, show: bool) -> tuple[Progress, Callable[[Any], None]]:
@@ -353,15 +427,45 @@ def appraise(
     reveal: RevealOpt = RevealChoice.score,
     threshold: ThresholdOpt = None,
     direction: DirectionOpt = None,
+    reveal_to: RevealToOpt = None,
     json_output: JsonOpt = False,
+    tls_ca: Annotated[
+        Path | None,
+        typer.Option(
+            help="CA that the model owner's certificate must chain to (default: the system's).",
+            envvar="DATA_APPRAISAL_TLS_CA",
+        ),
+    ] = None,
+    tls_cert: Annotated[
+        Path | None,
+        typer.Option(
+            help="Client certificate, for a model owner that requires mutual TLS.",
+            envvar="DATA_APPRAISAL_TLS_CERT",
+        ),
+    ] = None,
+    tls_key: Annotated[
+        Path | None,
+        typer.Option(help="The client certificate's key file.", envvar="DATA_APPRAISAL_TLS_KEY"),
+    ] = None,
 ) -> None:
     """Open an appraisal session on a model owner service and follow it to its result.
 
-    The model owner's API token comes from DATA_APPRAISAL_TOKEN (else MODEL_OWNER_API_TOKEN).
+    The model owner's API token comes from DATA_APPRAISAL_TOKEN (else MODEL_OWNER_API_TOKEN); it is
+    sent over plain HTTP only to this machine (or with DATA_APPRAISAL_INSECURE_HTTP=1).
     """
+    from common.stack import INSECURE_HTTP_VAR
     from common.stack import appraise as run
+    from common.tls import client_context
 
     token = _token()
+    try:
+        verify = client_context(
+            tls_ca, tls_cert, tls_key, names=("--tls-ca", "--tls-cert", "--tls-key")
+        )
+    except AppraisalError as exc:
+        _fail(str(exc))
+        return
+    insecure = os.environ.get(INSECURE_HTTP_VAR, "").lower() in ("1", "true", "yes")
     progress, update = _session_progress(len(dataset), not json_output and err_console.is_terminal)
     try:
         with progress:
@@ -375,7 +479,10 @@ def appraise(
                 threshold=threshold,
                 params={"steps": steps, "lr": lr, "batch_size": batch_size},
                 direction=None if direction is None else direction.value,
+                reveal_to=None if reveal_to is None else reveal_to.value,
                 on_progress=update,
+                verify=verify,
+                insecure_http=insecure,
             )
     except AppraisalError as exc:
         _fail(str(exc))
@@ -433,6 +540,7 @@ def demo(
                     datasets=ids,
                     method=method.value,
                     on_progress=update,
+                    verify=services.model_owner.verify(),
                 )
         except AppraisalError as exc:
             _fail(str(exc))

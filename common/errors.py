@@ -8,7 +8,8 @@ line and the services render it as ``{"error": "<ClassName>", "detail": "<messag
      ├── ConfigError        an option or parameter is out of range or inconsistent
      └── MPCError           a party of the secure computation failed or timed out
           ├── MPCRunError   a party raised; carries every party's traceback in ``report``
-          └── PeerTimeout   a party did not finish (or did not show up) before its deadline
+          ├── PeerTimeout   a party did not finish (or did not show up) before its deadline
+          └── PeerAuthError a peer failed authentication or disagrees on the session parameters
 """
 
 from __future__ import annotations
@@ -40,3 +41,9 @@ class MPCRunError(MPCError):
 
 class PeerTimeout(MPCError):
     status_code = 504
+
+
+class PeerAuthError(MPCError):
+    """A peer could not prove it belongs to this session, or was given different parameters."""
+
+    status_code = 403

@@ -7,6 +7,7 @@ starts), writes the three party configurations and merges what the parties repor
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +20,7 @@ from common.errors import ConfigError, MPCError
 from common.launcher import free_port, party_config, private_workdir, run_parties
 from common.model import feature_bound
 from common.schemas import outcome_json
-from common.worker import CandidateMeta, JobSpec, PartyConfig
+from common.worker import CandidateMeta, JobSpec, PartyConfig, SessionKeys
 
 Method = Literal["influence", "gradient-norm", "finetune"]
 
@@ -87,6 +88,8 @@ def appraise_local(
     threshold: float | None = None,
     direction: Literal["lower", "higher"] | None = None,
     insecure_tfp: bool = False,
+    insecure_transport: bool = False,
+    reveal_to: Literal["both", "model_owner"] = "both",
     check: bool = False,
     label_column: str | None = None,
     timeout: float = 120.0,
@@ -123,17 +126,29 @@ def appraise_local(
             reveal=reveal,
             direction=direction,
             provider="TFP" if insecure_tfp else "TTP",
+            reveal_to=reveal_to,
+            transport="gloo" if insecure_transport else "secure",
         )
     except ValidationError as exc:
         raise ConfigError(
             f"invalid parameters: {exc.errors()[0]['loc']}: {exc.errors()[0]['msg']}"
         ) from None
     rendezvous = f"tcp://127.0.0.1:{free_port()}"
+    keys = SessionKeys.new()
+    session_id = "local-" + secrets.token_hex(8)
     with private_workdir() as work:
 
         def party(role: str, **inputs: Any) -> PartyConfig:
             return party_config(
-                role, job=job, rendezvous=rendezvous, workdir=work, timeout=timeout, **inputs
+                role,
+                job=job,
+                rendezvous=rendezvous,
+                workdir=work,
+                timeout=timeout,
+                session_id=session_id,
+                keys=keys.for_role(role),
+                allow_insecure_tfp=insecure_tfp,
+                **inputs,
             )
 
         configs = [
@@ -161,7 +176,7 @@ def appraise_local(
     )
     out = []
     for i, (a, b) in enumerate(zip(mo_results, do_results, strict=True)):
-        if (a["score"], a["accept"]) != (b["score"], b["accept"]):
+        if reveal_to == "both" and (a["score"], a["accept"]) != (b["score"], b["accept"]):
             raise MPCError(f"the parties disagree on candidate {a['candidate']}: {a} vs {b}")
         out.append(
             CandidateResult(

@@ -154,9 +154,13 @@ def log_in_range(s: Any, *, upper: float) -> Any:
     return y
 
 
-def reveal_float(x: Any) -> np.ndarray:
-    """Open a shared tensor to both parties and decode it exactly in float64."""
-    return exact_decode(x.reveal(), SCALE).numpy()
+def reveal_float(x: Any, dst: int | None = None) -> np.ndarray | None:
+    """Open a shared tensor (to both parties, or only to ``dst``) and decode it exactly in float64.
+
+    Returns None on the party that does not receive it.
+    """
+    opened = x.reveal() if dst is None else x.reveal(dst=dst)
+    return None if opened is None else exact_decode(opened, SCALE).numpy()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -416,8 +420,14 @@ def appraise_candidate(
     lr: float = 0.1,
     l2: float = 1.0,
     batch_size: int | None = None,
+    reveal_to: Literal["both", "model_owner"] = "both",
 ) -> Outcome:
-    """Run one appraisal under MPC; both parties call this with their own inputs."""
+    """Run one appraisal under MPC; both parties call this with their own inputs.
+
+    With ``reveal_to="model_owner"`` only the model owner's worker receives the result (the data
+    owner's share goes one way); the data owner's outcome is empty.
+    """
+    dst = None if reveal_to == "both" else MODEL_OWNER
     extra = 0.0
     if method == "influence":
         stat = influence_statistic(shapes, mo, do)
@@ -430,7 +440,10 @@ def appraise_candidate(
 
     to_score, tau_to_stat = _public_transform(method, shapes, extra)
     if reveal == "score":
-        return Outcome(score=float(to_score(float(reveal_float(stat)))), accept=None)
+        opened = reveal_float(stat, dst)
+        if opened is None:
+            return Outcome(score=None, accept=None)
+        return Outcome(score=float(to_score(float(opened))), accept=None)
 
     # Threshold: τ stays the model owner's secret; only the comparison bit is opened.
     direction = direction or DEFAULT_DIRECTION[method]
@@ -445,4 +458,7 @@ def appraise_candidate(
     stat_better_low = (direction == "lower") != (method == "influence")
     bit = stat.lt(t) if stat_better_low else stat.gt(t)
     # the comparison result carries its own encoder (scale 1 in CrypTen), so decode through it
-    return Outcome(score=None, accept=bool(round(float(bit.get_plain_text()))))
+    opened_bit = bit.get_plain_text() if dst is None else bit.get_plain_text(dst=dst)
+    if opened_bit is None:
+        return Outcome(score=None, accept=None)
+    return Outcome(score=None, accept=bool(round(float(opened_bit))))

@@ -2,7 +2,10 @@
 
 Everything here is public to both owners: metadata, the agreed computation, session states and the
 revealed outcome. Secrets never appear in a response model: the model owner's threshold τ is only in
-:class:`SessionCreate` (client → model owner) and never leaves the model owner's process.
+:class:`SessionCreate` (client → model owner) and never leaves the model owner's process; a
+session's pre-shared MPC link keys (:class:`~common.worker.SessionKeys`) are only in the request
+bodies :class:`Invitation` and :class:`DealerJob`, go only into the receiving worker's 0600
+configuration, and are never stored in a session record, logged or returned.
 """
 
 from __future__ import annotations
@@ -14,11 +17,15 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, HttpUrl
 
-from common.worker import JobSpec
+from common.worker import JobSpec, SessionKeys
 
 API_PREFIX = "/v1"
 Method = Literal["influence", "gradient-norm", "finetune"]
 Reveal = Literal["score", "threshold"]
+RevealTo = Literal["both", "model_owner"]
+Provider = Literal["TTP", "TFP"]
+MAX_STEPS = 10_000  # fine-tuning steps; the data owner refuses a job beyond the same limits
+MAX_LR = 1e6
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 SessionId = Annotated[str, Field(pattern=r"^[0-9a-f]{32}$")]
 Rendezvous = Annotated[str, Field(pattern=r"^tcp://[^\s/:]+:\d{1,5}$")]
@@ -89,8 +96,8 @@ class ModelInfo(BaseModel):
 class MethodParams(Strict):
     """Fine-tuning parameters (ignored by influence and gradient norm)."""
 
-    steps: int = Field(default=16, ge=1, le=10_000)
-    lr: float = Field(default=0.1, gt=0, le=1e6)
+    steps: int = Field(default=16, ge=1, le=MAX_STEPS)
+    lr: float = Field(default=0.1, gt=0, le=MAX_LR)
     batch_size: int | None = Field(default=None, ge=1)
 
 
@@ -111,6 +118,18 @@ class SessionCreate(Strict):
         default=None,
         description="which scores are better (default: lower for influence and finetune, higher "
         "for gradient-norm)",
+    )
+    reveal_to: RevealTo | None = Field(
+        default=None,
+        description="who learns each score or bit: 'both' owners, or 'model_owner' only (the data "
+        "owner's results then carry score and accept null). Default: MODEL_OWNER_REVEAL_TO (both)",
+    )
+    provider: Provider = Field(
+        default="TTP",
+        description="TTP: the dealer serves the Beaver triples. TFP: this model owner's worker "
+        "generates them and could read the data owner's data; needs "
+        "MODEL_OWNER_ALLOW_INSECURE_TFP and the data owner's DATA_OWNER_ALLOW_INSECURE_TFP "
+        "(testing only)",
     )
 
 
@@ -135,6 +154,11 @@ class Invitation(Strict):
     callback_token: str | None = Field(
         default=None, description="a one-session token the data owner presents on callbacks"
     )
+    keys: SessionKeys | None = Field(
+        default=None,
+        description="the data owner's pre-shared MPC link keys (mo_do, do_dealer) for this session; "
+        "required by the secure transport, never stored",
+    )
     deadlines: Deadlines
 
 
@@ -149,6 +173,11 @@ class DealerJob(Strict):
     session_id: SessionId
     job: JobSpec
     rendezvous: Rendezvous
+    keys: SessionKeys | None = Field(
+        default=None,
+        description="the dealer's pre-shared MPC link keys (mo_dealer, do_dealer) for this "
+        "session; required by the secure transport, never stored",
+    )
     deadlines: Deadlines
 
 
@@ -189,12 +218,18 @@ TERMINAL = frozenset(
 
 
 class CandidateOutcome(BaseModel):
-    """One candidate's revealed outcome: the score or the bit, and what it cost this party."""
+    """One candidate's revealed outcome: the score or the bit, and what it cost this party.
+
+    Both ``score`` and ``accept`` are null at a party the result was not revealed to (the data
+    owner, in a session with ``reveal_to`` = ``model_owner``).
+    """
 
     candidate: str
     method: Method
-    score: float | None = None
-    accept: bool | None = None
+    score: float | None = Field(
+        default=None, description="null in threshold mode or if not revealed"
+    )
+    accept: bool | None = Field(default=None, description="null in score mode or if not revealed")
     seconds: float
     bytes: int = Field(description="bytes this party wrote to its sockets for this candidate")
     rounds: int
@@ -236,6 +271,11 @@ class SessionView(BaseModel):
     method: Method
     datasets: list[str]
     reveal: Reveal
+    reveal_to: RevealTo = Field(
+        default="both",
+        description="who learns the results; with 'model_owner' the data owner's results carry "
+        "score and accept null (it learns only the cost of each candidate)",
+    )
     params: dict[str, Any] = Field(default_factory=dict)
     rendezvous: str | None = None
     reason: str | None = Field(default=None, description="why it was rejected, failed, ...")
@@ -243,3 +283,19 @@ class SessionView(BaseModel):
     results: list[CandidateOutcome] = Field(default_factory=list)
     created_at: float = Field(default_factory=time.time)
     updated_at: float = Field(default_factory=time.time)
+
+
+class BudgetUse(BaseModel):
+    used: int
+    limit: int
+    remaining: int
+
+
+class BudgetView(BaseModel):
+    """A model owner's leakage budget at a data owner: lifetime totals over its sessions that were
+    not rejected, and the rolling 24-hour session limit."""
+
+    model_owner: str
+    sessions: BudgetUse = Field(description="sessions accepted so far, ever")
+    candidates: BudgetUse = Field(description="candidates (appraised data sets) in those sessions")
+    sessions_last_24h: BudgetUse = Field(description="sessions accepted in the last 24 hours")

@@ -21,14 +21,14 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import httpx
 from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -98,10 +98,22 @@ class ServiceSettings(BaseSettings):
     state_dir: Path = Path("state")
     database: Path | None = None  # default: <state_dir>/sessions.db
     demo: bool = False  # allow placeholder secrets (the local demo only)
-    rendezvous_timeout: float = 60.0  # seconds for all parties to meet; also gloo's op timeout
+    rendezvous_timeout: float = 60.0  # seconds for all parties to meet; also each network wait
     compute_timeout: float = 3600.0  # seconds for the whole computation once the parties met
     negotiation_timeout: float = 10.0  # seconds for each REST call to a peer
     max_request_bytes: int = 1_000_000
+    # TLS (common/tls.py): this service's certificate and key (PEM; served, and presented to peers
+    # for mutual TLS), and the CA that peers' and clients' certificates must chain to
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    tls_ca: Path | None = None  # unset: peers are verified against the system's trust store
+    tls_client_auth: Literal["required", "none"] = "required"  # mutual TLS, or bearer over TLS
+    insecure_http: bool = False  # allow plain HTTP off loopback (serving and calling peers)
+
+    @field_validator("tls_cert", "tls_key", "tls_ca", mode="before")
+    @classmethod
+    def _unset_if_empty(cls, value: Any) -> Any:
+        return None if value == "" else value  # an empty variable means unset, not the cwd
 
     secret_fields: ClassVar[tuple[str, ...]] = ("api_token",)
 
@@ -132,6 +144,13 @@ class ServiceSettings(BaseSettings):
     def identities(self) -> dict[str, SecretStr]:
         """Each identity this service accepts, with its bearer token."""
         return {OPERATOR: self.api_token}
+
+    def peer_client(self) -> httpx.AsyncClient:
+        """The client this service calls its peers with: TLS verified against ``tls_ca``, this
+        service's certificate presented, no bearer token sent in clear (see common/tls.py)."""
+        from common.tls import peer_client
+
+        return peer_client(self)
 
 
 class ServesModelOwners(ServiceSettings):
@@ -356,6 +375,7 @@ class SessionManager:
             rendezvous=rendezvous,
             workdir=workdir,
             timeout=deadlines.rendezvous_seconds,
+            session_id=session_id,
             **inputs,
         )
         run = _Run()
@@ -382,6 +402,8 @@ class SessionManager:
         results: list[CandidateOutcome] = []
         try:
             party = await asyncio.to_thread(start_party, config, workdir)
+            # the worker has its link keys (its 0600 config file): keep no copy in this process
+            party.config = config = config.model_copy(update={"keys": None})
             state, reason, results = await self._follow(
                 session_id, party, deadlines, reports_progress, run
             )

@@ -3,6 +3,9 @@
 Each write is its own transaction (WAL journal, synchronous=FULL), so a crash loses nothing that a
 response already reported. At start-up, :meth:`SessionStore.recover` marks every session that was
 still proposed, accepted or running as failed, with the cause: its worker died with the service.
+
+A record holds only what :class:`~common.schemas.SessionView` shows: never a token, τ or a session's
+MPC link keys.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ CREATE TABLE IF NOT EXISTS sessions (
     method TEXT NOT NULL,
     datasets TEXT NOT NULL,
     reveal TEXT NOT NULL,
+    reveal_to TEXT NOT NULL DEFAULT 'both',
     params TEXT NOT NULL,
     rendezvous TEXT,
     reason TEXT,
@@ -48,6 +52,25 @@ CREATE INDEX IF NOT EXISTS sessions_counterpart ON sessions (counterpart, create
 
 
 _TERMINAL_SQL = ", ".join(f"'{s.value}'" for s in TERMINAL)  # fixed enum values, not input
+# columns added after the first release: (name, definition), added to older files at start-up
+_ADDED_COLUMNS = (("reveal_to", "TEXT NOT NULL DEFAULT 'both'"),)
+_COLUMNS = (
+    "id",
+    "role",
+    "state",
+    "counterpart",
+    "method",
+    "datasets",
+    "reveal",
+    "reveal_to",
+    "params",
+    "rendezvous",
+    "reason",
+    "progress",
+    "results",
+    "created_at",
+    "updated_at",
+)
 
 
 class SessionStore:
@@ -62,6 +85,10 @@ class SessionStore:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.executescript(_SCHEMA)
+        have = {row["name"] for row in self._db.execute("PRAGMA table_info(sessions)")}
+        for name, definition in _ADDED_COLUMNS:
+            if name not in have:  # fixed names and definitions, not input
+                self._db.execute(f"ALTER TABLE sessions ADD COLUMN {name} {definition}")
 
     def close(self) -> None:
         with self._lock:
@@ -77,6 +104,7 @@ class SessionStore:
             method=row["method"],
             datasets=json.loads(row["datasets"]),
             reveal=row["reveal"],
+            reveal_to=row["reveal_to"],
             params=json.loads(row["params"]),
             rendezvous=row["rendezvous"],
             reason=row["reason"],
@@ -90,7 +118,8 @@ class SessionStore:
         with self._lock:
             try:
                 self._db.execute(
-                    "INSERT INTO sessions VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    f"INSERT INTO sessions ({', '.join(_COLUMNS)}) "
+                    f"VALUES ({', '.join('?' for _ in _COLUMNS)})",
                     (
                         view.id,
                         view.role,
@@ -99,6 +128,7 @@ class SessionStore:
                         view.method,
                         json.dumps(view.datasets),
                         view.reveal,
+                        view.reveal_to,
                         json.dumps(view.params),
                         view.rendezvous,
                         view.reason,
@@ -135,6 +165,16 @@ class SessionStore:
             query += " AND state != 'rejected'"
         with self._lock:
             return int(self._db.execute(query, (counterpart, since)).fetchone()[0])
+
+    def usage(self, counterpart: str) -> tuple[int, int]:
+        """Lifetime (sessions, candidates) of a counterpart's sessions that were not rejected."""
+        query = (
+            "SELECT COUNT(*), COALESCE(SUM(json_array_length(datasets)), 0) FROM sessions "
+            "WHERE counterpart = ? AND state != 'rejected'"
+        )
+        with self._lock:
+            sessions, candidates = self._db.execute(query, (counterpart,)).fetchone()
+        return int(sessions), int(candidates)
 
     def update(self, session_id: str, **fields: Any) -> SessionView:
         """Set fields of a live session. A terminal session is never changed again.

@@ -3,7 +3,9 @@
 :func:`local_stack` starts the dealer, the data owner and the model owner as separate uvicorn
 processes (``python -m common.cli <service> serve``) with fresh random tokens passed in their
 environment, waits until each answers its health check, and stops all three afterwards (SIGTERM,
-then SIGKILL after a grace period); each service stops its own workers when it shuts down.
+then SIGKILL after a grace period); each service stops its own workers when it shuts down. By default
+the stack issues a private CA and a certificate per service into ``<workdir>/tls`` and every REST
+call, the services' own and the operator's, is HTTPS with mutual TLS (the demo's self-signed path).
 :func:`appraise` opens a session on a model owner and follows it to its end.
 """
 
@@ -15,6 +17,7 @@ import os
 import random
 import secrets
 import signal
+import ssl
 import subprocess
 import sys
 import time
@@ -28,8 +31,10 @@ import httpx
 from common.errors import AppraisalError, MPCError, PeerTimeout
 from common.launcher import free_port
 from common.schemas import API_PREFIX, CandidateOutcome, SessionState, SessionView
+from common.tls import ClientTLS, Pki, refuse_plain_http, write_demo_pki
 
 GRACE_SECONDS = 10.0
+INSECURE_HTTP_VAR = "DATA_APPRAISAL_INSECURE_HTTP"  # lets `appraise` send its token in clear
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -51,6 +56,18 @@ class Service:
     process: subprocess.Popen[bytes]
     log_path: Path
     env: dict[str, str] = field(repr=False)
+    tls: ClientTLS | None = field(default=None, repr=False)  # the operator's client, for https
+
+    def verify(self) -> ssl.SSLContext | bool:
+        """httpx's ``verify`` for this service: the stack's CA and the operator's certificate."""
+        return True if self.tls is None else self.tls.context()
+
+    def client_env(self) -> dict[str, str]:
+        """The variables with which ``data-appraisal appraise`` reaches this service."""
+        if self.tls is None:
+            return {}
+        pairs = {"CA": self.tls.ca, "CERT": self.tls.cert, "KEY": self.tls.key}
+        return {f"DATA_APPRAISAL_TLS_{k}": str(v) for k, v in pairs.items() if v is not None}
 
     def log_tail(self, lines: int = 40) -> str:
         try:
@@ -60,7 +77,10 @@ class Service:
 
     def client(self, timeout: float = 30.0) -> httpx.Client:
         return httpx.Client(
-            base_url=self.url, headers={"Authorization": f"Bearer {self.token}"}, timeout=timeout
+            base_url=self.url,
+            headers={"Authorization": f"Bearer {self.token}"},
+            timeout=timeout,
+            verify=self.verify(),
         )
 
 
@@ -70,15 +90,43 @@ class Stack:
     data_owner: Service
     dealer: Service
     workdir: Path
+    pki: Pki | None = None  # the stack's private CA and certificates (None: plain HTTP)
 
     @property
     def services(self) -> list[Service]:
         return [self.dealer, self.data_owner, self.model_owner]
 
 
-def start_service(name: str, port: int, env: dict[str, str], workdir: Path, token: str) -> Service:
-    """Start ``data-appraisal <name> serve`` as its own process; secrets only in its environment."""
+def operator_tls(name: str, env: dict[str, str]) -> ClientTLS | None:
+    """The operator's client TLS for a service started with ``env`` (None: it serves plain HTTP).
+
+    The operator's certificate is the one :func:`local_stack` issues beside the CA (``operator``).
+    """
+    prefix = PREFIXES[name]
+    if not env.get(f"{prefix}TLS_CERT"):
+        return None
+    ca = env.get(f"{prefix}TLS_CA")
+    if ca is None:
+        return ClientTLS()
+    pki = Pki(Path(ca).parent, (), written=False)
+    return pki.client("operator") if pki.cert("operator").exists() else ClientTLS(ca=Path(ca))
+
+
+def start_service(
+    name: str,
+    port: int,
+    env: dict[str, str],
+    workdir: Path,
+    token: str,
+    tls: ClientTLS | None = None,
+) -> Service:
+    """Start ``data-appraisal <name> serve`` as its own process; secrets only in its environment.
+
+    It serves HTTPS if ``env`` sets its certificate; ``tls`` (default: :func:`operator_tls`) is how
+    the operator's client reaches it.
+    """
     log_path = workdir / f"{name}.log"
+    tls = tls or operator_tls(name, env)
     with open(log_path, "ab") as log:
         process = subprocess.Popen(
             [sys.executable, "-m", "common.cli", name, "serve", "--port", str(port)],
@@ -89,11 +137,13 @@ def start_service(name: str, port: int, env: dict[str, str], workdir: Path, toke
             start_new_session=True,
             cwd=str(ROOT),
         )
-    return Service(name, f"http://127.0.0.1:{port}", token, process, log_path, env)
+    scheme = "http" if tls is None else "https"
+    return Service(name, f"{scheme}://127.0.0.1:{port}", token, process, log_path, env, tls)
 
 
 def wait_healthy(service: Service, deadline_seconds: float = 90.0) -> None:
     end = time.monotonic() + deadline_seconds
+    verify = service.verify()
     while time.monotonic() < end:
         if service.process.poll() is not None:
             raise AppraisalError(
@@ -101,7 +151,8 @@ def wait_healthy(service: Service, deadline_seconds: float = 90.0) -> None:
                 f"{service.log_tail()}"
             )
         with contextlib.suppress(httpx.HTTPError):
-            if httpx.get(f"{service.url}{API_PREFIX}/health", timeout=2).status_code == 200:
+            health = httpx.get(f"{service.url}{API_PREFIX}/health", timeout=2, verify=verify)
+            if health.status_code == 200:
                 return
         time.sleep(0.2)
     raise PeerTimeout(f"the {service.name} service did not answer within {deadline_seconds:g} s")
@@ -121,14 +172,29 @@ def stop_service(service: Service, grace: float = GRACE_SECONDS) -> None:
 
 
 def stack_env(
-    workdir: Path, *, train: Path, test: Path, data_dir: Path, ports: dict[str, int]
+    workdir: Path,
+    *,
+    train: Path,
+    test: Path,
+    data_dir: Path,
+    ports: dict[str, int],
+    pki: Pki | None = None,
 ) -> dict[str, dict[str, str]]:
-    """Each service's environment: fresh random tokens, its own state directory, loopback URLs."""
+    """Each service's environment: fresh random tokens, its own state directory, loopback URLs;
+    with ``pki``, its certificate, key and the CA (mutual TLS) and https URLs."""
     mo_api, do_api, dealer_api = (secrets.token_urlsafe(24) for _ in range(3))
     mo_at_do, mo_at_dealer = secrets.token_urlsafe(24), secrets.token_urlsafe(24)
     base = random.randrange(20000, 29000, 100)  # rendezvous range; the pool skips ports in use
     common = {"RENDEZVOUS_TIMEOUT": "60", "COMPUTE_TIMEOUT": "1800"}
-    return {
+    scheme = "http" if pki is None else "https"
+
+    def tls(name: str) -> dict[str, str]:
+        if pki is None:
+            return {}
+        files = {"TLS_CERT": pki.cert(name), "TLS_KEY": pki.key(name), "TLS_CA": pki.ca}
+        return {f"{PREFIXES[name]}{k}": str(v) for k, v in files.items()}
+
+    envs = {
         "dealer": {
             "DEALER_API_TOKEN": dealer_api,
             "DEALER_MODEL_OWNER_TOKENS": json.dumps({"model-owner": mo_at_dealer}),
@@ -146,8 +212,8 @@ def stack_env(
             "MODEL_OWNER_API_TOKEN": mo_api,
             "MODEL_OWNER_DATA_OWNER_TOKEN": mo_at_do,
             "MODEL_OWNER_DEALER_TOKEN": mo_at_dealer,
-            "MODEL_OWNER_DEALER_URL": f"http://127.0.0.1:{ports['dealer']}",
-            "MODEL_OWNER_PUBLIC_URL": f"http://127.0.0.1:{ports['model-owner']}",
+            "MODEL_OWNER_DEALER_URL": f"{scheme}://127.0.0.1:{ports['dealer']}",
+            "MODEL_OWNER_PUBLIC_URL": f"{scheme}://127.0.0.1:{ports['model-owner']}",
             "MODEL_OWNER_STATE_DIR": str(workdir / "model_owner"),
             "MODEL_OWNER_TRAIN": str(train),
             "MODEL_OWNER_TEST": str(test),
@@ -155,21 +221,26 @@ def stack_env(
             **{f"MODEL_OWNER_{k}": v for k, v in common.items()},
         },
     }
+    return {name: {**env, **tls(name)} for name, env in envs.items()}
 
 
-TOKEN_VARS = {
-    "dealer": "DEALER_API_TOKEN",
-    "data-owner": "DATA_OWNER_API_TOKEN",
-    "model-owner": "MODEL_OWNER_API_TOKEN",
-}
+PREFIXES = {"dealer": "DEALER_", "data-owner": "DATA_OWNER_", "model-owner": "MODEL_OWNER_"}
+TOKEN_VARS = {name: f"{prefix}API_TOKEN" for name, prefix in PREFIXES.items()}
 
 
 @contextlib.contextmanager
-def local_stack(workdir: Path, *, train: Path, test: Path, data_dir: Path) -> Iterator[Stack]:
-    """The dealer, the data owner and the model owner, each its own process, on loopback."""
+def local_stack(
+    workdir: Path, *, train: Path, test: Path, data_dir: Path, tls: bool = True
+) -> Iterator[Stack]:
+    """The dealer, the data owner and the model owner, each its own process, on loopback.
+
+    With ``tls`` (the default) a fresh private CA and certificates for the three services and the
+    operator are written to ``<workdir>/tls``, and every call is HTTPS with mutual TLS.
+    """
     workdir.mkdir(parents=True, exist_ok=True)
     ports = {name: free_port() for name in TOKEN_VARS}
-    envs = stack_env(workdir, train=train, test=test, data_dir=data_dir, ports=ports)
+    pki = write_demo_pki(workdir / "tls", overwrite=True) if tls else None
+    envs = stack_env(workdir, train=train, test=test, data_dir=data_dir, ports=ports, pki=pki)
     started: dict[str, Service] = {}
     stack: Stack | None = None
     try:
@@ -178,7 +249,9 @@ def local_stack(workdir: Path, *, train: Path, test: Path, data_dir: Path) -> It
             started[name] = start_service(name, ports[name], env, workdir, env[TOKEN_VARS[name]])
         for service in started.values():
             wait_healthy(service)
-        stack = Stack(started["model-owner"], started["data-owner"], started["dealer"], workdir)
+        stack = Stack(
+            started["model-owner"], started["data-owner"], started["dealer"], workdir, pki
+        )
         yield stack
     finally:
         # a caller may have restarted a service: stop what the stack holds now, and what it started
@@ -188,15 +261,27 @@ def local_stack(workdir: Path, *, train: Path, test: Path, data_dir: Path) -> It
 
 
 def open_session(
-    model_owner: str, token: str, body: dict[str, Any], timeout: float = 60.0
+    model_owner: str,
+    token: str,
+    body: dict[str, Any],
+    timeout: float = 60.0,
+    *,
+    verify: ssl.SSLContext | bool = True,
+    insecure_http: bool = False,
 ) -> SessionView:
-    """POST /v1/sessions on the model owner; raise with the service's own message on refusal."""
+    """POST /v1/sessions on the model owner; raise with the service's own message on refusal.
+
+    ``verify`` is httpx's (an SSLContext with the CA and the client certificate for mutual TLS);
+    the token is never sent over plain HTTP to another machine unless ``insecure_http``.
+    """
     try:
+        refuse_plain_http(model_owner, allowed=insecure_http, setting=INSECURE_HTTP_VAR)
         response = httpx.post(
             f"{model_owner.rstrip('/')}{API_PREFIX}/sessions",
             json=body,
             headers={"Authorization": f"Bearer {token}"},
             timeout=timeout,
+            verify=verify,
         )
     except httpx.HTTPError as exc:
         raise PeerTimeout(f"the model owner at {model_owner} did not answer: {exc}") from None
@@ -224,11 +309,20 @@ def follow(
     on_progress: Callable[[SessionView], None] | None = None,
     poll_seconds: float = 0.25,
     deadline_seconds: float = 7200.0,
+    verify: ssl.SSLContext | bool = True,
+    insecure_http: bool = False,
 ) -> SessionView:
     """Poll a session until it ends; return its final view."""
     end = time.monotonic() + deadline_seconds
+    try:
+        refuse_plain_http(model_owner, allowed=insecure_http, setting=INSECURE_HTTP_VAR)
+    except httpx.HTTPError as exc:
+        raise PeerTimeout(f"the model owner at {model_owner}: {exc}") from None
     with httpx.Client(
-        base_url=model_owner.rstrip("/"), headers={"Authorization": f"Bearer {token}"}, timeout=30
+        base_url=model_owner.rstrip("/"),
+        headers={"Authorization": f"Bearer {token}"},
+        timeout=30,
+        verify=verify,
     ) as client:
         while True:
             try:
@@ -258,9 +352,16 @@ def appraise(
     threshold: float | None = None,
     params: dict[str, Any] | None = None,
     direction: str | None = None,
+    reveal_to: str | None = None,
     on_progress: Callable[[SessionView], None] | None = None,
+    verify: ssl.SSLContext | bool = True,
+    insecure_http: bool = False,
 ) -> list[CandidateOutcome]:
-    """Open a session and follow it; return each candidate's outcome or raise SessionEnded."""
+    """Open a session and follow it; return each candidate's outcome or raise SessionEnded.
+
+    ``verify``: httpx's, e.g. :meth:`ClientTLS.context` (the CA, and the client certificate for
+    mutual TLS).
+    """
     body: dict[str, Any] = {
         "data_owner_url": data_owner,
         "datasets": list(datasets),
@@ -272,9 +373,18 @@ def appraise(
         body["threshold"] = threshold
     if direction is not None:
         body["direction"] = direction
-    view = open_session(model_owner, token, body)
+    if reveal_to is not None:  # else the model owner's MODEL_OWNER_REVEAL_TO
+        body["reveal_to"] = reveal_to
+    view = open_session(model_owner, token, body, verify=verify, insecure_http=insecure_http)
     if not view.state.terminal:
-        view = follow(model_owner, token, view.id, on_progress=on_progress)
+        view = follow(
+            model_owner,
+            token,
+            view.id,
+            on_progress=on_progress,
+            verify=verify,
+            insecure_http=insecure_http,
+        )
     if view.state is not SessionState.COMPLETED:
         raise SessionEnded(view)
     return view.results

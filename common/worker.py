@@ -5,18 +5,23 @@ A supervisor (:mod:`common.launcher`) starts ``python -m common.worker`` with th
 on the command line. The process
 
 1. loads *only its own* inputs (and validates them against the agreed metadata),
-2. joins the rendezvous over TCP (torch.distributed, gloo) with a deadline,
+2. joins the rendezvous with a deadline: the model owner's worker listens on the rendezvous address,
+   the others connect, and every link authenticates with the session's pre-shared keys before
+   anything secret is sent (:mod:`common.transport`, :mod:`common.secure_mpc`),
 3. runs the agreed appraisal for every candidate in order, writing one JSON line per finished
    candidate to its progress file,
 4. writes its results to ``result_file``; or, on any exception, a JSON error report (type, message,
    traceback) to ``error_file`` and exits with status 1.
 
-Ranks: 0 model owner, 1 data owner, 2 the dealer (CrypTen's trusted third party, which generates
-Beaver triples and holds no input).
+Ranks: 0 model owner, 1 data owner, 2 the dealer (a third party that generates Beaver triples and
+holds no input). ``JobSpec.transport == "gloo"`` selects CrypTen's own unprotected transport, kept
+only so that the benchmark can measure what the hardening costs.
 """
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
 import logging
 import os
@@ -26,6 +31,7 @@ import sys
 import threading
 import time
 import traceback
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
@@ -69,12 +75,60 @@ class JobSpec(BaseModel):
     reveal: Literal["score", "threshold"] = "score"
     direction: Literal["lower", "higher"] | None = None
     provider: Literal["TTP", "TFP"] = "TTP"
+    reveal_to: Literal["both", "model_owner"] = Field(
+        default="both",
+        description="who learns the score or bit: both owners, or the model owner only",
+    )
+    transport: Literal["secure", "gloo"] = Field(
+        default="secure",
+        description="secure: authenticated, encrypted channels (common.transport); gloo: CrypTen's "
+        "unprotected torch.distributed transport, kept only to measure the hardening's cost",
+    )
+
+
+def _key() -> str:
+    return secrets.token_hex(32)
+
+
+class SessionKeys(BaseModel):
+    """Pre-shared keys of one session, 32 random bytes each (hex), agreed over authenticated REST.
+
+    The model owner's service draws all three and hands each peer only the keys of its own links:
+    the data owner gets ``mo_do`` and ``do_dealer``, the dealer ``mo_dealer`` and ``do_dealer``. A key
+    only authenticates a link's handshake; the traffic keys come from an ephemeral X25519 exchange
+    inside it, so a party that knows another link's pre-shared key still cannot read that link.
+    """
+
+    mo_do: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
+    mo_dealer: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
+    do_dealer: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
+
+    @classmethod
+    def new(cls) -> SessionKeys:
+        return cls(mo_do=_key(), mo_dealer=_key(), do_dealer=_key())
+
+    def for_role(self, role: str) -> SessionKeys:
+        """Only the keys of ``role``'s own links."""
+        wanted = {
+            "model_owner": ("mo_do", "mo_dealer"),
+            "data_owner": ("mo_do", "do_dealer"),
+            "dealer": ("mo_dealer", "do_dealer"),
+        }[role]
+        return SessionKeys(**{k: getattr(self, k) for k in wanted})
+
+    def __repr__(self) -> str:  # never print a key
+        return f"SessionKeys({', '.join(k for k, v in self.__dict__.items() if v)})"
+
+    __str__ = __repr__
 
 
 class PartyConfig(BaseModel):
     role: Role
-    rendezvous: str  # tcp://host:port
+    rendezvous: str  # tcp://host:port; the model owner's worker listens there, the others connect
     job: JobSpec
+    session_id: str = Field(default_factory=lambda: "local-" + secrets.token_hex(8))
+    keys: SessionKeys | None = None  # required by the secure transport
+    allow_insecure_tfp: bool = False  # JobSpec.provider == "TFP" is refused unless this is set
     timeout_seconds: float = Field(default=120.0, gt=0)
     result_file: str
     error_file: str
@@ -148,8 +202,56 @@ def _set_dist_env(config: PartyConfig) -> None:
     )
 
 
+def job_digest(job: JobSpec) -> bytes:
+    """SHA-256 of the agreed job; bound into every link's handshake (tampering fails it)."""
+    return hashlib.sha256(job.model_dump_json().encode()).digest()
+
+
+def _psk(config: PartyConfig, link: str) -> bytes:
+    value = None if config.keys is None else getattr(config.keys, link)
+    if value is None:
+        raise ConfigError(
+            f"the {config.role}'s worker has no pre-shared key for the {link.replace('_', '-')} "
+            "link; the secure transport needs the session keys agreed over REST"
+        )
+    return bytes.fromhex(value)
+
+
 def run_dealer(config: PartyConfig) -> dict[str, object]:
     """Serve Beaver triples until the model owner's worker says it is done."""
+    if config.job.transport == "gloo":
+        return _run_gloo_dealer(config)
+    from common import transport
+    from common.secure_mpc import Dealer, StreamRng, close_channels, serve_dealer
+
+    host, port = transport.parse_rendezvous(config.rendezvous)
+    digest = job_digest(config.job)
+    mo = transport.connect(
+        "dealer",
+        host,
+        port,
+        _psk(config, "mo_dealer"),
+        session_id=config.session_id,
+        job_digest=digest,
+        window=config.timeout_seconds,
+    )
+    try:
+        link = transport.relayed_key(
+            "dealer", mo, _psk(config, "do_dealer"), session_id=config.session_id, job_digest=digest
+        )
+        dealer = Dealer(StreamRng(mo.derive("triples")), StreamRng(link.derive("derived/triples")))
+        requests = serve_dealer(mo, dealer)
+    finally:
+        close_channels(mo)
+    return {
+        "role": "dealer",
+        "requests": requests,
+        "bytes_written": mo.bytes_sent,
+    }
+
+
+def _run_gloo_dealer(config: PartyConfig) -> dict[str, object]:
+    """CrypTen's own dealer over unprotected gloo (for measuring the hardening's cost only)."""
     import torch
 
     from common.compat import import_crypten, rendezvous_timeout
@@ -247,20 +349,12 @@ def _load_data_owner(config: PartyConfig) -> list[DataOwnerInputs]:
     return inputs
 
 
-def run_party(config: PartyConfig) -> dict[str, object]:
-    """Model owner or data owner: load own inputs, rendezvous, appraise every candidate."""
+@contextlib.contextmanager
+def _gloo_session(config: PartyConfig) -> Iterator[object]:
+    """CrypTen's own transport: torch.distributed over gloo, unauthenticated and unencrypted."""
     from common.compat import import_crypten, rendezvous_timeout
-    from common.mpc_appraisal import Shapes, appraise_candidate
 
     crypten = import_crypten()
-    job = config.job
-    mo = _load_model_owner(config) if config.role == "model_owner" else None
-    do = _load_data_owner(config) if config.role == "data_owner" else None
-    if job.provider == "TFP":
-        log.warning(
-            "INSECURE: the TFP provider lets the model owner's worker generate every Beaver "
-            "triple and so read the data owner's secrets; use the dealer (TTP) in any real run"
-        )
     try:
         with rendezvous_timeout(config.timeout_seconds):
             crypten.init()
@@ -269,13 +363,101 @@ def run_party(config: PartyConfig) -> dict[str, object]:
             f"the parties did not all join the rendezvous at {config.rendezvous} within "
             f"{config.timeout_seconds:g} s ({type(exc).__name__}: {exc})"
         ) from exc
-    _report_progress(config, 0, len(job.candidates))  # joined: the run has started
-    comm = crypten.communicator.get()
-    results: list[dict[str, object]] = []
     try:
+        yield crypten.communicator.get()
+    finally:
+        crypten.uninit()
+
+
+@contextlib.contextmanager
+def _secure_session(config: PartyConfig) -> Iterator[object]:
+    """Authenticated, encrypted channels (:mod:`common.transport`) and CrypTen swapped onto them."""
+    from common import transport
+    from common.secure_mpc import (
+        DealerProvider,
+        SecureCommunicator,
+        StreamRng,
+        close_channels,
+        installed,
+        owner_generators,
+    )
+
+    job = config.job
+    host, port = transport.parse_rendezvous(config.rendezvous)
+    digest = job_digest(job)
+    with_dealer = job.provider == "TTP"
+    dealer: transport.Channel | None = None
+    if config.role == "model_owner":
+        psks = {"data_owner": _psk(config, "mo_do")}
+        if with_dealer:
+            psks["dealer"] = _psk(config, "mo_dealer")
+        channels = transport.accept_peers(
+            host,
+            port,
+            psks,
+            session_id=config.session_id,
+            job_digest=digest,
+            window=config.timeout_seconds,
+        )
+        peer, dealer = channels["data_owner"], channels.get("dealer")
+    else:
+        peer = transport.connect(
+            "data_owner",
+            host,
+            port,
+            _psk(config, "mo_do"),
+            session_id=config.session_id,
+            job_digest=digest,
+            window=config.timeout_seconds,
+        )
+    try:
+        rank = RANKS[config.role]
+        provider: DealerProvider | None = None
+        if with_dealer and dealer is not None:
+            transport.relay_handshake(peer, dealer)
+            provider = DealerProvider(rank, StreamRng(dealer.derive("triples")), dealer)
+        elif with_dealer:
+            link = transport.relayed_key(
+                "data_owner",
+                peer,
+                _psk(config, "do_dealer"),
+                session_id=config.session_id,
+                job_digest=digest,
+            )
+            provider = DealerProvider(rank, StreamRng(link.derive("derived/triples")), None)
+        comm = SecureCommunicator(rank, peer)
+        comm.channels = [c for c in (peer, dealer) if c is not None]
+        with installed(comm, owner_generators(rank, peer), provider):
+            yield comm
+            if provider is not None:
+                provider.finish()
+            comm.barrier()  # neither side closes while the other still reads
+    finally:
+        close_channels(peer, dealer)
+
+
+def run_party(config: PartyConfig) -> dict[str, object]:
+    """Model owner or data owner: load own inputs, rendezvous, appraise every candidate."""
+    from common.compat import import_crypten
+    from common.mpc_appraisal import Shapes, appraise_candidate
+
+    crypten = import_crypten()
+    job = config.job
+    mo = _load_model_owner(config) if config.role == "model_owner" else None
+    do = _load_data_owner(config) if config.role == "data_owner" else None
+    session = _gloo_session if job.transport == "gloo" else _secure_session
+    results: list[dict[str, object]] = []
+    with session(config) as comm:
+
+        def written_now() -> int:
+            """Bytes this worker sent: its channels' count, or (gloo) its write system calls."""
+            channels = getattr(comm, "channels", None)
+            return bytes_written() if channels is None else sum(c.bytes_sent for c in channels)
+
+        _report_progress(config, 0, len(job.candidates))  # joined: the run has started
         for index, meta in enumerate(job.candidates):
-            crypten.reset_communication_stats()
-            written = bytes_written()
+            comm.reset_communication_stats()  # type: ignore[attr-defined]
+            written = written_now()
             start = time.perf_counter()
             shapes = Shapes(
                 n_features=job.n_features,
@@ -296,8 +478,9 @@ def run_party(config: PartyConfig) -> dict[str, object]:
                 lr=job.lr,
                 l2=job.l2,
                 batch_size=job.batch_size,
+                reveal_to=job.reveal_to,
             )
-            stats = comm.get_communication_stats()
+            stats = comm.get_communication_stats()  # type: ignore[attr-defined]
             result: dict[str, object] = {
                 "candidate": meta.name,
                 "score": outcome.score,
@@ -305,15 +488,35 @@ def run_party(config: PartyConfig) -> dict[str, object]:
                 "seconds": time.perf_counter() - start,
                 "crypten_bytes": int(stats["bytes"]),  # CrypTen's count: sent + received
                 "rounds": int(stats["rounds"]),
-                "bytes_written": bytes_written() - written,
+                "bytes_written": written_now() - written,
                 # peak resident memory of this party's process so far (Linux reports KiB)
                 "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
             }
             results.append(result)
             _report_progress(config, index + 1, len(job.candidates))
-    finally:
-        crypten.uninit()
+    del crypten
     return {"role": config.role, "results": results}
+
+
+def check_policy(config: PartyConfig) -> None:
+    """Refuse what this party's own configuration does not allow, before any network traffic."""
+    job = config.job
+    if job.provider == "TFP" and not config.allow_insecure_tfp:
+        raise ConfigError(
+            "the TFP provider lets the model owner's worker generate every Beaver triple and so "
+            "read the data owner's inputs; it is refused unless explicitly allowed "
+            "(allow_insecure_tfp, or --insecure-tfp for a local run)"
+        )
+    if job.provider == "TFP":
+        log.warning(
+            "INSECURE: the TFP provider lets the model owner's worker generate every Beaver "
+            "triple and so read the data owner's secrets; use the dealer (TTP) in any real run"
+        )
+    if job.transport == "gloo":
+        log.warning(
+            "INSECURE: the gloo transport sends shares and generator seeds in the clear and "
+            "accepts any peer; it exists only to measure the secure transport's cost"
+        )
 
 
 def main() -> int:
@@ -324,13 +527,17 @@ def main() -> int:
         )
         return 2
     config = PartyConfig.model_validate_json(Path(path).read_text())
+    if config.keys is not None:  # the session keys live on in this process's memory only
+        Path(path).unlink(missing_ok=True)
     logging.basicConfig(
         level=logging.INFO if os.environ.get("DATA_APPRAISAL_DEBUG") else logging.WARNING,
         format=f"%(asctime)s {config.role} rank={RANKS[config.role]} %(levelname)s %(message)s",
     )
     _exit_with_parent()
     try:
-        _set_dist_env(config)
+        check_policy(config)
+        if config.job.transport == "gloo":
+            _set_dist_env(config)
         _configure_crypten(config.job)
         payload = run_dealer(config) if config.role == "dealer" else run_party(config)
         _write_json(config.result_file, payload)

@@ -2,6 +2,12 @@
 
 It serves only public metadata. The rows stay in ``data_dir`` and are read by this service's own
 worker process, which secret-shares them with the model owner's worker over TCP.
+
+Every invitation is checked against the data sets' metadata and this data owner's policy (see
+:func:`review`), including a lifetime leakage budget per model owner: each revealed score tells
+the model owner a little about the data, so each model owner may run only so many sessions and
+appraise only so many candidates here. The session's MPC link keys arrive in the invitation and go
+only into this side's worker configuration: never stored, logged or returned.
 """
 
 from __future__ import annotations
@@ -9,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import os
 import tempfile
 import time
@@ -18,14 +25,18 @@ from typing import Annotated, Any, Literal, get_args
 
 import httpx
 from fastapi import APIRouter, Depends, Query, Request
-from pydantic import Field
+from pydantic import BaseModel, ConfigDict, Field
 from pydantic_settings import SettingsConfigDict
 
 from common.data import load_dataset
-from common.errors import AppraisalError, DataError
+from common.errors import AppraisalError, ConfigError, DataError
 from common.model import feature_bound
 from common.schemas import (
     API_PREFIX,
+    MAX_LR,
+    MAX_STEPS,
+    BudgetUse,
+    BudgetView,
     DatasetId,
     DatasetMeta,
     Invitation,
@@ -50,6 +61,15 @@ log = logging.getLogger("data_appraisal.data_owner")
 UPLOAD_PATH = f"{API_PREFIX}/datasets"
 
 
+class BudgetLimit(BaseModel):
+    """One model owner's budget override in DATA_OWNER_BUDGETS; an omitted limit keeps the default."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    sessions: int | None = Field(default=None, ge=0)
+    candidates: int | None = Field(default=None, ge=0)
+
+
 class DataOwnerSettings(ServesModelOwners):
     """Environment variables ``DATA_OWNER_<FIELD>`` (dicts and lists as JSON)."""
 
@@ -64,7 +84,20 @@ class DataOwnerSettings(ServesModelOwners):
     allowed_methods: list[Method] = Field(default_factory=lambda: list(get_args(Method)))
     allowed_dealers: list[str] | None = None  # dealer URLs; default: any
     max_sessions_per_day: int = 100  # per model owner, rejected invitations not counted
+    budget_sessions: int = Field(default=100, ge=0)  # per model owner, lifetime, not rejected
+    budget_candidates: int = Field(default=1000, ge=0)  # candidates in those sessions
+    budgets: dict[str, BudgetLimit] = Field(default_factory=dict)  # per model owner overrides
+    allow_insecure_tfp: bool = False  # accept provider TFP (the model owner can read the data)
+    require_reveal_to_both: bool = False  # refuse sessions whose results this side would not see
     max_upload_bytes: int = 200_000_000
+
+    def budget(self, model_owner: str) -> tuple[int, int]:
+        """(sessions, candidates): a model owner's lifetime budget here."""
+        own = self.budgets.get(model_owner, BudgetLimit())
+        return (
+            self.budget_sessions if own.sessions is None else own.sessions,
+            self.budget_candidates if own.candidates is None else own.candidates,
+        )
 
 
 class Registry:
@@ -155,17 +188,56 @@ def review(
             f"the data owner's policy does not allow the method {inv.job.method!r} "
             f"(allowed: {', '.join(settings.allowed_methods)})"
         )
-    if inv.job.provider != "TTP":
-        return "the data owner requires a separate dealer (provider TTP); TFP lets the model owner read the data"
-    if settings.allowed_dealers is not None and inv.dealer_url.rstrip("/") not in [
-        d.rstrip("/") for d in settings.allowed_dealers
-    ]:
+    job = inv.job
+    if job.transport != "secure":
+        return (
+            f"the data owner requires the secure MPC transport; the job asks for {job.transport!r}, "
+            "which neither authenticates nor encrypts the MPC traffic"
+        )
+    if job.provider == "TFP" and not settings.allow_insecure_tfp:
+        return (
+            "the data owner refuses provider TFP: with TFP the model owner's worker generates every "
+            "Beaver triple and can therefore read this data owner's data; use a dealer (provider "
+            "TTP), or set DATA_OWNER_ALLOW_INSECURE_TFP=true for testing only"
+        )
+    if (
+        job.provider == "TTP"
+        and settings.allowed_dealers is not None
+        and inv.dealer_url.rstrip("/") not in [d.rstrip("/") for d in settings.allowed_dealers]
+    ):
         return f"the data owner does not trust the dealer at {inv.dealer_url}"
+    if settings.require_reveal_to_both and job.reveal_to != "both":
+        return (
+            "the data owner's policy requires to see every revealed result (reveal_to 'both'), so "
+            f"that it can audit what is revealed about its data; the job has {job.reveal_to!r}"
+        )
+    links = ("mo_do", "do_dealer") if job.provider == "TTP" else ("mo_do",)
+    missing = [k for k in links if inv.keys is None or getattr(inv.keys, k) is None]
+    if missing:
+        return (
+            f"the invitation carries no pre-shared key for the MPC link(s) {', '.join(missing)}; "
+            "the secure transport needs them"
+        )
     today = manager.store.count_since(who, time.time() - 86400, exclude_rejected=True)
     if today >= settings.max_sessions_per_day:
         return (
             f"model owner {who!r} has used its {settings.max_sessions_per_day} sessions for the "
             "last 24 hours"
+        )
+    budget_sessions, budget_candidates = settings.budget(who)
+    used_sessions, used_candidates = manager.store.usage(who)
+    if used_sessions + 1 > budget_sessions:
+        return (
+            f"model owner {who!r} has used its session budget at this data owner: "
+            f"{used_sessions} of {budget_sessions} sessions (a lifetime limit on how much the "
+            "revealed scores may tell about the data; GET /v1/budget shows it)"
+        )
+    if used_candidates + len(inv.datasets) > budget_candidates:
+        return (
+            f"the {len(inv.datasets)} candidates of this session would exceed model owner {who!r}'s "
+            f"candidate budget at this data owner: {used_candidates} of {budget_candidates} "
+            "candidates used (a lifetime limit on how much the revealed scores may tell about the "
+            "data; GET /v1/budget shows it)"
         )
     if len(set(inv.datasets)) != len(inv.datasets):
         return "a dataset is listed twice"
@@ -177,6 +249,13 @@ def review(
             f"label encodings differ: the model owner uses {inv.label_encoding!r}, this data owner "
             f"{settings.label_encoding!r}"
         )
+    if job.steps > MAX_STEPS or job.lr > MAX_LR:
+        return (
+            f"the job's fine-tuning parameters are out of range: steps {job.steps} (at most "
+            f"{MAX_STEPS}), lr {job.lr:g} (at most {MAX_LR:g})"
+        )
+    if not math.isfinite(job.feature_bound) or math.log2(job.feature_bound) % 1 != 0:
+        return f"the job's feature bound {job.feature_bound:g} is not a power of two"
     for cand in inv.job.candidates:
         if cand.name not in registry.meta:
             return f"unknown dataset {cand.name!r}; GET /v1/datasets lists this data owner's"
@@ -207,9 +286,12 @@ def create_app(
     settings: DataOwnerSettings | None = None, client: httpx.AsyncClient | None = None
 ) -> Any:
     settings = settings or DataOwnerSettings()
+    unknown = sorted(set(settings.budgets) - set(settings.model_owner_tokens))
+    if unknown:
+        log.warning("DATA_OWNER_BUDGETS names model owners without a token: %s", unknown)
     registry = Registry(settings)
     manager = SessionManager(settings, role="data_owner")
-    http = client or httpx.AsyncClient(timeout=settings.negotiation_timeout)
+    http = client or settings.peer_client()
     callbacks: dict[str, tuple[str, str]] = {}  # session id -> (model owner URL, one-time token)
 
     caller = bearer_auth(settings.identities)
@@ -276,6 +358,7 @@ def create_app(
                 method=inv.job.method,
                 datasets=inv.datasets,
                 reveal=inv.job.reveal,
+                reveal_to=inv.job.reveal_to,
                 params=_params(inv),
                 rendezvous=inv.rendezvous,
                 reason=reason,
@@ -286,14 +369,53 @@ def create_app(
             return InvitationReply(accepted=False, reason=reason)
         if inv.callback_url and inv.callback_token:
             callbacks[view.id] = (inv.callback_url, inv.callback_token)
+        assert inv.keys is not None  # review() refuses an invitation without them
         manager.start(
             view.id,
             inv.job,
             inv.rendezvous,
             inv.deadlines,
             candidates=[str(registry.paths[d]) for d in inv.datasets],
+            keys=inv.keys.for_role("data_owner"),  # only this side's links, whatever was sent
+            allow_insecure_tfp=inv.job.provider == "TFP",  # review() refused it unless allowed
         )
         return InvitationReply(accepted=True)
+
+    @router.get(
+        "/budget",
+        response_model=BudgetView,
+        tags=["policy"],
+        summary="A model owner's remaining leakage budget (its own; the operator names one)",
+    )
+    async def budget(
+        model_owner: Annotated[
+            str | None, Query(description="operator only: whose budget (a model owner's name)")
+        ] = None,
+        who: str = Depends(caller),
+    ) -> BudgetView:
+        if who == OPERATOR:
+            if model_owner is None:
+                raise ConfigError("the operator names the model owner: ?model_owner=NAME")
+            name = model_owner
+        elif model_owner not in (None, who):
+            raise Forbidden("a model owner may read only its own budget")
+        else:
+            name = who
+        if name not in settings.model_owner_tokens:
+            raise NotFound(f"no model owner {name!r} is known to this data owner")
+        sessions, candidates = settings.budget(name)
+        used_sessions, used_candidates = manager.store.usage(name)
+        today = manager.store.count_since(name, time.time() - 86400, exclude_rejected=True)
+
+        def use(used: int, limit: int) -> BudgetUse:
+            return BudgetUse(used=used, limit=limit, remaining=max(0, limit - used))
+
+        return BudgetView(
+            model_owner=name,
+            sessions=use(used_sessions, sessions),
+            candidates=use(used_candidates, candidates),
+            sessions_last_24h=use(today, settings.max_sessions_per_day),
+        )
 
     async def on_end(view: SessionView) -> None:
         target = callbacks.pop(view.id, None)
@@ -329,4 +451,6 @@ def _params(inv: Invitation) -> dict[str, Any]:
         "feature_bound": job.feature_bound,
         "n_features": job.n_features,
         "n_classes": job.n_classes,
+        "provider": job.provider,
+        "transport": job.transport,
     }

@@ -4,6 +4,11 @@ Opening a session negotiates over REST: fetch the candidates' public metadata fr
 check it against the model, propose the computation and a rendezvous, ask the dealer to serve the
 session's Beaver triples, then start this side's worker. The threshold τ of a threshold session is
 written only to this side's 0600 worker configuration: never stored, logged or sent.
+
+Each session gets fresh pre-shared keys for its three MPC links (:class:`SessionKeys`): the data
+owner receives its two in the invitation, the dealer its two in the dealer job, this side's worker
+its own two in its configuration. They are never stored, logged or returned, and this service keeps
+no reference to them once the workers are started.
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ from typing import Any, ClassVar
 
 import httpx
 import numpy as np
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Depends, Request
 from pydantic import SecretStr
 from pydantic_settings import SettingsConfigDict
 
@@ -34,6 +39,7 @@ from common.schemas import (
     Invitation,
     InvitationReply,
     ModelInfo,
+    RevealTo,
     SessionCreate,
     SessionState,
     SessionView,
@@ -46,14 +52,15 @@ from common.service import (
     PortPool,
     ServiceSettings,
     SessionManager,
+    Unauthorized,
     bearer_auth,
     build_app,
     notify_peer,
     peer_call,
     peer_detail,
 )
-from common.sessions import Conflict
-from common.worker import CandidateMeta, JobSpec
+from common.sessions import Conflict, NotFound
+from common.worker import CandidateMeta, JobSpec, SessionKeys
 
 log = logging.getLogger("data_appraisal.model_owner")
 
@@ -78,6 +85,8 @@ class ModelOwnerSettings(ServiceSettings):
     dealer_token: SecretStr = SecretStr("change-me")
     advertise_host: str = "127.0.0.1"  # the rendezvous address the other parties connect to
     rendezvous_ports: str = "29500-29599"
+    reveal_to: RevealTo = "both"  # default of a session's reveal_to
+    allow_insecure_tfp: bool = False  # allow sessions with provider TFP (testing only)
 
 
 @dataclass
@@ -165,6 +174,12 @@ def create_app(
     settings: ModelOwnerSettings | None = None, client: httpx.AsyncClient | None = None
 ) -> Any:
     settings = settings or ModelOwnerSettings()
+    if settings.advertise_host.strip("[]") in ("", "0.0.0.0", "::"):
+        raise ConfigError(
+            f"MODEL_OWNER_ADVERTISE_HOST={settings.advertise_host!r} is a wildcard: it must be the "
+            "address the other workers connect to, which this side's worker binds (and only it) "
+            "for the rendezvous"
+        )
     if settings.host not in ("127.0.0.1", "localhost", "::1") and settings.advertise_host in (
         "127.0.0.1",
         "localhost",
@@ -179,14 +194,32 @@ def create_app(
     manager = SessionManager(settings, role="model_owner")
     model = Model.load(settings)
     ports = PortPool(settings.rendezvous_ports)
-    http = client or httpx.AsyncClient(timeout=settings.negotiation_timeout)
+    http = client or settings.peer_client()
     callback_tokens: dict[str, SecretStr] = {}  # session id -> the data owner's one-time token
 
     def tokens() -> dict[str, SecretStr]:
         sessions = {f"session:{sid}": tok for sid, tok in callback_tokens.items()}
         return {**settings.identities(), **sessions}
 
-    caller = bearer_auth(tokens)
+    authenticate = bearer_auth(tokens)
+
+    async def caller(request: Request, who: str = Depends(authenticate)) -> str:
+        """The caller's identity. A data owner's one-session token works only on the routes of
+        that one session (403 elsewhere), and only while it is live (401 once it has ended)."""
+        if not who.startswith("session:"):
+            return who
+        session_id = who.removeprefix("session:")
+        try:
+            live = not manager.store.get(session_id).state.terminal
+        except NotFound:
+            live = False
+        if not live:
+            callback_tokens.pop(session_id, None)
+            raise Unauthorized(f"this one-session token expired: session {session_id} has ended")
+        if request.path_params.get("session_id") != session_id:
+            raise Forbidden(f"this one-session token is valid for session {session_id} only")
+        return who
+
     router = APIRouter(prefix=API_PREFIX, responses=ERROR_RESPONSES)
 
     def operator_only(who: str) -> None:
@@ -225,11 +258,18 @@ def create_app(
             raise ConfigError("reveal 'threshold' needs the secret 'threshold' τ")
         if body.reveal == "score" and body.threshold is not None:
             raise ConfigError("'threshold' is only used with reveal 'threshold'")
+        if body.provider == "TFP" and not settings.allow_insecure_tfp:
+            raise ConfigError(
+                "provider 'TFP' lets this model owner's worker generate every Beaver triple and so "
+                "read the data owner's data: it is refused unless MODEL_OWNER_ALLOW_INSECURE_TFP is "
+                "true (testing only); use the dealer (provider 'TTP')"
+            )
         return await negotiate(body)
 
     async def negotiate(body: SessionCreate) -> SessionView:
         do_url = str(body.data_owner_url).rstrip("/")
         info = model.info
+        reveal_to = body.reveal_to or settings.reveal_to
 
         async def withdraw(reason: str) -> None:
             """Tell the data owner, which had accepted, that this side ended the session."""
@@ -245,7 +285,13 @@ def create_app(
                 method=body.method,
                 datasets=body.datasets,
                 reveal=body.reveal,
-                params={**body.params.model_dump(), "l2": settings.l2, "direction": body.direction},
+                reveal_to=reveal_to,
+                params={
+                    **body.params.model_dump(),
+                    "l2": settings.l2,
+                    "direction": body.direction,
+                    "provider": body.provider,
+                },
             )
         )
         port: int | None = None
@@ -276,9 +322,13 @@ def create_app(
                 batch_size=body.params.batch_size,
                 reveal=body.reveal,
                 direction=body.direction,
-                provider="TTP",
+                provider=body.provider,
+                reveal_to=reveal_to,
+                transport="secure",
             )
             manager.store.update(view.id, rendezvous=rendezvous)
+            # fresh link keys for this session only; each party gets the keys of its own links
+            keys = SessionKeys.new()
             token = SecretStr(secrets.token_urlsafe(32))
             invitation = Invitation(
                 session_id=view.id,
@@ -290,6 +340,7 @@ def create_app(
                 dealer_url=settings.dealer_url,
                 callback_url=settings.public_url,
                 callback_token=token.get_secret_value(),
+                keys=keys.for_role("data_owner"),
                 deadlines=settings.deadlines(),
             )
             # the proposal goes out even on a mismatch, so that both sides record the rejection
@@ -311,20 +362,30 @@ def create_app(
                 if reply.accepted:  # it accepted what this side rejects
                     await withdraw(reason)
                 return end(view.id, SessionState.REJECTED, reason)
-            dealer = DealerJob(
-                session_id=view.id, job=job, rendezvous=rendezvous, deadlines=settings.deadlines()
-            )
-            response = await peer_call(
-                http,
-                "POST",
-                f"{settings.dealer_url.rstrip('/')}{API_PREFIX}/sessions",
-                settings.dealer_token,
-                dealer.model_dump(mode="json"),
-            )
-            if response.status_code != 201:
-                reason = f"the dealer refused the session: {peer_detail(response)}"
-                await withdraw(reason)
-                return end(view.id, SessionState.FAILED, reason)
+            if job.provider == "TTP":  # with TFP this side's worker generates the triples
+                dealer = DealerJob(
+                    session_id=view.id,
+                    job=job,
+                    rendezvous=rendezvous,
+                    keys=keys.for_role("dealer"),
+                    deadlines=settings.deadlines(),
+                )
+                response = await peer_call(
+                    http,
+                    "POST",
+                    f"{settings.dealer_url.rstrip('/')}{API_PREFIX}/sessions",
+                    settings.dealer_token,
+                    dealer.model_dump(mode="json"),
+                )
+                if response.status_code != 201:
+                    reason = f"the dealer refused the session: {peer_detail(response)}"
+                    await withdraw(reason)
+                    return end(view.id, SessionState.FAILED, reason)
+            now = manager.store.get(view.id)
+            if now.state.terminal:  # a peer failed or someone cancelled while this side negotiated
+                callback_tokens.pop(view.id, None)
+                await on_end(now)
+                return now
             manager.store.update(view.id, state=SessionState.ACCEPTED)
             held, port = port, None  # the supervisor releases it
             manager.start(
@@ -336,6 +397,8 @@ def create_app(
                 test=str(settings.test),
                 state=str(model.state_path),
                 threshold=body.threshold,
+                keys=keys.for_role("model_owner"),
+                allow_insecure_tfp=job.provider == "TFP",
             )
             return manager.store.get(view.id)
         except PeerUnreachable as exc:
@@ -359,7 +422,10 @@ def create_app(
         await notify_peer(
             http, view.counterpart, settings.data_owner_token, view, "the model owner"
         )
-        await notify_peer(http, settings.dealer_url, settings.dealer_token, view, "the model owner")
+        if view.params.get("provider", "TTP") == "TTP":
+            await notify_peer(
+                http, settings.dealer_url, settings.dealer_token, view, "the model owner"
+            )
 
     manager.on_end = on_end
     app = build_app(

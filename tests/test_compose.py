@@ -3,9 +3,9 @@
 No Docker engine runs where the tests do, so these tests parse both files and check what a
 ``docker compose up`` would depend on: every command is a valid ``data-appraisal`` invocation of the
 real typer app, every environment variable names a real setting and loads into the settings class,
-the ports, URLs and healthchecks agree, the data paths match what ``example-data`` writes, tokens
-come from the environment or ``.env`` (never literals), and the image installs what the Makefile
-installs.
+the ports, URLs and healthchecks agree, the data paths match what ``example-data`` writes, every
+service serves mutual TLS with the certificates ``certs`` writes, tokens come from the environment
+or ``.env`` (never literals), and the image installs what the Makefile installs.
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ from common.data import write_example_data
 from common.errors import ConfigError
 from common.schemas import API_PREFIX
 from common.service import PortPool, ServiceSettings
+from common.tls import check_transport, tls_enabled, write_demo_pki
 
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSE = ROOT / "docker-compose.yml"
@@ -41,9 +42,11 @@ ENV_EXAMPLE = ROOT / ".env.example"
 DOCKERIGNORE = ROOT / ".dockerignore"
 
 SERVERS = tuple(cli.SERVICES)  # model-owner, data-owner, dealer: compose services of these names
-INIT, CLIENT = "example-data", "appraise"
+INIT, CLIENT, CERTS = "example-data", "appraise", "certs"
+ONE_SHOT = (CERTS, INIT, CLIENT)
 # environment variables the one-shot services may set (they have no settings class)
 CLIENT_ENV = {
+    CERTS: {"DATA_APPRAISAL_DEBUG"},
     INIT: {"DATA_APPRAISAL_DEBUG"},
     CLIENT: {"DATA_APPRAISAL_TOKEN", "DATA_APPRAISAL_DEBUG"},
 }
@@ -328,10 +331,11 @@ def serve_port(name: str) -> int:
 
 
 def assert_points_at(url: str, target: str, what: str) -> None:
-    """``url`` reaches the compose service ``target`` on the port that service serves."""
+    """``url`` reaches the compose service ``target`` over TLS on the port that service serves."""
     parts = urlsplit(url)
-    assert parts.scheme == "http" and parts.hostname == target, (
-        f"{what} = {url!r} should be http://{target}:<port> (the service's name on the network)"
+    assert parts.scheme == "https" and parts.hostname == target, (
+        f"{what} = {url!r} should be https://{target}:<port> (TLS, to the service's name on the "
+        "network, which its certificate names)"
     )
     assert parts.port == serve_port(target), (
         f"{what} = {url!r}: service {target!r} serves port {serve_port(target)}"
@@ -344,7 +348,7 @@ def assert_points_at(url: str, target: str, what: str) -> None:
 
 
 def test_services_exist_and_share_a_network() -> None:
-    names = [*SERVERS, INIT, CLIENT]
+    names = [*SERVERS, *ONE_SHOT]
     networks = {}
     for name in names:
         nets = service(name).get("networks") or ["default"]
@@ -356,7 +360,7 @@ def test_services_exist_and_share_a_network() -> None:
 
 
 def test_every_service_runs_the_image_built_from_the_dockerfile() -> None:
-    for name in [*SERVERS, INIT, CLIENT]:
+    for name in [*SERVERS, *ONE_SHOT]:
         svc = service(name)
         build = svc.get("build")
         assert build is not None, f"service {name!r} has no 'build' (the Dockerfile's image)"
@@ -366,7 +370,7 @@ def test_every_service_runs_the_image_built_from_the_dockerfile() -> None:
         assert (dockerfile_name or "Dockerfile") == DOCKERFILE.name, (
             f"service {name!r} builds {dockerfile_name!r}"
         )
-    images = {service(name).get("image") for name in [*SERVERS, INIT, CLIENT]}
+    images = {service(name).get("image") for name in [*SERVERS, *ONE_SHOT]}
     assert len(images) == 1 and None not in images, (
         f"every service should name the one image it builds ('image:'), got {images}"
     )
@@ -416,6 +420,26 @@ def test_healthcheck_gets_health_on_the_served_port(name: str) -> None:
 
 
 @pytest.mark.parametrize("name", SERVERS)
+def test_healthcheck_speaks_the_services_tls(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A TLS service answers no plain-HTTP healthcheck; a mutual-TLS one none without a cert."""
+    settings = load_settings(name, monkeypatch)
+    code = service(name)["healthcheck"]["test"][3]
+    (url,) = re.findall(r"https?://[^\s'\"]+", code)
+    if not tls_enabled(settings):
+        return
+    assert url.startswith("https://"), f"service {name!r} serves TLS; its healthcheck asks {url}"
+    assert f"'{settings.tls_ca}'" in code, (
+        f"service {name!r}: the healthcheck should verify against {settings.tls_ca} (its TLS_CA)"
+    )
+    if settings.tls_client_auth == "required":
+        for path in (settings.tls_cert, settings.tls_key):
+            assert f"'{path}'" in code, (
+                f"service {name!r} requires client certificates: its healthcheck should present "
+                f"one ({path})"
+            )
+
+
+@pytest.mark.parametrize("name", SERVERS)
 def test_published_ports_are_the_served_port(name: str) -> None:
     for port in published_ports(name):
         assert port == serve_port(name), (
@@ -458,6 +482,10 @@ def test_start_order() -> None:
         assert conditions(name).get(INIT) == "service_completed_successfully", (
             f"{name!r} must wait for {INIT!r} (condition service_completed_successfully)"
         )
+    for name in SERVERS:  # they load their certificates at startup
+        assert conditions(name).get(CERTS) == "service_completed_successfully", (
+            f"{name!r} must wait for {CERTS!r} (condition service_completed_successfully)"
+        )
     assert str(service(CLIENT).get("restart", "no")) == "no", f"{CLIENT!r} runs once"
 
 
@@ -466,7 +494,7 @@ def test_start_order() -> None:
 # --------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", [*SERVERS, INIT, CLIENT])
+@pytest.mark.parametrize("name", [*SERVERS, *ONE_SHOT])
 def test_environment_names_are_settings(name: str) -> None:
     env = environment(name)
     if name in CLIENT_ENV:
@@ -634,6 +662,78 @@ def test_data_paths_match_the_example_split(
 
 
 @pytest.mark.parametrize("name", SERVERS)
+def test_server_serves_mutual_tls_never_plain_http(
+    name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings = load_settings(name, monkeypatch)
+    prefix = settings_class(name)[1]
+    assert not settings.insecure_http, f"service {name!r} sets {prefix}INSECURE_HTTP"
+    try:
+        check_transport(settings)  # what `serve` checks before it reads the files
+    except ConfigError as exc:
+        raise AssertionError(f"service {name!r}: {exc}") from None
+    assert tls_enabled(settings), f"service {name!r}: set {prefix}TLS_CERT and {prefix}TLS_KEY"
+    assert settings.tls_client_auth == "required", f"service {name!r}: no mutual TLS"
+
+
+def test_certs_writes_every_certificate_the_services_use(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each service's TLS files are the ones `certs` writes, read-only, for its network name."""
+    from cryptography import x509
+
+    call = parse_cli(CERTS)
+    assert call.path == ("certs",), f"{CERTS!r} runs {call.path}"
+    assert not call.params["overwrite"], (
+        f"{CERTS!r} must keep the set of an earlier `docker compose up` (no --overwrite): the "
+        "running services hold the old one"
+    )
+    assert call.params["ca_key"] is None, f"{CERTS!r}: the CA's key would land in a volume"
+    volume, base, read_only = in_volume(CERTS, call.params["out"])
+    assert not read_only, f"{CERTS!r} writes into a read-only volume"
+    names = call.params["name"]
+    pki = write_demo_pki(tmp_path, names, days=call.params["days"])
+
+    def written(path: Path) -> tuple[str, PurePosixPath]:
+        return volume, base / path.name
+
+    def seen_by(name: str, path: Path | str | None, what: str) -> None:
+        assert path is not None, f"service {name!r}: {what} is unset"
+        where, inside, ro = in_volume(name, path)
+        assert (where, inside) in {written(p) for p in tmp_path.iterdir()}, (
+            f"service {name!r}: {what} = {path} is not a file {CERTS!r} writes "
+            f"(into {volume!r}: {sorted(p.name for p in tmp_path.iterdir())})"
+        )
+        assert ro, f"service {name!r}: mount the {volume!r} volume read-only (it holds keys)"
+
+    for name in SERVERS:
+        settings = load_settings(name, monkeypatch)
+        prefix = settings_class(name)[1]
+        assert name in names, f"{CERTS!r} issues no certificate for {name!r}"
+        for what, path, expected in (
+            ("TLS_CERT", settings.tls_cert, pki.cert(name)),
+            ("TLS_KEY", settings.tls_key, pki.key(name)),
+            ("TLS_CA", settings.tls_ca, pki.ca),
+        ):
+            seen_by(name, path, f"{prefix}{what}")
+            assert in_volume(name, str(path))[1] == written(expected)[1], (
+                f"service {name!r}: {prefix}{what} = {path}, but its own is {expected.name}"
+            )
+        cert = x509.load_pem_x509_certificate(pki.cert(name).read_bytes())
+        sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        assert name in sans.get_values_for_type(x509.DNSName), (
+            f"the certificate of {name!r} does not name it: peers reach it at https://{name}:..."
+        )
+    client = parse_cli(CLIENT).params
+    for option in ("tls_ca", "tls_cert", "tls_key"):
+        seen_by(CLIENT, client[option], f"--{option.replace('_', '-')}")
+    assert client["tls_cert"] is not None
+    assert PurePosixPath(str(client["tls_cert"])).stem not in SERVERS, (
+        f"{CLIENT!r} should present the operator's certificate, not a service's"
+    )
+
+
+@pytest.mark.parametrize("name", SERVERS)
 def test_state_dir_is_a_writable_named_volume_of_its_own(
     name: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -667,7 +767,7 @@ def test_volume_mount_points_belong_to_the_image_user() -> None:
                 made.update(PurePosixPath(a) for a in args)
             elif words[0] == "chown" and args and args[0].split(":")[0] == user:
                 owned.update(PurePosixPath(a) for a in args[1:])
-    for name in [*SERVERS, INIT]:
+    for name in [*SERVERS, *ONE_SHOT]:
         for source, target, _ in mounts(name):
             if source not in (compose().get("volumes") or {}):
                 continue

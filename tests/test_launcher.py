@@ -17,7 +17,7 @@ import common.local
 from common.errors import MPCError, MPCRunError, PeerTimeout
 from common.launcher import free_port, party_config, private_workdir, run_parties
 from common.local import appraise_local
-from common.worker import CandidateMeta, JobSpec
+from common.worker import CandidateMeta, JobSpec, SessionKeys
 from tests.conftest import worker_pids
 
 pytestmark = pytest.mark.mpc
@@ -37,6 +37,7 @@ def _configs(work: Path, split, *, roles, n_samples=None, timeout=30.0, method="
         n_test=400,
     )
     rendezvous = f"tcp://127.0.0.1:{free_port()}"
+    keys = SessionKeys.new()
     extra = {
         "model_owner": {"train": str(split.train), "test": str(split.test)},
         "data_owner": {"candidates": [str(cand)]},
@@ -44,7 +45,14 @@ def _configs(work: Path, split, *, roles, n_samples=None, timeout=30.0, method="
     }
     return [
         party_config(
-            role, job=job, rendezvous=rendezvous, workdir=work, timeout=timeout, **extra[role]
+            role,
+            job=job,
+            rendezvous=rendezvous,
+            workdir=work,
+            timeout=timeout,
+            session_id="launcher-test",
+            keys=keys.for_role(role),
+            **extra[role],
         )
         for role in roles
     ]

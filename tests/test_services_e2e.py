@@ -130,7 +130,11 @@ def test_concurrent_sessions_of_every_method_and_reveal_mode(
 
 
 def test_appraise_command_prints_the_same_shape_as_local(stack: Stack) -> None:
-    env = {**os.environ, "DATA_APPRAISAL_TOKEN": stack.model_owner.token}
+    env = {
+        **os.environ,
+        **stack.model_owner.client_env(),  # the stack's CA and the operator's certificate
+        "DATA_APPRAISAL_TOKEN": stack.model_owner.token,
+    }
     command = [
         sys.executable,
         "-m",
