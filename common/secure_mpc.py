@@ -118,18 +118,24 @@ def install_stream_rng() -> None:
 # -- wire format of tensors ---------------------------------------------------------------------
 
 
-def _pack(tensors: Sequence[torch.Tensor]) -> bytes:
+def _pack(tensors: Sequence[torch.Tensor]) -> memoryview | bytes:
+    """The tensors' bytes; one tensor is sent from its own memory (it must not change until sent)."""
     if len(tensors) == 1:
-        return tensors[0].detach().contiguous().numpy().tobytes()
+        array: Any = tensors[0].detach().contiguous().numpy()
+        return memoryview(array).cast("B")
     return b"".join(t.detach().contiguous().numpy().tobytes() for t in tensors)
 
 
-def _unpack(data: bytes, like: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+def _unpack(data: bytearray, like: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    """Tensors shaped like ``like`` over ``data`` (a fresh buffer from the channel: no copy)."""
     out, offset = [], 0
     for t in like:
         n = t.numel() * t.element_size()
-        array = np.frombuffer(data, dtype=t.numpy().dtype, count=t.numel(), offset=offset)
-        out.append(torch.from_numpy(array.copy()).reshape(t.shape))
+        if n == 0:
+            out.append(torch.empty_like(t))
+            continue
+        view = torch.frombuffer(data, dtype=t.dtype, count=t.numel(), offset=offset)
+        out.append(view.reshape(t.shape))
         offset += n
     return out
 
@@ -152,7 +158,7 @@ def _encode_obj(obj: Any) -> bytes:
     return json.dumps({"value": obj}).encode()
 
 
-def _decode_obj(data: bytes) -> Any:
+def _decode_obj(data: bytes | bytearray) -> Any:
     decoded = json.loads(data)
     return torch.Size(decoded["size"]) if "size" in decoded else decoded["value"]
 

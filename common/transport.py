@@ -254,7 +254,9 @@ class Channel:
         self.bytes_sent = 0
         self.bytes_received = 0
         self._tap = tap  # tests only: sees every plaintext message ("sent"/"received")
-        self._queue: queue.Queue[tuple[bytes | memoryview, Future[None]] | None] = queue.Queue()
+        self._queue: queue.Queue[tuple[bytes | bytearray | memoryview, Future[None]] | None] = (
+            queue.Queue()
+        )
         self._writer = threading.Thread(target=self._write_loop, name=f"tx-{peer}", daemon=True)
         self._closed = False
         sock.settimeout(timeout)
@@ -316,7 +318,7 @@ class Channel:
                 with contextlib.suppress(OSError):
                     self.sock.shutdown(socket.SHUT_RDWR)
 
-    def send(self, data: bytes | memoryview) -> Future[None]:
+    def send(self, data: bytes | bytearray | memoryview) -> Future[None]:
         if self._closed:
             raise ChannelClosed(f"the channel to the {self.peer} is closed")
         if self._tap is not None:
@@ -325,7 +327,7 @@ class Channel:
         self._queue.put((data, future))
         return future
 
-    def recv(self, expected: int | None = None) -> bytes:
+    def recv(self, expected: int | None = None) -> bytearray:
         """The next message; ``expected`` (bytes) guards against a diverged computation."""
         try:
             head = self._open()
@@ -353,7 +355,7 @@ class Channel:
             ) from exc
         if self._tap is not None:
             self._tap("received", bytes(out))
-        return bytes(out)
+        return out
 
     def wait(self, future: Future[None]) -> None:
         try:
@@ -541,7 +543,7 @@ def _over(channel: Channel) -> tuple[Send, Recv]:
         channel.wait(channel.send(data))
 
     def recv() -> bytes:
-        message = channel.recv()
+        message = bytes(channel.recv())
         if message.startswith(ABORT):
             kind, text = message[len(ABORT) : len(ABORT) + 1], message[len(ABORT) + 1 :].decode()
             error = {b"T": PeerTimeout, b"A": PeerAuthError}.get(kind, MPCError)
