@@ -123,6 +123,13 @@ def local(
     threshold: ThresholdOpt = None,
     direction: DirectionOpt = None,
     reveal_to: RevealToOpt = None,
+    noise_epsilon: Annotated[
+        float | None,
+        typer.Option(
+            help="influence only: the data owner adds Laplace noise so that each released score is "
+            "ε-differentially private for one candidate sample (see docs/threat-model.md).",
+        ),
+    ] = None,
     insecure_tfp: Annotated[
         bool,
         typer.Option(
@@ -169,6 +176,7 @@ def local(
                 direction=None if direction is None else direction.value,
                 insecure_tfp=insecure_tfp,
                 reveal_to="both" if reveal_to is None else reveal_to.value,
+                noise_epsilon=noise_epsilon,
                 check=check,
                 label_column=label_column,
                 timeout=timeout,
@@ -428,6 +436,14 @@ def appraise(
     threshold: ThresholdOpt = None,
     direction: DirectionOpt = None,
     reveal_to: RevealToOpt = None,
+    noise_epsilon: Annotated[
+        float | None,
+        typer.Option(
+            help="influence only: ask the data owner to add Laplace noise so that each released "
+            "score is ε-differentially private for one candidate sample (see docs/api.md); "
+            "ε > 0.",
+        ),
+    ] = None,
     json_output: JsonOpt = False,
     tls_ca: Annotated[
         Path | None,
@@ -480,6 +496,7 @@ def appraise(
                 params={"steps": steps, "lr": lr, "batch_size": batch_size},
                 direction=None if direction is None else direction.value,
                 reveal_to=None if reveal_to is None else reveal_to.value,
+                noise_epsilon=noise_epsilon,
                 on_progress=update,
                 verify=verify,
                 insecure_http=insecure,

@@ -18,7 +18,7 @@ from pydantic import ValidationError
 from common.data import Dataset, load_dataset
 from common.errors import ConfigError, MPCError
 from common.launcher import free_port, party_config, private_workdir, run_parties
-from common.model import feature_bound
+from common.model import feature_bound, prepare_model_owner, v_bound
 from common.schemas import outcome_json
 from common.worker import CandidateMeta, JobSpec, PartyConfig, SessionKeys
 
@@ -90,6 +90,7 @@ def appraise_local(
     insecure_tfp: bool = False,
     insecure_transport: bool = False,
     reveal_to: Literal["both", "model_owner"] = "both",
+    noise_epsilon: float | None = None,
     check: bool = False,
     label_column: str | None = None,
     timeout: float = 120.0,
@@ -107,6 +108,12 @@ def appraise_local(
     train_ds, test_ds, cand_ds, n_features, n_classes = load_inputs(
         train, test, candidates, label_column=label_column
     )
+    bound = None
+    if noise_epsilon is not None:  # the model owner's public bound on v, computed as it would
+        state = prepare_model_owner(
+            train_ds.X, train_ds.y, test_ds.X, test_ds.y, n_classes=n_classes, l2=l2
+        )
+        bound = v_bound(state.v)
     try:
         job = JobSpec(
             method=method,
@@ -127,6 +134,8 @@ def appraise_local(
             direction=direction,
             provider="TFP" if insecure_tfp else "TTP",
             reveal_to=reveal_to,
+            noise_epsilon=noise_epsilon,
+            v_bound=bound,
             transport="gloo" if insecure_transport else "secure",
         )
     except ValidationError as exc:

@@ -321,3 +321,10 @@ def exact_utility(
         np.vstack([X_train, X_cand]), np.concatenate([y_train, y_cand]), init=state.theta
     )
     return model.mean_loss(X_test, y_test) - state.test_loss
+
+
+def v_bound(v: np.ndarray) -> float:
+    """The public bound on max_j ‖v_j‖₂ that calibrates the influence noise: a power of two, so that
+    publishing it tells the data owner the size of v only to within a factor of two."""
+    largest = float(np.linalg.norm(v, axis=0).max())
+    return float(2.0 ** math.ceil(math.log2(max(largest, 2.0**-30))))

@@ -24,6 +24,7 @@ public counts, which would push them under the fixed-point resolution.
 from __future__ import annotations
 
 import math
+import secrets
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -289,6 +290,26 @@ def influence_statistic(
     return s_scaled * c_shared
 
 
+def influence_sensitivity(shapes: Shapes, v_bound: float) -> float:
+    """How much S = Σ_a ∇L_aᵀ v can change when one candidate sample is replaced by another.
+
+    |∇L_aᵀ v| = |Σ_j (p_aj − y_aj)(x̃_a · v_j)| ≤ ‖p_a − y_a‖₁ · max_j |x̃_a · v_j|
+    ≤ 2 · ‖x̃_a‖₂ · max_j ‖v_j‖₂, with x̃ = [x, 1] and |x_i| ≤ B, so ‖x̃‖₂ ≤ √(d B² + 1).
+    Replacing one sample removes one term and adds another: twice that bound.
+    """
+    row_norm = math.sqrt(shapes.n_features * shapes.feature_bound**2 + 1.0)
+    return 2.0 * 2.0 * row_norm * v_bound
+
+
+def laplace(scale: float) -> float:
+    """One draw of Laplace(0, scale) from the operating system's generator (difference of two
+    exponentials). Floating-point caveats of textbook Laplace sampling apply (docs/threat-model.md).
+    """
+    u1 = (secrets.randbits(53) + 0.5) / 2.0**53
+    u2 = (secrets.randbits(53) + 0.5) / 2.0**53
+    return scale * (math.log(u1) - math.log(u2))
+
+
 def gradient_norm_statistic(
     shapes: Shapes, mo: ModelOwnerInputs | None, do: DataOwnerInputs | None
 ) -> tuple[Any, float]:
@@ -421,6 +442,8 @@ def appraise_candidate(
     l2: float = 1.0,
     batch_size: int | None = None,
     reveal_to: Literal["both", "model_owner"] = "both",
+    noise_epsilon: float | None = None,
+    v_bound: float | None = None,
 ) -> Outcome:
     """Run one appraisal under MPC; both parties call this with their own inputs.
 
@@ -437,6 +460,13 @@ def appraise_candidate(
         stat = finetune_statistic(shapes, mo, do, steps=steps, lr=lr, l2=l2, batch_size=batch_size)
     else:
         raise ConfigError(f"unknown method {method!r}; choose influence, gradient-norm or finetune")
+    if noise_epsilon is not None:
+        # The data owner's noise, unknown to the model owner, is added before anything is opened.
+        if method != "influence" or v_bound is None:
+            raise ConfigError("noise needs the influence method and the public bound v_bound")
+        scale = influence_sensitivity(shapes, v_bound) / noise_epsilon
+        eta = None if do is None else np.array(laplace(scale))
+        stat = stat + share(eta, (), src=DATA_OWNER)
 
     to_score, tau_to_stat = _public_transform(method, shapes, extra)
     if reveal == "score":

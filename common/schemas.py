@@ -131,6 +131,15 @@ class SessionCreate(Strict):
         "MODEL_OWNER_ALLOW_INSECURE_TFP and the data owner's DATA_OWNER_ALLOW_INSECURE_TFP "
         "(testing only)",
     )
+    noise_epsilon: float | None = Field(
+        default=None,
+        gt=0,
+        allow_inf_nan=False,
+        description="influence only: the data owner's worker adds Laplace noise to each released "
+        "score (or bit) so that it is ε-differentially private for one sample of the candidate; "
+        "the job then carries v_bound, this model owner's public power-of-two bound on max_j "
+        "‖v_j‖₂. Default: no noise",
+    )
 
 
 class Deadlines(Strict):
@@ -276,6 +285,11 @@ class SessionView(BaseModel):
         description="who learns the results; with 'model_owner' the data owner's results carry "
         "score and accept null (it learns only the cost of each candidate)",
     )
+    noise_epsilon: float | None = Field(
+        default=None,
+        description="ε of the Laplace noise added to each released score or bit (influence only); "
+        "null: no noise",
+    )
     params: dict[str, Any] = Field(default_factory=dict)
     rendezvous: str | None = None
     reason: str | None = Field(default=None, description="why it was rejected, failed, ...")
@@ -299,3 +313,10 @@ class BudgetView(BaseModel):
     sessions: BudgetUse = Field(description="sessions accepted so far, ever")
     candidates: BudgetUse = Field(description="candidates (appraised data sets) in those sessions")
     sessions_last_24h: BudgetUse = Field(description="sessions accepted in the last 24 hours")
+    epsilon_spent: float = Field(
+        description="Σ noise_epsilon × candidates over those sessions that had noise (basic "
+        "composition; an upper bound on any one sample's privacy loss)"
+    )
+    candidates_without_noise: int = Field(
+        description="candidates of those sessions released without noise (no ε bound applies)"
+    )

@@ -39,6 +39,7 @@ CREATE TABLE IF NOT EXISTS sessions (
     datasets TEXT NOT NULL,
     reveal TEXT NOT NULL,
     reveal_to TEXT NOT NULL DEFAULT 'both',
+    noise_epsilon REAL,
     params TEXT NOT NULL,
     rendezvous TEXT,
     reason TEXT,
@@ -53,7 +54,7 @@ CREATE INDEX IF NOT EXISTS sessions_counterpart ON sessions (counterpart, create
 
 _TERMINAL_SQL = ", ".join(f"'{s.value}'" for s in TERMINAL)  # fixed enum values, not input
 # columns added after the first release: (name, definition), added to older files at start-up
-_ADDED_COLUMNS = (("reveal_to", "TEXT NOT NULL DEFAULT 'both'"),)
+_ADDED_COLUMNS = (("reveal_to", "TEXT NOT NULL DEFAULT 'both'"), ("noise_epsilon", "REAL"))
 _COLUMNS = (
     "id",
     "role",
@@ -63,6 +64,7 @@ _COLUMNS = (
     "datasets",
     "reveal",
     "reveal_to",
+    "noise_epsilon",
     "params",
     "rendezvous",
     "reason",
@@ -105,6 +107,7 @@ class SessionStore:
             datasets=json.loads(row["datasets"]),
             reveal=row["reveal"],
             reveal_to=row["reveal_to"],
+            noise_epsilon=row["noise_epsilon"],
             params=json.loads(row["params"]),
             rendezvous=row["rendezvous"],
             reason=row["reason"],
@@ -129,6 +132,7 @@ class SessionStore:
                         json.dumps(view.datasets),
                         view.reveal,
                         view.reveal_to,
+                        view.noise_epsilon,
                         json.dumps(view.params),
                         view.rendezvous,
                         view.reason,
@@ -175,6 +179,18 @@ class SessionStore:
         with self._lock:
             sessions, candidates = self._db.execute(query, (counterpart,)).fetchone()
         return int(sessions), int(candidates)
+
+    def noise_usage(self, counterpart: str) -> tuple[float, int]:
+        """Over a counterpart's sessions that were not rejected: (Σ noise_epsilon × candidates of
+        the sessions with noise, candidates of the sessions without)."""
+        query = (
+            "SELECT COALESCE(SUM(noise_epsilon * json_array_length(datasets)), 0.0), "
+            "COALESCE(SUM(CASE WHEN noise_epsilon IS NULL THEN json_array_length(datasets) "
+            "ELSE 0 END), 0) FROM sessions WHERE counterpart = ? AND state != 'rejected'"
+        )
+        with self._lock:
+            epsilon, plain = self._db.execute(query, (counterpart,)).fetchone()
+        return float(epsilon), int(plain)
 
     def update(self, session_id: str, **fields: Any) -> SessionView:
         """Set fields of a live session. A terminal session is never changed again.

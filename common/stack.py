@@ -353,6 +353,7 @@ def appraise(
     params: dict[str, Any] | None = None,
     direction: str | None = None,
     reveal_to: str | None = None,
+    noise_epsilon: float | None = None,
     on_progress: Callable[[SessionView], None] | None = None,
     verify: ssl.SSLContext | bool = True,
     insecure_http: bool = False,
@@ -375,6 +376,8 @@ def appraise(
         body["direction"] = direction
     if reveal_to is not None:  # else the model owner's MODEL_OWNER_REVEAL_TO
         body["reveal_to"] = reveal_to
+    if noise_epsilon is not None:
+        body["noise_epsilon"] = noise_epsilon
     view = open_session(model_owner, token, body, verify=verify, insecure_http=insecure_http)
     if not view.state.terminal:
         view = follow(

@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 import numpy as np
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, model_validator
 
 from common.errors import ConfigError, DataError, PeerTimeout
 
@@ -79,11 +79,35 @@ class JobSpec(BaseModel):
         default="both",
         description="who learns the score or bit: both owners, or the model owner only",
     )
+    noise_epsilon: float | None = Field(
+        default=None,
+        gt=0,
+        description="influence only: the data owner adds Laplace noise to the released statistic "
+        "so that each release is ε-differentially private for one candidate sample",
+    )
+    v_bound: float | None = Field(
+        default=None,
+        gt=0,
+        description="public bound on max_j ‖v_j‖₂ (a power of two, from the model owner), needed to "
+        "calibrate the noise",
+    )
     transport: Literal["secure", "gloo"] = Field(
         default="secure",
         description="secure: authenticated, encrypted channels (common.transport); gloo: CrypTen's "
         "unprotected torch.distributed transport, kept only to measure the hardening's cost",
     )
+
+    @model_validator(mode="after")
+    def _noise_needs_influence_and_bound(self) -> JobSpec:
+        if self.noise_epsilon is not None:
+            if self.method != "influence":
+                raise ValueError(
+                    "noise is calibrated for influence only: its statistic is a sum over the "
+                    "candidate's samples with a public bound on each term"
+                )
+            if self.v_bound is None:
+                raise ValueError("noise_epsilon needs v_bound, the model owner's public bound")
+        return self
 
 
 def _key() -> str:
@@ -310,6 +334,13 @@ def _load_model_owner(config: PartyConfig) -> ModelOwnerInputs:
         )
     if job.reveal == "threshold" and config.threshold is None:
         raise ConfigError("threshold reveal needs --threshold τ (the model owner's secret)")
+    if job.v_bound is not None:
+        largest = float(np.linalg.norm(state.v, axis=0).max())
+        if largest > job.v_bound:
+            raise ConfigError(
+                f"the model's max_j ‖v_j‖ is {largest:g}, above the agreed bound v_bound "
+                f"{job.v_bound:g}: the noise would be too small for the promised ε"
+            )
     return ModelOwnerInputs(
         theta=state.theta,
         v=state.v,
@@ -479,6 +510,8 @@ def run_party(config: PartyConfig) -> dict[str, object]:
                 l2=job.l2,
                 batch_size=job.batch_size,
                 reveal_to=job.reveal_to,
+                noise_epsilon=job.noise_epsilon,
+                v_bound=job.v_bound,
             )
             stats = comm.get_communication_stats()  # type: ignore[attr-defined]
             result: dict[str, object] = {

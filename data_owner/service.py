@@ -89,6 +89,7 @@ class DataOwnerSettings(ServesModelOwners):
     budgets: dict[str, BudgetLimit] = Field(default_factory=dict)  # per model owner overrides
     allow_insecure_tfp: bool = False  # accept provider TFP (the model owner can read the data)
     require_reveal_to_both: bool = False  # refuse sessions whose results this side would not see
+    max_noise_epsilon: float | None = Field(default=None, gt=0)  # require noise with ε ≤ this
     max_upload_bytes: int = 200_000_000
 
     def budget(self, model_owner: str) -> tuple[int, int]:
@@ -210,6 +211,23 @@ def review(
         return (
             "the data owner's policy requires to see every revealed result (reveal_to 'both'), so "
             f"that it can audit what is revealed about its data; the job has {job.reveal_to!r}"
+        )
+    if settings.max_noise_epsilon is not None:
+        required = (
+            f"the data owner's policy requires calibrated noise with ε ≤ "
+            f"{settings.max_noise_epsilon:g} on every released result (DATA_OWNER_MAX_NOISE_EPSILON; "
+            "noise is available for method 'influence' only)"
+        )
+        if job.noise_epsilon is None:
+            return f"{required}; the job has no noise"
+        if job.noise_epsilon > settings.max_noise_epsilon:
+            return f"{required}; the job has ε = {job.noise_epsilon:g}"
+    if job.noise_epsilon is not None and not (
+        math.isfinite(job.noise_epsilon) and job.v_bound is not None and math.isfinite(job.v_bound)
+    ):  # JobSpec already refuses a missing v_bound
+        return (
+            f"the job's noise is not calibrated: ε {job.noise_epsilon:g} and v_bound "
+            f"{job.v_bound} must both be finite"
         )
     links = ("mo_do", "do_dealer") if job.provider == "TTP" else ("mo_do",)
     missing = [k for k in links if inv.keys is None or getattr(inv.keys, k) is None]
@@ -359,6 +377,7 @@ def create_app(
                 datasets=inv.datasets,
                 reveal=inv.job.reveal,
                 reveal_to=inv.job.reveal_to,
+                noise_epsilon=inv.job.noise_epsilon,
                 params=_params(inv),
                 rendezvous=inv.rendezvous,
                 reason=reason,
@@ -406,6 +425,7 @@ def create_app(
         sessions, candidates = settings.budget(name)
         used_sessions, used_candidates = manager.store.usage(name)
         today = manager.store.count_since(name, time.time() - 86400, exclude_rejected=True)
+        epsilon_spent, without_noise = manager.store.noise_usage(name)
 
         def use(used: int, limit: int) -> BudgetUse:
             return BudgetUse(used=used, limit=limit, remaining=max(0, limit - used))
@@ -415,6 +435,8 @@ def create_app(
             sessions=use(used_sessions, sessions),
             candidates=use(used_candidates, candidates),
             sessions_last_24h=use(today, settings.max_sessions_per_day),
+            epsilon_spent=epsilon_spent,
+            candidates_without_noise=without_noise,
         )
 
     async def on_end(view: SessionView) -> None:
@@ -453,4 +475,5 @@ def _params(inv: Invitation) -> dict[str, Any]:
         "n_classes": job.n_classes,
         "provider": job.provider,
         "transport": job.transport,
+        "v_bound": job.v_bound,
     }

@@ -31,7 +31,7 @@ from pydantic_settings import SettingsConfigDict
 
 from common.data import load_dataset
 from common.errors import ConfigError
-from common.model import ModelOwnerState, feature_bound, prepare_model_owner
+from common.model import ModelOwnerState, feature_bound, prepare_model_owner, v_bound
 from common.schemas import (
     API_PREFIX,
     DatasetMeta,
@@ -264,12 +264,21 @@ def create_app(
                 "read the data owner's data: it is refused unless MODEL_OWNER_ALLOW_INSECURE_TFP is "
                 "true (testing only); use the dealer (provider 'TTP')"
             )
+        if body.noise_epsilon is not None and body.method != "influence":
+            raise ConfigError(
+                f"'noise_epsilon' is calibrated for method 'influence' only, not {body.method!r}: "
+                "its sensitivity bound needs a statistic that sums one bounded term per candidate "
+                "sample; drop 'noise_epsilon' or use method 'influence'"
+            )
         return await negotiate(body)
 
     async def negotiate(body: SessionCreate) -> SessionView:
         do_url = str(body.data_owner_url).rstrip("/")
         info = model.info
         reveal_to = body.reveal_to or settings.reveal_to
+        # the noise's scale needs a public bound on v; a power of two tells the size of v only to
+        # within a factor of two
+        bound = None if body.noise_epsilon is None else v_bound(model.state.v)
 
         async def withdraw(reason: str) -> None:
             """Tell the data owner, which had accepted, that this side ended the session."""
@@ -286,11 +295,13 @@ def create_app(
                 datasets=body.datasets,
                 reveal=body.reveal,
                 reveal_to=reveal_to,
+                noise_epsilon=body.noise_epsilon,
                 params={
                     **body.params.model_dump(),
                     "l2": settings.l2,
                     "direction": body.direction,
                     "provider": body.provider,
+                    "v_bound": bound,
                 },
             )
         )
@@ -324,6 +335,8 @@ def create_app(
                 direction=body.direction,
                 provider=body.provider,
                 reveal_to=reveal_to,
+                noise_epsilon=body.noise_epsilon,
+                v_bound=bound,
                 transport="secure",
             )
             manager.store.update(view.id, rendezvous=rendezvous)

@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import math
 import subprocess
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -21,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import numpy as np
 import pytest
 from pydantic import ValidationError
 
@@ -502,6 +504,8 @@ async def test_budgets_of_sessions_and_candidates_are_lifetime_totals(
         "sessions": {"used": 2, "limit": 2, "remaining": 0},
         "candidates": {"used": 3, "limit": 3, "remaining": 0},
         "sessions_last_24h": {"used": 2, "limit": 100, "remaining": 98},
+        "epsilon_spent": 0.0,
+        "candidates_without_noise": 3,
     }
     assert (await budget(apps, TOKENS["do"], model_owner="model-owner")).json() == mine
     assert_error(await budget(apps, TOKENS["do"]), 422, "ConfigError", "model_owner")
@@ -531,9 +535,126 @@ def test_budget_settings_load_from_the_environment(
     assert settings.budget("big") == (5, 10)
     assert settings.budget("other") == (5, 1000)
     assert not settings.allow_insecure_tfp and not settings.require_reveal_to_both
+    assert settings.max_noise_epsilon is None
+    monkeypatch.setenv("DATA_OWNER_MAX_NOISE_EPSILON", "0.5")
+    assert DataOwnerSettings().max_noise_epsilon == 0.5
+    monkeypatch.setenv("DATA_OWNER_MAX_NOISE_EPSILON", "0")
+    with pytest.raises(ValidationError, match="max_noise_epsilon"):
+        DataOwnerSettings()
+    monkeypatch.delenv("DATA_OWNER_MAX_NOISE_EPSILON")
     monkeypatch.setenv("DATA_OWNER_BUDGETS", '{"acme": {"session": 1}}')  # a typo is refused
     with pytest.raises(ValidationError, match="session"):
         DataOwnerSettings()
+
+
+# --------------------------------------------------------------------------------------------
+# Calibrated noise
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.anyio
+async def test_noise_is_influence_only_and_reaches_every_worker_with_v_bound(
+    stack: Build, workers: FakeWorkers
+) -> None:
+    apps = stack()
+    async with apps.client(MO, TOKENS["mo"]) as mo:
+        body = {"data_owner_url": DO, "datasets": ["candidate_01"], "noise_epsilon": 1.0}
+        response = await mo.post("/v1/sessions", json={**body, "method": "gradient-norm"})
+        assert_error(response, 422, "ConfigError", "noise_epsilon", "'influence' only")
+        response = await mo.post("/v1/sessions", json={**body, "noise_epsilon": 0})
+        assert_error(response, 422, "ValidationError", "noise_epsilon")
+        assert (await mo.get("/v1/sessions")).json() == []
+    assert workers.configs == []
+
+    workers.mode = "complete"
+    view = await open_session(apps, datasets=["candidate_01", "candidate_02"], noise_epsilon=0.5)
+    views = await ended(apps, view["id"])
+    assert {v["state"] for v in views.values()} == {"completed"}, views
+    assert views[MO]["noise_epsilon"] == views[DO]["noise_epsilon"] == 0.5
+    (invitation,) = recorder(apps, "do.test").bodies("POST", "/v1/invitations")
+    bound = invitation["job"]["v_bound"]
+    assert invitation["job"]["noise_epsilon"] == 0.5
+    assert views[MO]["params"]["v_bound"] == views[DO]["params"]["v_bound"] == bound
+    assert len(workers.configs) == 3
+    assert {(c.job.noise_epsilon, c.job.v_bound) for c in workers.configs} == {(0.5, bound)}
+    # a power of two at or above the model's largest column norm: v's size to a factor of two
+    with np.load(apps.tmp / "mo" / "model.npz") as f:
+        largest = float(np.linalg.norm(f["v"], axis=0).max())
+    assert math.log2(bound) % 1 == 0 and largest <= bound < 2 * largest
+
+    view = await open_session(apps)  # without noise the job has neither
+    views = await ended(apps, view["id"])
+    assert views[MO]["noise_epsilon"] is None and views[DO]["noise_epsilon"] is None
+    invitation = recorder(apps, "do.test").bodies("POST", "/v1/invitations")[-1]
+    assert invitation["job"]["noise_epsilon"] is None and invitation["job"]["v_bound"] is None
+
+
+@pytest.mark.anyio
+async def test_max_noise_epsilon_requires_noise_and_epsilon_spent_is_counted(
+    stack: Build, workers: FakeWorkers
+) -> None:
+    apps = stack(do={"max_noise_epsilon": 1.0})
+    refused = {
+        "the job has no noise": await open_session(apps),
+        "the job has ε = 2": await open_session(apps, noise_epsilon=2.0),
+    }
+    for words, view in refused.items():
+        assert view["state"] == "rejected", view
+        for required in (words, "requires calibrated noise with ε ≤ 1", "MAX_NOISE_EPSILON"):
+            assert required in view["reason"], view["reason"]
+        assert (await session_at(apps, DO, TOKENS["do"], view["id"]))["state"] == "rejected"
+    assert workers.configs == []
+
+    two = ["candidate_01", "candidate_02"]
+    accepted = [
+        await open_session(apps, datasets=two, noise_epsilon=0.5),
+        await open_session(apps, datasets=["candidate_03"], noise_epsilon=1.0),
+    ]
+    for view in accepted:
+        assert view["state"] != "rejected", view
+        await ended(apps, view["id"])  # a failed session counts too
+    mine = (await budget(apps, TOKENS["mo@do"])).json()
+    assert mine["epsilon_spent"] == 2.0 and mine["candidates_without_noise"] == 0
+    assert mine["sessions"]["used"] == 2 and mine["candidates"]["used"] == 3  # rejections free
+
+    # an invitation sent directly: noise needs a v_bound (422) and both must be finite
+    base = tampered(await valid_invitation(apps), {"noise_epsilon": 0.5, "v_bound": 4.0})
+    async with apps.client(DO, TOKENS["mo@do"]) as do:
+        no_bound = tampered(base, {"v_bound": None})
+        response = await do.post("/v1/invitations", json=no_bound)
+        assert_error(response, 422, "ValidationError", "v_bound")
+        response = await do.post("/v1/invitations", json=tampered(base, {"method": "finetune"}))
+        assert_error(response, 422, "ValidationError", "influence only")
+        infinite = json.dumps(tampered(base, {"v_bound": math.inf}))  # Python's json: Infinity
+        headers = {"Content-Type": "application/json"}
+        reply = (await do.post("/v1/invitations", content=infinite, headers=headers)).json()
+        assert reply["accepted"] is False and "must both be finite" in reply["reason"], reply
+    assert len(workers.of("data_owner")) == 2  # the two accepted sessions only
+
+
+def test_the_appraise_client_sends_noise_epsilon(monkeypatch: pytest.MonkeyPatch) -> None:
+    from common import stack as client
+
+    sent: list[dict[str, Any]] = []
+
+    def fake_open(model_owner: str, token: str, body: dict[str, Any], **_: Any) -> SessionView:
+        sent.append(body)
+        return SessionView(
+            id="a",
+            role="model_owner",
+            state=SessionState.REJECTED,
+            counterpart=DO,
+            method="influence",
+            datasets=body["datasets"],
+            reveal="score",
+            reason="refused",
+        )
+
+    monkeypatch.setattr(client, "open_session", fake_open)
+    for epsilon in (0.5, None):
+        with pytest.raises(client.SessionEnded, match="refused"):
+            client.appraise(MO, "t", data_owner=DO, datasets=["x"], noise_epsilon=epsilon)
+    assert sent[0]["noise_epsilon"] == 0.5 and "noise_epsilon" not in sent[1]
 
 
 # --------------------------------------------------------------------------------------------
@@ -609,7 +730,7 @@ async def test_a_session_ended_by_a_peer_during_negotiation_starts_no_worker(
 # --------------------------------------------------------------------------------------------
 
 
-def test_an_older_session_file_gains_the_reveal_to_column(tmp_path: Path) -> None:
+def test_an_older_session_file_gains_the_reveal_to_and_noise_columns(tmp_path: Path) -> None:
     import sqlite3
 
     path = tmp_path / "old.db"
@@ -627,7 +748,7 @@ def test_an_older_session_file_gains_the_reveal_to_column(tmp_path: Path) -> Non
     db.commit()
     db.close()
     store = SessionStore(path)
-    assert store.get("a").reveal_to == "both"
+    assert store.get("a").reveal_to == "both" and store.get("a").noise_epsilon is None
     store.create(
         SessionView(
             id="b",
@@ -642,6 +763,20 @@ def test_an_older_session_file_gains_the_reveal_to_column(tmp_path: Path) -> Non
     )
     assert store.get("b").reveal_to == "model_owner"
     assert store.usage("mo") == (1, 2)  # the rejected session is not counted
+    store.create(
+        SessionView(
+            id="c",
+            role="data_owner",
+            state=SessionState.ACCEPTED,
+            counterpart="mo",
+            method="influence",
+            datasets=["x", "y", "z"],
+            reveal="score",
+            noise_epsilon=0.25,
+        )
+    )
+    assert store.get("c").noise_epsilon == 0.25
+    assert store.noise_usage("mo") == (0.75, 2)
     store.close()
 
 

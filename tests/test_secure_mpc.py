@@ -107,3 +107,57 @@ def test_dealer_refuses_malformed_or_huge_requests(request_: object) -> None:
     _, _, dealer = _parties()
     with pytest.raises(MPCError):
         dealer.answer(request_)
+
+
+def test_laplace_draws_have_the_stated_scale() -> None:
+    from common.mpc_appraisal import laplace
+
+    draws = torch.tensor([laplace(2.0) for _ in range(40_000)], dtype=torch.float64)
+    assert abs(float(draws.mean())) < 0.05  # sd of the mean: 2·√2/200 ≈ 0.014
+    assert 1.95 < float(draws.abs().mean()) < 2.05  # E|η| = scale
+    assert abs(float(draws.abs().median()) - 2.0 * 0.6931) < 0.05  # median |η| = scale·ln 2
+
+
+def test_influence_sensitivity_bounds_replacing_one_sample() -> None:
+    """Adversarial replacements never move S = Σ ∇L_aᵀ v by more than the stated Δ."""
+    import numpy as np
+
+    from common.model import ModelOwnerState, influence_score, v_bound
+    from common.mpc_appraisal import Shapes, influence_sensitivity
+
+    rng = np.random.default_rng(7)
+    d, k, n, bound = 12, 4, 30, 2.0
+    worst = 0.0
+    for trial in range(200):
+        theta = rng.normal(scale=3.0, size=(d + 1, k))
+        v = rng.normal(scale=float(rng.uniform(0.1, 5.0)), size=(d + 1, k))
+        state = ModelOwnerState(theta=theta, v=v, test_loss=0.0, l2=1.0)
+        X = rng.uniform(-bound, bound, size=(n, d))
+        y = rng.integers(0, k, size=n)
+        shapes = Shapes(
+            n_features=d, n_classes=k, n_candidate=n, n_train=1, n_test=1, feature_bound=bound
+        )
+        delta = influence_sensitivity(shapes, v_bound(v))
+        X2, y2 = X.copy(), y.copy()
+        # a corner of the box along the direction of one column of v, with a label far from it
+        j = int(rng.integers(0, k))
+        X2[0] = bound * np.sign(v[:d, j]) * (1 if trial % 2 else -1)
+        y2[0] = (j + 1 + trial) % k
+        s1 = -influence_score(state, X, y) * n
+        s2 = -influence_score(state, X2, y2) * n
+        worst = max(worst, abs(s1 - s2) / delta)
+    assert worst <= 1.0
+    assert worst > 0.05  # the bound is not vacuous by orders of magnitude
+
+
+def test_noise_is_for_influence_with_a_bound_only() -> None:
+    from pydantic import ValidationError
+
+    from common.worker import CandidateMeta, JobSpec
+
+    base = {"n_features": 4, "n_classes": 2, "candidates": [CandidateMeta(name="c", n_samples=3)]}
+    with pytest.raises(ValidationError, match="influence only"):
+        JobSpec(method="gradient-norm", noise_epsilon=1.0, v_bound=1.0, **base)
+    with pytest.raises(ValidationError, match="needs v_bound"):
+        JobSpec(method="influence", noise_epsilon=1.0, **base)
+    assert JobSpec(method="influence", noise_epsilon=1.0, v_bound=1.0, **base).noise_epsilon == 1.0

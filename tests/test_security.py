@@ -145,3 +145,42 @@ def test_reveal_to_the_model_owner_only(digits_split) -> None:
     assert only["model_owner"]["results"][0]["score"] == pytest.approx(expected, abs=1e-3)
     assert only["data_owner"]["results"][0]["score"] is None
     assert only["data_owner"]["results"][0]["accept"] is None
+
+
+def test_noise_is_added_under_mpc_with_the_stated_scale(digits_split) -> None:
+    """The released score moves off the plaintext twin by a Laplace draw of scale Δ/(ε·n)."""
+    import math
+
+    from common.data import load_dataset
+    from common.local import appraise_local
+    from common.model import feature_bound, prepare_model_owner, v_bound
+    from common.mpc_appraisal import Shapes, influence_sensitivity
+
+    cand = digits_split.candidates[0]
+    epsilon = 1.0  # a large scale (≈ 0.5 here), far above the MPC error (≈ 1e-5)
+    (result,) = appraise_local(
+        method="influence",
+        train=digits_split.train,
+        test=digits_split.test,
+        candidates=[cand],
+        noise_epsilon=epsilon,
+        check=True,
+    )
+    train, test, ds = (load_dataset(p) for p in (digits_split.train, digits_split.test, cand))
+    state = prepare_model_owner(train.X, train.y, test.X, test.y, n_classes=10, l2=1.0)
+    shapes = Shapes(
+        n_features=64,
+        n_classes=10,
+        n_candidate=ds.n_samples,
+        n_train=train.n_samples,
+        n_test=test.n_samples,
+        feature_bound=feature_bound(train.X, test.X, ds.X),
+    )
+    scale = influence_sensitivity(shapes, v_bound(state.v)) / epsilon / ds.n_samples
+    assert result.score is not None and result.plaintext is not None
+    moved = abs(result.score - result.plaintext)
+    # P(|η| > 25·scale) = e⁻²⁵; P(|η| < 1e-4·scale) ≈ 1e-4; without noise, MPC errs by ≈ 1e-5
+    assert scale > 0.1
+    assert moved < 25 * scale
+    assert moved > 1e-4 * scale
+    assert math.isfinite(result.score)
