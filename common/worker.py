@@ -33,7 +33,7 @@ import time
 import traceback
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 from pydantic import BaseModel, Field, model_validator
@@ -43,6 +43,7 @@ from common.errors import ConfigError, DataError, PeerTimeout
 if TYPE_CHECKING:
     from common.data import Dataset
     from common.mpc_appraisal import DataOwnerInputs, ModelOwnerInputs
+    from common.transport import Channel
 
 CONFIG_ENV = "DATA_APPRAISAL_WORKER_CONFIG"
 Role = Literal["model_owner", "data_owner", "dealer"]
@@ -241,28 +242,44 @@ def _psk(config: PartyConfig, link: str) -> bytes:
     return bytes.fromhex(value)
 
 
+def _connect_to_model_owner(config: PartyConfig, link: str) -> Channel:
+    """The data owner's or the dealer's authenticated channel to the model owner's worker."""
+    from common import transport
+
+    host, port = transport.parse_rendezvous(config.rendezvous)
+    return transport.connect(
+        config.role,
+        host,
+        port,
+        _psk(config, link),
+        session_id=config.session_id,
+        job_digest=job_digest(config.job),
+        window=config.timeout_seconds,
+    )
+
+
+def _relayed_link(config: PartyConfig, via: Channel) -> Any:
+    """The data owner ↔ dealer key schedule, agreed through the model owner's relay."""
+    from common import transport
+
+    return transport.relayed_key(
+        config.role,
+        via,
+        _psk(config, "do_dealer"),
+        session_id=config.session_id,
+        job_digest=job_digest(config.job),
+    )
+
+
 def run_dealer(config: PartyConfig) -> dict[str, object]:
     """Serve Beaver triples until the model owner's worker says it is done."""
     if config.job.transport == "gloo":
         return _run_gloo_dealer(config)
-    from common import transport
     from common.secure_mpc import Dealer, StreamRng, close_channels, serve_dealer
 
-    host, port = transport.parse_rendezvous(config.rendezvous)
-    digest = job_digest(config.job)
-    mo = transport.connect(
-        "dealer",
-        host,
-        port,
-        _psk(config, "mo_dealer"),
-        session_id=config.session_id,
-        job_digest=digest,
-        window=config.timeout_seconds,
-    )
+    mo = _connect_to_model_owner(config, "mo_dealer")
     try:
-        link = transport.relayed_key(
-            "dealer", mo, _psk(config, "do_dealer"), session_id=config.session_id, job_digest=digest
-        )
+        link = _relayed_link(config, mo)
         dealer = Dealer(StreamRng(mo.derive("triples")), StreamRng(link.derive("derived/triples")))
         requests = serve_dealer(mo, dealer)
     finally:
@@ -432,15 +449,7 @@ def _secure_session(config: PartyConfig) -> Iterator[object]:
         )
         peer, dealer = channels["data_owner"], channels.get("dealer")
     else:
-        peer = transport.connect(
-            "data_owner",
-            host,
-            port,
-            _psk(config, "mo_do"),
-            session_id=config.session_id,
-            job_digest=digest,
-            window=config.timeout_seconds,
-        )
+        peer = _connect_to_model_owner(config, "mo_do")
     try:
         rank = RANKS[config.role]
         provider: DealerProvider | None = None
@@ -448,13 +457,7 @@ def _secure_session(config: PartyConfig) -> Iterator[object]:
             transport.relay_handshake(peer, dealer)
             provider = DealerProvider(rank, StreamRng(dealer.derive("triples")), dealer)
         elif with_dealer:
-            link = transport.relayed_key(
-                "data_owner",
-                peer,
-                _psk(config, "do_dealer"),
-                session_id=config.session_id,
-                job_digest=digest,
-            )
+            link = _relayed_link(config, peer)
             provider = DealerProvider(rank, StreamRng(link.derive("derived/triples")), None)
         comm = SecureCommunicator(rank, peer)
         comm.channels = [c for c in (peer, dealer) if c is not None]
