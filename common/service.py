@@ -576,7 +576,10 @@ async def notify_peer(
     except PeerUnreachable as exc:
         log.warning("could not tell the peer that session %s ended: %s", view.id, exc)
         return
-    if response.status_code not in (200, 404, 409):  # 409: the peer had finished already
+    if response.status_code == 401 and view.role == "data_owner":
+        # the model owner's one-session callback token ends with its session: it ended first
+        log.info("the model owner had already ended session %s", view.id)
+    elif response.status_code not in (200, 404, 409):  # 409: the peer had finished already
         log.warning("the peer refused the end of session %s: %s", view.id, peer_detail(response))
 
 

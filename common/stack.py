@@ -144,18 +144,28 @@ def start_service(
 def wait_healthy(service: Service, deadline_seconds: float = 90.0) -> None:
     end = time.monotonic() + deadline_seconds
     verify = service.verify()
+    last: Exception | None = None
     while time.monotonic() < end:
         if service.process.poll() is not None:
             raise AppraisalError(
                 f"the {service.name} service exited with status {service.process.returncode}:\n"
                 f"{service.log_tail()}"
             )
-        with contextlib.suppress(httpx.HTTPError):
+        try:
             health = httpx.get(f"{service.url}{API_PREFIX}/health", timeout=2, verify=verify)
             if health.status_code == 200:
                 return
+        except httpx.HTTPError as exc:
+            last = exc
+            if isinstance(exc, httpx.ConnectError) and "CERTIFICATE" in str(exc).upper():
+                raise AppraisalError(
+                    f"the {service.name} service's TLS certificate was refused: {exc}"
+                ) from exc
         time.sleep(0.2)
-    raise PeerTimeout(f"the {service.name} service did not answer within {deadline_seconds:g} s")
+    raise PeerTimeout(
+        f"the {service.name} service did not answer within {deadline_seconds:g} s"
+        + ("" if last is None else f" (last error: {last})")
+    )
 
 
 def stop_service(service: Service, grace: float = GRACE_SECONDS) -> None:

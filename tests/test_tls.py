@@ -348,3 +348,23 @@ def test_appraise_command_verifies_the_model_owner(stack: Stack) -> None:
     untrusted = run({})
     assert untrusted.returncode == 1 and "CERTIFICATE_VERIFY_FAILED" in untrusted.stderr
     assert "Traceback" not in untrusted.stderr
+
+
+def test_waiting_for_a_service_names_a_refused_certificate(
+    stack: Stack, pki: Pki, rogue: Pki
+) -> None:
+    """A stack whose client does not trust the service fails at once, naming TLS, not after 90 s."""
+    import dataclasses
+    import time
+
+    from common.errors import AppraisalError
+    from common.stack import wait_healthy
+
+    operator = pki.client("operator")
+    untrusting = dataclasses.replace(
+        stack.dealer, tls=ClientTLS(ca=rogue.ca, cert=operator.cert, key=operator.key)
+    )
+    start = time.monotonic()
+    with pytest.raises(AppraisalError, match="TLS certificate was refused"):
+        wait_healthy(untrusting, deadline_seconds=30)
+    assert time.monotonic() - start < 10
