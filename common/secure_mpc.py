@@ -172,20 +172,18 @@ class _Pending:
             action, self._action = self._action, None
             action()
 
-    def is_completed(self) -> bool:
-        return self._action is None
-
 
 class SecureCommunicator(Communicator):
     """CrypTen's communicator for two parties (ranks 0 and 1) over one secure :class:`Channel`."""
 
     BYTES_PER_ELEMENT = 8
 
-    def __init__(self, rank: int, peer: Channel):
+    def __init__(self, rank: int, peer: Channel, dealer: Channel | None = None):
         self.rank = rank
         self.world_size = 2
         self.peer = peer
-        self.channels: list[Channel] = [peer]  # every channel this party sends on (for counting)
+        # every channel this party sends on, for counting its bytes
+        self.channels: list[Channel] = [peer] if dealer is None else [peer, dealer]
         self._name = f"rank{rank}"
         self.reset_communication_stats()
 

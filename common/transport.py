@@ -134,10 +134,9 @@ class Framing:
         return _recv_exact(self.sock, n)
 
 
-def _recv_exact(sock: socket.socket, n: int, into: memoryview | None = None) -> bytes:
-    buf = bytearray(n) if into is None else None
-    view = memoryview(buf) if buf is not None else into
-    assert view is not None
+def _recv_exact(sock: socket.socket, n: int) -> bytes:
+    buf = bytearray(n)
+    view = memoryview(buf)
     got = 0
     while got < n:
         try:
@@ -149,7 +148,7 @@ def _recv_exact(sock: socket.socket, n: int, into: memoryview | None = None) -> 
         if k == 0:
             raise ChannelClosed("the peer closed the connection")
         got += k
-    return bytes(buf) if buf is not None else b""
+    return bytes(buf)
 
 
 Send = Callable[[bytes], None]
@@ -420,8 +419,9 @@ def listen(host: str, port: int) -> Iterator[socket.socket]:
         sock.close()
 
 
-def _link(a: str, b: str) -> str:
-    return f"{a}-{b}"
+def _mo_link(role: str) -> str:
+    """The name of the link between the model owner and ``role`` (bound into its handshake)."""
+    return {"data_owner": "mo-do", "dealer": "mo-dealer"}[role]
 
 
 def accept_peers(
@@ -466,7 +466,7 @@ def accept_peers(
                     hello, role = server_hello(framing.recv)
                     if role not in psks or role in channels:
                         raise PeerAuthError(f"the role {role!r} {_VERDICT_TEXT[UNEXPECTED]}")
-                    spec = LinkSpec(session_id, _link("mo", _short(role)), psks[role], job_digest)
+                    spec = LinkSpec(session_id, _mo_link(role), psks[role], job_digest)
                     schedule = server_handshake(spec, hello, framing.send, framing.recv)
                 except (PeerAuthError, ChannelClosed, TimeoutError, OSError) as exc:
                     sock.close()
@@ -483,10 +483,6 @@ def accept_peers(
             channel.close()
         raise
     return channels
-
-
-def _short(role: str) -> str:
-    return {"model_owner": "mo", "data_owner": "do", "dealer": "dealer"}[role]
 
 
 def connect(
@@ -519,7 +515,7 @@ def connect(
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     sock.settimeout(min(max(deadline - time.monotonic(), 1.0), 10.0))
     framing = Framing(sock)
-    spec = LinkSpec(session_id, _link("mo", _short(role)), psk, job_digest)
+    spec = LinkSpec(session_id, _mo_link(role), psk, job_digest)
     try:
         schedule = client_handshake(spec, role, framing.send, framing.recv)
     except (ChannelClosed, TimeoutError, OSError) as exc:

@@ -132,14 +132,25 @@ class SessionKeys(BaseModel):
     def new(cls) -> SessionKeys:
         return cls(mo_do=_key(), mo_dealer=_key(), do_dealer=_key())
 
-    def for_role(self, role: str) -> SessionKeys:
-        """Only the keys of ``role``'s own links."""
-        wanted = {
+    @staticmethod
+    def links(role: str, provider: str = "TTP") -> tuple[str, ...]:
+        """The links ``role``'s worker has; without a dealer (TFP) only the owners' link."""
+        if provider != "TTP":
+            return () if role == "dealer" else ("mo_do",)
+        return {
             "model_owner": ("mo_do", "mo_dealer"),
             "data_owner": ("mo_do", "do_dealer"),
             "dealer": ("mo_dealer", "do_dealer"),
         }[role]
-        return SessionKeys(**{k: getattr(self, k) for k in wanted})
+
+    def for_role(self, role: str) -> SessionKeys:
+        """Only the keys of ``role``'s own links."""
+        return SessionKeys(**{k: getattr(self, k) for k in self.links(role)})
+
+    @staticmethod
+    def missing(keys: SessionKeys | None, role: str, provider: str = "TTP") -> list[str]:
+        """The links of ``role`` for which ``keys`` hold no key."""
+        return [k for k in SessionKeys.links(role, provider) if getattr(keys, k, None) is None]
 
     def __repr__(self) -> str:  # never print a key
         return f"SessionKeys({', '.join(k for k, v in self.__dict__.items() if v)})"
@@ -459,8 +470,7 @@ def _secure_session(config: PartyConfig) -> Iterator[object]:
         elif with_dealer:
             link = _relayed_link(config, peer)
             provider = DealerProvider(rank, StreamRng(link.derive("derived/triples")), None)
-        comm = SecureCommunicator(rank, peer)
-        comm.channels = [c for c in (peer, dealer) if c is not None]
+        comm = SecureCommunicator(rank, peer, dealer)
         with installed(comm, owner_generators(rank, peer), provider):
             yield comm
             if provider is not None:
@@ -472,10 +482,8 @@ def _secure_session(config: PartyConfig) -> Iterator[object]:
 
 def run_party(config: PartyConfig) -> dict[str, object]:
     """Model owner or data owner: load own inputs, rendezvous, appraise every candidate."""
-    from common.compat import import_crypten
     from common.mpc_appraisal import Shapes, appraise_candidate
 
-    crypten = import_crypten()
     job = config.job
     mo = _load_model_owner(config) if config.role == "model_owner" else None
     do = _load_data_owner(config) if config.role == "data_owner" else None
@@ -530,7 +538,6 @@ def run_party(config: PartyConfig) -> dict[str, object]:
             }
             results.append(result)
             _report_progress(config, index + 1, len(job.candidates))
-    del crypten
     return {"role": config.role, "results": results}
 
 

@@ -56,6 +56,7 @@ from common.service import (
     notify_peer,
 )
 from common.sessions import Conflict, NotFound
+from common.worker import SessionKeys
 
 log = logging.getLogger("data_appraisal.data_owner")
 UPLOAD_PATH = f"{API_PREFIX}/datasets"
@@ -229,8 +230,7 @@ def review(
             f"the job's noise is not calibrated: ε {job.noise_epsilon:g} and v_bound "
             f"{job.v_bound} must both be finite"
         )
-    links = ("mo_do", "do_dealer") if job.provider == "TTP" else ("mo_do",)
-    missing = [k for k in links if inv.keys is None or getattr(inv.keys, k) is None]
+    missing = SessionKeys.missing(inv.keys, "data_owner", job.provider)
     if missing:
         return (
             f"the invitation carries no pre-shared key for the MPC link(s) {', '.join(missing)}; "

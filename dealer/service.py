@@ -2,8 +2,8 @@
 
 The two-party MPC needs a third process that generates every multiplication triple (the job's
 provider "TTP"; our dealer, common/secure_mpc.py, stands in for CrypTen's). Whoever generates the
-triples can unmask the opened values, so neither owner may run the dealer: it is a separate service that both owners trust
-not to collude with the other (see docs/threat-model.md). A model owner asks it to join a session's
+triples can unmask the opened values, so neither owner may run the dealer: it is a separate service
+that both owners trust not to collude with the other (see docs/threat-model.md). A model owner asks it to join a session's
 rendezvous; the dealer sees the public job and nothing else. The job carries the dealer's
 pre-shared keys of its two MPC links (to each owner's worker); they go only into its worker's
 configuration and are never stored, logged or returned.
@@ -28,6 +28,7 @@ from common.service import (
     bearer_auth,
     build_app,
 )
+from common.worker import SessionKeys
 
 
 class DealerSettings(ServesModelOwners):
@@ -64,11 +65,7 @@ def create_app(settings: DealerSettings | None = None) -> Any:
                 f"the dealer serves the secure MPC transport only; the job asks for "
                 f"{body.job.transport!r}"
             )
-        missing = [
-            k
-            for k in ("mo_dealer", "do_dealer")
-            if body.keys is None or getattr(body.keys, k) is None
-        ]
+        missing = SessionKeys.missing(body.keys, "dealer")
         if missing:
             raise ConfigError(
                 f"the dealer job carries no pre-shared key for the MPC link(s) {', '.join(missing)}"
