@@ -1,6 +1,17 @@
 # One image for every role: `data-appraisal {model-owner,data-owner,dealer} serve`, `appraise`,
-# `example-data`, `certs` (see docker-compose.yml). Build: docker build -t data-appraisal:0.1.0 .
-FROM python:3.11-slim
+# `example-data`, `certs` (see docker-compose.yml). Every version comes from requirements/lock.txt.
+#
+#   docker build -t data-appraisal:0.1.0 .                       torch from PyTorch's CPU index
+#   docker build --build-arg TORCH_WHEEL_DIR=wheels -t ... .     torch from a wheel in ./wheels
+#
+# TORCH_WHEEL_DIR names a directory of the build context holding a torch-2.13.0 CPU wheel (copy
+# it there first); when it holds one, PyTorch's index is not contacted. TORCH_INDEX_URL= (empty)
+# takes the plain requirement from PyPI instead: a CUDA build of several GB on x86-64.
+ARG PYTHON_IMAGE=python:3.11-slim
+FROM ${PYTHON_IMAGE}
+
+ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
+ARG TORCH_WHEEL_DIR=requirements
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
@@ -8,19 +19,29 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PIP_ROOT_USER_ACTION=ignore
 
-# The Makefile's recipe. torch first and pinned (as in pyproject.toml), from the CPU-only index:
-# PyPI's Linux wheel pulls a multi-GB CUDA build.
-RUN pip install --index-url https://download.pytorch.org/whl/cpu torch==2.13.0
-# crypten's metadata requires dead/unneeded packages; its real imports are in pyproject.toml
-RUN pip install --no-deps crypten==0.4.1
+COPY requirements/ /build/requirements/
+COPY ${TORCH_WHEEL_DIR}/ /build/wheels/
+WORKDIR /build
+# The Makefile's recipe: pip, then torch (from the wheel directory, or PyTorch's CPU index if it
+# answers), then crypten without its stale metadata, then the rest from the lock.
+RUN python -m pip install -c requirements/lock.txt pip \
+    && if ls wheels/torch-*.whl >/dev/null 2>&1; then \
+           pip install -c requirements/lock.txt --find-links wheels torch; \
+       else \
+           pip install -c requirements/lock.txt \
+               $(python requirements/torch_index.py "$TORCH_INDEX_URL") torch; \
+       fi \
+    && pip install --no-deps --require-hashes -r requirements/crypten.txt \
+    && pip install -c requirements/lock.txt setuptools wheel \
+    && python requirements/torch_index.py --check-installed
 
-# then the project itself (its dependencies from PyPI; the torch above satisfies its pin)
 COPY pyproject.toml README.md /build/
 COPY common /build/common
 COPY model_owner /build/model_owner
 COPY data_owner /build/data_owner
 COPY dealer /build/dealer
-RUN pip install /build && rm -rf /build
+RUN pip install -c requirements/lock.txt --no-build-isolation /build && rm -rf /build
+WORKDIR /
 
 # An unprivileged user; the mount points of docker-compose.yml's volumes exist and belong to it, so
 # that a fresh named volume starts out writable for it.

@@ -1,21 +1,30 @@
 # Two commands on a fresh machine (see README):
 #   make demo   - set up .venv, start both owners' services and the dealer, appraise the digits candidates
 #   make test   - set up .venv, lint (ruff, mypy) and run the whole test suite
+# Every install takes its versions from requirements/lock.txt (`make lock` regenerates it).
 PYTHON ?= python3.11
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+LOCK   := requirements/lock.txt
+# Where pip looks for torch first: PyTorch's CPU-only wheels. Plain `torch==2.13.0` from PyPI is a
+# multi-GB CUDA build on x86-64 Linux. If this index cannot be reached (a machine that sees only
+# PyPI, or that keeps a CPU wheel of its own in pip's find-links) the install falls back to the
+# plain requirement. `make TORCH_INDEX_URL=` always uses the plain requirement.
+TORCH_INDEX_URL ?= https://download.pytorch.org/whl/cpu
 
-.PHONY: install demo test lint bench clean
+.PHONY: install demo test lint lock bench clean
 
-$(STAMP): pyproject.toml Makefile
+$(STAMP): pyproject.toml $(LOCK) requirements/crypten.txt Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade pip
-	# torch first and pinned: any other torch requirement pulls a multi-GB CUDA build
-	$(BIN)/pip install --quiet torch==2.13.0
-	# crypten's metadata requires dead/unneeded packages; its real imports are in pyproject.toml
-	$(BIN)/pip install --quiet --no-deps crypten==0.4.1
-	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/python -m pip install --quiet -c $(LOCK) pip
+	@# torch first: the only package that may need the CPU index (see TORCH_INDEX_URL above)
+	$(BIN)/pip install --quiet -c $(LOCK) $$($(BIN)/python requirements/torch_index.py "$(TORCH_INDEX_URL)") torch
+	@# crypten's metadata requires dead/unneeded packages; what it really imports is in pyproject.toml
+	$(BIN)/pip install --quiet --no-deps --require-hashes -r requirements/crypten.txt
+	$(BIN)/pip install --quiet -c $(LOCK) setuptools wheel
+	$(BIN)/pip install --quiet -c $(LOCK) --no-build-isolation -e '.[dev,experiments]'
+	$(BIN)/python requirements/torch_index.py --check-installed
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -29,8 +38,22 @@ test: lint
 lint: $(STAMP)
 	$(BIN)/ruff check . && $(BIN)/ruff format --check . && $(BIN)/mypy
 
+# Regenerate the lock from pyproject.toml in a small venv of its own (so that a lock that no longer
+# installs can still be remade). Pins that still satisfy pyproject.toml are kept;
+# `make lock LOCK_FLAGS=--upgrade` moves everything to the newest releases it allows. torch is
+# recorded without its local label (+cpu), so that the index chooses the build.
+LOCK_FLAGS ?=
+lock:
+	test -x .venv-lock/bin/python || $(PYTHON) -m venv .venv-lock
+	.venv-lock/bin/python -m pip install --quiet -c $(LOCK) pip pip-tools
+	.venv-lock/bin/pip-compile --quiet $(LOCK_FLAGS) --extra dev --extra experiments \
+	    --all-build-deps --allow-unsafe --strip-extras --no-emit-index-url --no-emit-find-links \
+	    --output-file $(LOCK) pyproject.toml
+	sed -i -E 's/^(torch==[^+ ]+)\+[a-z0-9.]+/\1/' $(LOCK)
+	@echo "$(LOCK) written; the next make install (or make test) installs it"
+
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_mpc.py
 
 clean:
-	rm -rf $(VENV) demo-data .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .venv-lock demo-data .pytest_cache .mypy_cache .ruff_cache

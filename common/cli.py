@@ -228,6 +228,11 @@ def example_data(
     """
     from common.data import write_example_data
 
+    if not overwrite and directory.is_dir() and any(directory.iterdir()):
+        _fail(
+            f"{directory}: directory is not empty (pass --overwrite to write over it, or choose "
+            "an empty or new directory)"
+        )
     try:
         split = write_example_data(directory, seed=seed, overwrite=overwrite)
     except AppraisalError as exc:

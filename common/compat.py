@@ -3,11 +3,12 @@
 Import CrypTen only through :func:`import_crypten`, never with a bare ``import crypten``: this module
 applies three small, documented patches first, and each is idempotent.
 
-1. ``torch.onnx._internal.registration`` no longer exists in torch 2.x. ``crypten/nn/onnx_converter.py``
-   imports ``registry`` from it at import time (only to decide which ONNX symbolic-registry API to
-   use when *exporting* PyTorch models, which this project never does). We register an empty
-   stand-in module so that the import succeeds; any attempt to use the ONNX converter still fails
-   loudly inside CrypTen, because the stand-in's ``registry`` has no attributes.
+1. ``crypten/nn/onnx_converter.py`` imports the ``onnx`` package and
+   ``torch.onnx._internal.registration`` (gone in torch 2.x) at import time, only to *convert*
+   PyTorch models, which this project never does. Importing the real ``onnx`` costs seconds in
+   every worker process (it loads ``ml_dtypes``), so it is not a dependency at all: we register
+   stand-in modules for both, and any use of the converter fails loudly with an ImportError that
+   says why.
 
 2. ``crypten.encoder.FixedPointEncoder.decode`` floor-divides negative integers by ``scale - 1``
    instead of ``scale``, so some negative values decode exactly 1.0 too low (``-100.9999`` gives
@@ -33,7 +34,25 @@ import torch
 _PATCHED = False
 
 
-def _install_onnx_registration_stub() -> None:
+class _Unavailable(types.ModuleType):
+    """A stand-in module whose every attribute access explains that it is not installed."""
+
+    def __getattr__(self, attribute: str) -> Any:
+        if attribute.startswith("__"):
+            raise AttributeError(attribute)
+        raise ImportError(
+            f"{self.__name__}.{attribute}: CrypTen's ONNX model converter is not available in "
+            "data-appraisal (the onnx package is deliberately not installed)"
+        )
+
+
+def _install_onnx_stubs() -> None:
+    """Stand-ins for ``onnx`` (and ``onnx.numpy_helper``) and torch's removed ONNX registry."""
+    if "onnx" not in sys.modules:
+        onnx = _Unavailable("onnx", "Stand-in installed by common.compat: onnx is not used.")
+        helper = _Unavailable("onnx.numpy_helper")
+        onnx.numpy_helper = helper  # type: ignore[attr-defined]
+        sys.modules["onnx"], sys.modules["onnx.numpy_helper"] = onnx, helper
     name = "torch.onnx._internal.registration"
     if name in sys.modules:
         return
@@ -76,7 +95,7 @@ def _patch_encoder(crypten_module: Any) -> None:
 def import_crypten() -> Any:
     """Apply the patches above and return the ``crypten`` module."""
     global _PATCHED
-    _install_onnx_registration_stub()
+    _install_onnx_stubs()
     import crypten
 
     if not _PATCHED:

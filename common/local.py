@@ -53,6 +53,10 @@ def _label(path: str | Path, every: Sequence[str | Path]) -> str:
     return Path(path).name if names.count(Path(path).name) == 1 else str(path)
 
 
+def _absolute(path: str | Path) -> Path:
+    return Path(path).expanduser().resolve()
+
+
 def load_inputs(
     train: str | Path,
     test: str | Path,
@@ -105,6 +109,10 @@ def appraise_local(
     for name, value in (("--l2", l2), ("--lr", lr)):
         if not value > 0:
             raise ConfigError(f"{name} must be > 0, got {value}")
+    # resolved here, against the caller's directory: the workers run in a directory of their own
+    names = [_label(c, candidates) for c in candidates]
+    train, test = _absolute(train), _absolute(test)
+    candidates = [_absolute(c) for c in candidates]
     train_ds, test_ds, cand_ds, n_features, n_classes = load_inputs(
         train, test, candidates, label_column=label_column
     )
@@ -120,8 +128,8 @@ def appraise_local(
             n_features=n_features,
             n_classes=n_classes,
             candidates=[
-                CandidateMeta(name=_label(c, candidates), n_samples=ds.n_samples)
-                for c, ds in zip(candidates, cand_ds, strict=True)
+                CandidateMeta(name=name, n_samples=ds.n_samples)
+                for name, ds in zip(names, cand_ds, strict=True)
             ],
             n_train=train_ds.n_samples,
             n_test=test_ds.n_samples,

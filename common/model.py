@@ -125,20 +125,37 @@ def feature_bound(*arrays: np.ndarray) -> float:
     return float(2.0 ** max(-4, math.ceil(math.log2(max(largest, 2.0**-4)))))
 
 
+GRADIENT_TOL = 1e-7
+"""Default convergence tolerance of :class:`LogisticRegression`: an absolute bound on ‖∇J‖₂.
+
+J is λ-strongly convex with modulus 2λ, so ‖θ − θ*‖₂ ≤ ‖∇J(θ)‖₂ / (2λ): at λ = 1 the fitted θ is
+within 5e-8 of the exact minimiser in every coordinate. Float64 evaluates ∇J of the sets used
+here to about 1e-12, far below it."""
+
+
 class LogisticRegression:
-    """Multinomial logistic regression trained with L-BFGS on Σ L + λ‖θ‖² (bias included)."""
+    """Multinomial logistic regression trained with L-BFGS on Σ L + λ‖θ‖² (bias included).
+
+    ``converged_`` is true exactly when the fitted θ has ‖∇J(θ)‖₂ ≤ ``tol`` (an absolute
+    tolerance, see :data:`GRADIENT_TOL`); ``grad_norm_`` is that norm. L-BFGS-B runs until its
+    gradient test holds, or until its line search can no longer make progress in float64; Newton
+    steps (conjugate gradients on exact Hessian-vector products) then finish the job. Both count
+    towards ``max_iter``; a fit that ends above ``tol`` logs a warning and says so in ``converged_``.
+    """
 
     def __init__(
-        self, *, n_classes: int, l2: float = 1.0, max_iter: int = 5_000, gtol: float = 1e-9
+        self, *, n_classes: int, l2: float = 1.0, max_iter: int = 5_000, tol: float = GRADIENT_TOL
     ) -> None:
         if not (math.isfinite(l2) and l2 > 0):
             raise ConfigError(f"l2 must be finite and > 0 so that H is invertible, got {l2}")
         if not isinstance(n_classes, int | np.integer) or n_classes < 2:
             raise ConfigError(f"n_classes must be at least 2, got {n_classes}")
+        if not (math.isfinite(tol) and tol > 0):
+            raise ConfigError(f"tol must be finite and > 0, got {tol}")
         self.n_classes = n_classes
         self.l2 = l2
         self.max_iter = max_iter
-        self.gtol = gtol
+        self.tol = tol
 
     def fit(
         self, X: np.ndarray, y: np.ndarray, *, init: np.ndarray | None = None
@@ -154,6 +171,7 @@ class LogisticRegression:
             raise ConfigError(f"labels must lie in 0..{k - 1}, found {y.min()}..{y.max()}")
         Y = one_hot(y, k)
         shape = (Xb.shape[1], k)
+        size = shape[0] * k
 
         def objective(flat: np.ndarray) -> tuple[float, np.ndarray]:
             theta = flat.reshape(shape)
@@ -166,29 +184,66 @@ class LogisticRegression:
             grad = Xb.T @ (E / s - Y) + 2.0 * self.l2 * theta
             return loss, grad.ravel()
 
-        x0 = np.zeros(shape).ravel() if init is None else np.asarray(init, np.float64).ravel()
+        x0 = np.zeros(size) if init is None else np.asarray(init, np.float64).ravel().copy()
+        # max |g| ≤ tol/√size implies ‖g‖₂ ≤ tol; ftol = 0: no stop on a small decrease of J
         result = scipy.optimize.minimize(
             objective,
             x0,
             jac=True,
             method="L-BFGS-B",
-            options={"maxiter": self.max_iter, "gtol": self.gtol, "ftol": 1e-15, "maxcor": 30},
+            options={
+                "maxiter": self.max_iter,
+                "gtol": self.tol / math.sqrt(size),
+                "ftol": 0.0,
+                "maxcor": 30,
+            },
         )
-        self.coef_ = result.x.reshape(shape)
-        self.n_iter_ = int(result.nit)
-        # L-BFGS-B also stops "abnormally" when the line search cannot improve at machine
-        # precision; judge convergence by the gradient, relative to the gradient at the start.
-        grad_norm = float(np.abs(objective(result.x)[1]).max())
-        start_norm = float(np.abs(objective(x0)[1]).max())
-        self.converged_ = bool(result.success) or grad_norm <= 1e-6 * max(1.0, start_norm)
+        x, iterations = result.x, int(result.nit)
+        grad = objective(x)[1]
+        norm = float(np.linalg.norm(grad))
+        while norm > self.tol and iterations < self.max_iter:
+            step = self._newton_step(x.reshape(shape), Xb, grad.reshape(shape))
+            # backtrack on ‖∇J‖: near θ* the objective itself is flat to float64's precision
+            t = 1.0
+            while t >= 2.0**-20:
+                candidate = x + t * step
+                candidate_grad = objective(candidate)[1]
+                if float(np.linalg.norm(candidate_grad)) < norm:
+                    break
+                t /= 2
+            else:
+                break  # no step reduces the gradient any more
+            x, grad = candidate, candidate_grad
+            norm = float(np.linalg.norm(grad))
+            iterations += 1
+        self.coef_ = x.reshape(shape)
+        self.n_iter_ = iterations
+        self.grad_norm_ = norm
+        self.converged_ = norm <= self.tol
         if not self.converged_:
             log.warning(
-                "L-BFGS stopped after %d iterations without converging (max |∇J| = %.2e): %s",
+                "L-BFGS stopped after %d iterations without converging: ‖∇J‖ = %.2e > tol %.1e (%s)",
                 self.n_iter_,
-                grad_norm,
+                norm,
+                self.tol,
                 result.message,
             )
         return self
+
+    def _newton_step(self, theta: np.ndarray, Xb: np.ndarray, grad: np.ndarray) -> np.ndarray:
+        """Solve H p = −∇J by conjugate gradients on Hessian-vector products of the sum objective."""
+        P = softmax(Xb @ theta)
+        shape = theta.shape
+
+        def hvp(flat: np.ndarray) -> np.ndarray:
+            V = flat.reshape(shape)
+            A = Xb @ V
+            JA = P * A - P * (P * A).sum(axis=1, keepdims=True)
+            return (Xb.T @ JA + 2.0 * self.l2 * V).ravel()
+
+        op = scipy.sparse.linalg.LinearOperator((theta.size, theta.size), matvec=hvp)
+        step, _ = scipy.sparse.linalg.cg(op, -grad.ravel(), rtol=1e-10, atol=0.0, maxiter=500)
+        return np.asarray(step)
 
     def predict_proba(self, X: np.ndarray) -> np.ndarray:
         return softmax(add_bias(X) @ self.coef_)

@@ -294,7 +294,15 @@ class SessionView(BaseModel):
     rendezvous: str | None = None
     reason: str | None = Field(default=None, description="why it was rejected, failed, ...")
     progress: Progress = Field(default_factory=Progress)
-    results: list[CandidateOutcome] = Field(default_factory=list)
+    results: list[CandidateOutcome] = Field(
+        default_factory=list,
+        description="the candidates finished so far, in order (kept when a session fails later)",
+    )
+    charged: int = Field(
+        default=0,
+        description="candidates that entered the MPC, each of which may have revealed its value: "
+        "what an ended session costs the model owner's leakage budget at the data owner",
+    )
     created_at: float = Field(default_factory=time.time)
     updated_at: float = Field(default_factory=time.time)
 
@@ -306,13 +314,16 @@ class BudgetUse(BaseModel):
 
 
 class BudgetView(BaseModel):
-    """A model owner's leakage budget at a data owner: lifetime totals over its sessions that were
-    not rejected, and the rolling 24-hour session limit."""
+    """A model owner's leakage budget at a data owner: lifetime totals of what its sessions were
+    charged (a live session reserves all of its candidates, an ended one is charged those that
+    entered the MPC), and the rolling 24-hour session limit."""
 
     model_owner: str
-    sessions: BudgetUse = Field(description="sessions accepted so far, ever")
+    sessions: BudgetUse = Field(description="sessions charged so far, ever (live ones included)")
     candidates: BudgetUse = Field(description="candidates (appraised data sets) in those sessions")
-    sessions_last_24h: BudgetUse = Field(description="sessions accepted in the last 24 hours")
+    sessions_last_24h: BudgetUse = Field(
+        description="charged sessions created in the last 24 hours"
+    )
     epsilon_spent: float = Field(
         description="Σ noise_epsilon × candidates over those sessions that had noise (basic "
         "composition; an upper bound on any one sample's privacy loss)"

@@ -18,7 +18,7 @@ import secrets
 import shutil
 import socket
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Literal
@@ -28,13 +28,13 @@ from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from common.errors import AppraisalError, ConfigError
-from common.launcher import Party, party_config, start_party, stop_parties
+from common.launcher import Party, WorkerProgress, party_config, start_party, stop_parties
 from common.schemas import (
     API_PREFIX,
     CancelRequest,
@@ -114,6 +114,16 @@ class ServiceSettings(BaseSettings):
     @classmethod
     def _unset_if_empty(cls, value: Any) -> Any:
         return None if value == "" else value  # an empty variable means unset, not the cwd
+
+    @model_validator(mode="after")
+    def _absolute_paths(self) -> ServiceSettings:
+        """Every path setting is resolved against the directory the service was started in,
+        once, here: the workers run elsewhere and must never see a relative path."""
+        for name in type(self).model_fields:
+            value = getattr(self, name)
+            if isinstance(value, Path):
+                object.__setattr__(self, name, value.expanduser().resolve())
+        return self
 
     secret_fields: ClassVar[tuple[str, ...]] = ("api_token",)
 
@@ -314,6 +324,8 @@ class _Run:
     cancel: asyncio.Event = field(default_factory=asyncio.Event)
     end_state: SessionState = SessionState.CANCELLED
     reason: str = ""
+    stopping: bool = False  # a stop() is under way: its state and reason stand
+    notified: bool = False  # the peers were told of the end before the worker was stopped
 
 
 OnEnd = Callable[[SessionView], Awaitable[None]]
@@ -422,13 +434,20 @@ class SessionManager:
                     )
             if release is not None:
                 release()
-            shutil.rmtree(workdir, ignore_errors=True)
             fields: dict[str, Any] = {"state": state, "reason": reason or None}
+            final = None if party is None or not reports_progress else party.progress()
+            if final is not None:  # what the worker reported after the supervisor's last look
+                fields["charged"] = final.started
+                if not results and final.results:
+                    results = self._outcomes(party, final.results)  # type: ignore[arg-type]
+            if state is SessionState.COMPLETED:  # every candidate was revealed
+                fields["charged"] = len(config.job.candidates)
+            shutil.rmtree(workdir, ignore_errors=True)
             if results:
                 fields["results"] = results
             view = self.store.update(session_id, **fields)
             self._runs.pop(session_id, None)
-        if self.on_end is not None:
+        if self.on_end is not None and not run.notified:
             try:
                 await self.on_end(view)
             except Exception:
@@ -448,26 +467,35 @@ class SessionManager:
         # the worker enforces the rendezvous deadline itself; the supervisor allows a little more
         join_by = start + deadlines.rendezvous_seconds + 10.0
         finish_by: float | None = None if reports_progress else join_by + deadlines.compute_seconds
-        last: tuple[int, int] | None = None
+        last: WorkerProgress | None = None
         while True:
             code = party.process.poll()
             progress = party.progress() if reports_progress else None
             if progress is not None and progress != last:
-                fields: dict[str, Any] = {"progress": Progress(done=progress[0], total=progress[1])}
+                fields: dict[str, Any] = {
+                    "progress": Progress(done=progress.done, total=progress.total),
+                    "charged": progress.started,
+                }
+                if len(progress.results) != (0 if last is None else len(last.results)):
+                    fields["results"] = self._outcomes(party, progress.results)
                 if last is None:  # the worker has joined the rendezvous
                     finish_by = time.monotonic() + deadlines.compute_seconds
                     fields["state"] = SessionState.RUNNING
                 last = progress
                 self.store.update(session_id, **fields)
             if code == 0:
-                return SessionState.COMPLETED, "", self._outcomes(party)
+                return (
+                    SessionState.COMPLETED,
+                    "",
+                    self._outcomes(party, party.result().get("results", [])),
+                )
             if code is not None:
+                if run.stopping:  # it broke because the stop under way stopped a peer first
+                    return run.end_state, run.reason, []
                 err = party.error()
-                if err is None:
-                    return SessionState.FAILED, f"the {role} worker exited with status {code}", []
                 joined = last is not None or not reports_progress
-                expired = err["type"] == "PeerTimeout" and not joined
-                what = f"the {role} worker failed: {err['type']}: {err['message']}"
+                expired = err is not None and err["type"] == "PeerTimeout" and not joined
+                what = f"the {role} worker failed: {party.failure()}"
                 return (SessionState.EXPIRED if expired else SessionState.FAILED), what, []
             if run.cancel.is_set():
                 return run.end_state, run.reason, []
@@ -489,8 +517,7 @@ class SessionManager:
             await asyncio.sleep(self.POLL_SECONDS)
 
     @staticmethod
-    def _outcomes(party: Party) -> list[CandidateOutcome]:
-        payload = party.result()
+    def _outcomes(party: Party, results: Sequence[dict[str, Any]]) -> list[CandidateOutcome]:
         return [
             CandidateOutcome(
                 candidate=r["candidate"],
@@ -502,15 +529,24 @@ class SessionManager:
                 rounds=r["rounds"],
                 peak_rss_mb=r["peak_rss_mb"],
             )
-            for r in payload.get("results", [])
+            for r in results
         ]
 
     async def stop(
-        self, session_id: str, reason: str, state: SessionState = SessionState.CANCELLED
+        self,
+        session_id: str,
+        reason: str,
+        state: SessionState = SessionState.CANCELLED,
+        *,
+        notify_first: bool = False,
     ) -> SessionView:
         """Cancel (or fail) a session: stop its worker if it has one, and record why.
 
-        Raises :class:`Conflict` if the session has already finished.
+        With ``notify_first`` (an operator's own cancel) the peers are told before this side's
+        worker stops, so that they record the cancellation rather than the broken connection the
+        stop would cause. A second stop while one is under way (the peer being told answers with
+        its own report) returns at once and changes nothing. Raises :class:`Conflict` if the
+        session has already finished.
         """
         view = self.store.get(session_id)
         if view.state.terminal:
@@ -521,7 +557,16 @@ class SessionManager:
         run = self._runs.get(session_id)
         if run is None or run.task is None:
             return self.store.update(session_id, state=state, reason=reason)
+        if run.stopping:
+            return view
+        run.stopping = True
         run.end_state, run.reason = state, reason
+        if notify_first and self.on_end is not None:
+            run.notified = True
+            try:
+                await self.on_end(view.model_copy(update={"state": state, "reason": reason}))
+            except Exception:
+                log.exception("telling the peers that session %s ends failed", session_id)
         run.cancel.set()
         await asyncio.shield(run.task)
         return self.store.get(session_id)
@@ -622,7 +667,10 @@ def session_router(manager: SessionManager, caller: Callable[..., Awaitable[str]
         visible(session_id, who)
         body = body or CancelRequest()
         return await manager.stop(
-            session_id, f"{body.reason} (reported by {who})", SessionState(body.outcome)
+            session_id,
+            f"{body.reason} (reported by {who})",
+            SessionState(body.outcome),
+            notify_first=who == OPERATOR,
         )
 
     return router

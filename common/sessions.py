@@ -45,6 +45,7 @@ CREATE TABLE IF NOT EXISTS sessions (
     reason TEXT,
     progress TEXT NOT NULL,
     results TEXT NOT NULL,
+    charged INTEGER NOT NULL DEFAULT 0,
     created_at REAL NOT NULL,
     updated_at REAL NOT NULL
 );
@@ -54,7 +55,11 @@ CREATE INDEX IF NOT EXISTS sessions_counterpart ON sessions (counterpart, create
 
 _TERMINAL_SQL = ", ".join(f"'{s.value}'" for s in TERMINAL)  # fixed enum values, not input
 # columns added after the first release: (name, definition), added to older files at start-up
-_ADDED_COLUMNS = (("reveal_to", "TEXT NOT NULL DEFAULT 'both'"), ("noise_epsilon", "REAL"))
+_ADDED_COLUMNS = (
+    ("reveal_to", "TEXT NOT NULL DEFAULT 'both'"),
+    ("noise_epsilon", "REAL"),
+    ("charged", "INTEGER NOT NULL DEFAULT 0"),
+)
 _COLUMNS = (
     "id",
     "role",
@@ -70,6 +75,7 @@ _COLUMNS = (
     "reason",
     "progress",
     "results",
+    "charged",
     "created_at",
     "updated_at",
 )
@@ -91,6 +97,13 @@ class SessionStore:
         for name, definition in _ADDED_COLUMNS:
             if name not in have:  # fixed names and definitions, not input
                 self._db.execute(f"ALTER TABLE sessions ADD COLUMN {name} {definition}")
+        if "charged" not in have:
+            # sessions recorded before per-candidate charging: each may have revealed all of its
+            # candidates (a rejected one revealed none)
+            self._db.execute(
+                "UPDATE sessions SET charged = json_array_length(datasets) "
+                "WHERE state != 'rejected'"
+            )
 
     def close(self) -> None:
         with self._lock:
@@ -113,6 +126,7 @@ class SessionStore:
             reason=row["reason"],
             progress=Progress.model_validate_json(row["progress"]),
             results=[CandidateOutcome.model_validate(r) for r in json.loads(row["results"])],
+            charged=row["charged"],
             created_at=row["created_at"],
             updated_at=row["updated_at"],
         )
@@ -138,6 +152,7 @@ class SessionStore:
                         view.reason,
                         view.progress.model_dump_json(),
                         json.dumps([r.model_dump() for r in view.results]),
+                        view.charged,
                         view.created_at,
                         view.updated_at,
                     ),
@@ -163,30 +178,40 @@ class SessionStore:
             ).fetchall()
         return [self._view(r) for r in rows]
 
-    def count_since(self, counterpart: str, since: float, *, exclude_rejected: bool) -> int:
-        query = "SELECT COUNT(*) FROM sessions WHERE counterpart = ? AND created_at >= ?"
-        if exclude_rejected:
-            query += " AND state != 'rejected'"
+    # What a counterpart's session costs its budget: a live session reserves every candidate it
+    # lists (each may yet be revealed); an ended one is charged the candidates that entered the
+    # MPC (``charged``: each may have revealed its value). A session that ended before any
+    # candidate entered the MPC (rejected, expired at the rendezvous, failed to start) costs nothing.
+    _COST = (
+        f"CASE WHEN state IN ({_TERMINAL_SQL}) THEN charged ELSE json_array_length(datasets) END"
+    )
+
+    def count_since(self, counterpart: str, since: float) -> int:
+        """Sessions of a counterpart created since ``since`` that cost its budget something."""
+        query = (
+            f"SELECT COUNT(*) FROM sessions WHERE counterpart = ? AND created_at >= ? "
+            f"AND ({self._COST}) > 0"
+        )
         with self._lock:
             return int(self._db.execute(query, (counterpart, since)).fetchone()[0])
 
     def usage(self, counterpart: str) -> tuple[int, int]:
-        """Lifetime (sessions, candidates) of a counterpart's sessions that were not rejected."""
+        """Lifetime (sessions, candidates) charged to a counterpart (see ``_COST``)."""
         query = (
-            "SELECT COUNT(*), COALESCE(SUM(json_array_length(datasets)), 0) FROM sessions "
-            "WHERE counterpart = ? AND state != 'rejected'"
+            f"SELECT COALESCE(SUM(({self._COST}) > 0), 0), COALESCE(SUM({self._COST}), 0) "
+            "FROM sessions WHERE counterpart = ?"
         )
         with self._lock:
             sessions, candidates = self._db.execute(query, (counterpart,)).fetchone()
         return int(sessions), int(candidates)
 
     def noise_usage(self, counterpart: str) -> tuple[float, int]:
-        """Over a counterpart's sessions that were not rejected: (Σ noise_epsilon × candidates of
-        the sessions with noise, candidates of the sessions without)."""
+        """Over a counterpart's charged candidates: (Σ noise_epsilon × candidates of the sessions
+        with noise, candidates of the sessions without)."""
         query = (
-            "SELECT COALESCE(SUM(noise_epsilon * json_array_length(datasets)), 0.0), "
-            "COALESCE(SUM(CASE WHEN noise_epsilon IS NULL THEN json_array_length(datasets) "
-            "ELSE 0 END), 0) FROM sessions WHERE counterpart = ? AND state != 'rejected'"
+            f"SELECT COALESCE(SUM(noise_epsilon * ({self._COST})), 0.0), "
+            f"COALESCE(SUM(CASE WHEN noise_epsilon IS NULL THEN {self._COST} ELSE 0 END), 0) "
+            "FROM sessions WHERE counterpart = ?"
         )
         with self._lock:
             epsilon, plain = self._db.execute(query, (counterpart,)).fetchone()
@@ -207,6 +232,8 @@ class SessionStore:
                 encoded[key] = json.dumps(
                     [CandidateOutcome.model_validate(r).model_dump() for r in value]
                 )
+            elif key == "charged":
+                encoded[key] = int(value)
             elif key in ("reason", "rendezvous"):
                 encoded[key] = value
             else:

@@ -112,6 +112,11 @@ def operator_tls(name: str, env: dict[str, str]) -> ClientTLS | None:
     return pki.client("operator") if pki.cert("operator").exists() else ClientTLS(ca=Path(ca))
 
 
+def _pythonpath() -> str:
+    """This checkout first, so that a service started in its own directory imports this code."""
+    return os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
+
+
 def start_service(
     name: str,
     port: int,
@@ -130,12 +135,12 @@ def start_service(
     with open(log_path, "ab") as log:
         process = subprocess.Popen(
             [sys.executable, "-m", "common.cli", name, "serve", "--port", str(port)],
-            env={**os.environ, **env},
+            env={**os.environ, **env, "PYTHONPATH": _pythonpath()},
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
-            cwd=str(ROOT),
+            cwd=str(workdir),
         )
     scheme = "http" if tls is None else "https"
     return Service(name, f"{scheme}://127.0.0.1:{port}", token, process, log_path, env, tls)
@@ -247,6 +252,10 @@ def local_stack(
     With ``tls`` (the default) a fresh private CA and certificates for the three services and the
     operator are written to ``<workdir>/tls``, and every call is HTTPS with mutual TLS.
     """
+    # the services run in their own directory: every path they are given is absolute
+    workdir, train, test, data_dir = (
+        p.expanduser().resolve() for p in (workdir, train, test, data_dir)
+    )
     workdir.mkdir(parents=True, exist_ok=True)
     ports = {name: free_port() for name in TOKEN_VARS}
     pki = write_demo_pki(workdir / "tls", overwrite=True) if tls else None

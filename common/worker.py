@@ -8,8 +8,8 @@ on the command line. The process
 2. joins the rendezvous with a deadline: the model owner's worker listens on the rendezvous address,
    the others connect, and every link authenticates with the session's pre-shared keys before
    anything secret is sent (:mod:`common.transport`, :mod:`common.secure_mpc`),
-3. runs the agreed appraisal for every candidate in order, writing one JSON line per finished
-   candidate to its progress file,
+3. runs the agreed appraisal for every candidate in order, writing JSON events to its progress file
+   (joined; each candidate started; each candidate's result),
 4. writes its results to ``result_file``; or, on any exception, a JSON error report (type, message,
    traceback) to ``error_file`` and exits with status 1.
 
@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
-from pydantic import BaseModel, Field, model_validator
+from pydantic import BaseModel, Field, ValidationError, model_validator
 
 from common.errors import ConfigError, DataError, PeerTimeout
 
@@ -46,6 +46,11 @@ if TYPE_CHECKING:
     from common.transport import Channel
 
 CONFIG_ENV = "DATA_APPRAISAL_WORKER_CONFIG"
+PROCESS_NAMES = {
+    "model_owner": "da-model-owner",
+    "data_owner": "da-data-owner",
+    "dealer": "da-dealer",
+}
 Role = Literal["model_owner", "data_owner", "dealer"]
 RANKS: dict[str, int] = {"model_owner": 0, "data_owner": 1, "dealer": 2}
 
@@ -166,6 +171,9 @@ class PartyConfig(BaseModel):
     keys: SessionKeys | None = None  # required by the secure transport
     allow_insecure_tfp: bool = False  # JobSpec.provider == "TFP" is refused unless this is set
     timeout_seconds: float = Field(default=120.0, gt=0)
+    threads: int = Field(
+        default=1, ge=1, le=256, description="torch and BLAS threads of the worker"
+    )
     result_file: str
     error_file: str
     progress_file: str
@@ -177,6 +185,18 @@ class PartyConfig(BaseModel):
     # data owner only
     candidates: list[str] = Field(default_factory=list)
     label_column: str | None = None
+
+    @model_validator(mode="after")
+    def _paths_are_absolute(self) -> PartyConfig:
+        """The worker runs in its own directory: a relative path would name another file."""
+        files = [self.result_file, self.error_file, self.progress_file, *self.candidates]
+        files += [f for f in (self.train, self.test, self.state) if f is not None]
+        relative = [f for f in files if not os.path.isabs(f)]
+        if relative:
+            raise ValueError(
+                f"worker paths must be absolute (resolve them where the user gave them): {relative}"
+            )
+        return self
 
 
 def bytes_written() -> int:
@@ -191,9 +211,11 @@ def bytes_written() -> int:
     return 0
 
 
-def _report_progress(config: PartyConfig, done: int, total: int) -> None:
+def _report(config: PartyConfig, event: str, **fields: object) -> None:
+    """Append one event to the progress file: ``joined`` (with ``total``), ``started`` (candidate
+    ``index`` enters the MPC: from here on its value may be revealed) and ``result``."""
     with open(config.progress_file, "a") as f:
-        f.write(json.dumps({"role": config.role, "done": done, "total": total}) + "\n")
+        f.write(json.dumps({"role": config.role, "event": event, **fields}) + "\n")
 
 
 def _exit_with_parent() -> None:
@@ -496,8 +518,9 @@ def run_party(config: PartyConfig) -> dict[str, object]:
             channels = getattr(comm, "channels", None)
             return bytes_written() if channels is None else sum(c.bytes_sent for c in channels)
 
-        _report_progress(config, 0, len(job.candidates))  # joined: the run has started
+        _report(config, "joined", total=len(job.candidates))
         for index, meta in enumerate(job.candidates):
+            _report(config, "started", index=index)
             comm.reset_communication_stats()  # type: ignore[attr-defined]
             written = written_now()
             start = time.perf_counter()
@@ -537,7 +560,7 @@ def run_party(config: PartyConfig) -> dict[str, object]:
                 "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
             }
             results.append(result)
-            _report_progress(config, index + 1, len(job.candidates))
+            _report(config, "result", index=index, result=result)
     return {"role": config.role, "results": results}
 
 
@@ -562,6 +585,38 @@ def check_policy(config: PartyConfig) -> None:
         )
 
 
+def reseed_inherited_generators() -> None:
+    """Forget the state of torch's, NumPy's and Python's global generators (a forked worker
+    inherits its fork server's). Nothing secret is drawn from them, but no two workers may share
+    a stream whatever CrypTen does internally."""
+    import random
+
+    import torch
+
+    torch.manual_seed(secrets.randbits(63))
+    np.random.seed(secrets.randbits(32))
+    random.seed(secrets.randbits(128))
+
+
+def limit_threads(threads: int) -> None:
+    """Use at most ``threads`` threads for torch's and the BLAS's kernels (a forked worker inherits
+    its fork server's defaults, one thread per core, which oversubscribes the machine)."""
+    import torch
+    from threadpoolctl import threadpool_limits
+
+    torch.set_num_threads(threads)
+    threadpool_limits(threads)
+
+
+def _set_process_name(role: str) -> None:
+    """Name this process (``ps``, ``top``) after its role: ``da-model-owner`` and so on."""
+    import ctypes
+
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL(None)
+        libc.prctl(15, PROCESS_NAMES[role].encode(), 0, 0, 0)  # PR_SET_NAME
+
+
 def main() -> int:
     path = os.environ.get(CONFIG_ENV)
     if not path:
@@ -569,7 +624,19 @@ def main() -> int:
             f"{CONFIG_ENV} is not set; this module is started by common.launcher", file=sys.stderr
         )
         return 2
-    config = PartyConfig.model_validate_json(Path(path).read_text())
+    try:
+        config = PartyConfig.model_validate_json(Path(path).read_text())
+    except (OSError, ValueError) as exc:  # no error file is known yet: the supervisor reads this
+        if isinstance(exc, ValidationError):
+            first = exc.errors()[0]
+            where = ".".join(str(part) for part in first["loc"]) or "the file"
+            detail = f"{where}: {first['msg']}"
+        else:
+            detail = str(exc)
+        print(f"cannot read the worker configuration {path}: {detail}", file=sys.stderr)
+        return 2
+    _set_process_name(config.role)
+    limit_threads(config.threads)
     if config.keys is not None:  # the session keys live on in this process's memory only
         Path(path).unlink(missing_ok=True)
     logging.basicConfig(

@@ -84,8 +84,8 @@ class DataOwnerSettings(ServesModelOwners):
     allowed_model_owners: list[str] | None = None  # default: every model owner with a token
     allowed_methods: list[Method] = Field(default_factory=lambda: list(get_args(Method)))
     allowed_dealers: list[str] | None = None  # dealer URLs; default: any
-    max_sessions_per_day: int = 100  # per model owner, rejected invitations not counted
-    budget_sessions: int = Field(default=100, ge=0)  # per model owner, lifetime, not rejected
+    max_sessions_per_day: int = 100  # per model owner, sessions that cost the budget something
+    budget_sessions: int = Field(default=100, ge=0)  # per model owner, lifetime, charged sessions
     budget_candidates: int = Field(default=1000, ge=0)  # candidates in those sessions
     budgets: dict[str, BudgetLimit] = Field(default_factory=dict)  # per model owner overrides
     allow_insecure_tfp: bool = False  # accept provider TFP (the model owner can read the data)
@@ -236,7 +236,7 @@ def review(
             f"the invitation carries no pre-shared key for the MPC link(s) {', '.join(missing)}; "
             "the secure transport needs them"
         )
-    today = manager.store.count_since(who, time.time() - 86400, exclude_rejected=True)
+    today = manager.store.count_since(who, time.time() - 86400)
     if today >= settings.max_sessions_per_day:
         return (
             f"model owner {who!r} has used its {settings.max_sessions_per_day} sessions for the "
@@ -424,7 +424,7 @@ def create_app(
             raise NotFound(f"no model owner {name!r} is known to this data owner")
         sessions, candidates = settings.budget(name)
         used_sessions, used_candidates = manager.store.usage(name)
-        today = manager.store.count_since(name, time.time() - 86400, exclude_rejected=True)
+        today = manager.store.count_since(name, time.time() - 86400)
         epsilon_spent, without_noise = manager.store.noise_usage(name)
 
         def use(used: int, limit: int) -> BudgetUse:

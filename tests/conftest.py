@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import shutil
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -12,11 +14,31 @@ import pytest
 
 from common.data import ExampleSplit, mnist_like, save_npz, write_example_data
 from common.errors import MPCRunError
+from common.stack import Stack, local_stack
+from common.worker import PROCESS_NAMES
 
 
 @pytest.fixture(scope="session")
 def digits_split(tmp_path_factory: pytest.TempPathFactory) -> ExampleSplit:
     return write_example_data(tmp_path_factory.mktemp("digits"), seed=0)
+
+
+@pytest.fixture(scope="session")
+def service_stack(
+    tmp_path_factory: pytest.TempPathFactory, digits_split: ExampleSplit
+) -> Iterator[Stack]:
+    """One stack of the three real services (uvicorn processes on free ports, mutual TLS) shared
+    by every test that does not restart or kill a service; the data owner holds the ten digits
+    candidates."""
+    root = tmp_path_factory.mktemp("stack")
+    data = root / "candidates"
+    data.mkdir()
+    for c in digits_split.candidates:
+        shutil.copy(c, data)
+    with local_stack(
+        root / "services", train=digits_split.train, test=digits_split.test, data_dir=data
+    ) as stack:
+        yield stack
 
 
 @dataclass(frozen=True)
@@ -50,9 +72,11 @@ SESSION_TAG = f"DATA_APPRAISAL_TEST_SESSION={uuid.uuid4().hex}"
 os.environ["DATA_APPRAISAL_TEST_SESSION"] = SESSION_TAG.split("=", 1)[1]
 
 
-def worker_pids(*, services: bool = False) -> list[int]:
+def worker_pids(*, services: bool = False, role: str | None = None) -> list[int]:
     """PIDs of live MPC workers (or, with ``services``, uvicorn services) started by this test
-    session, found by the tag in their environment."""
+    session, found by the tag in their environment. A worker names itself after its role
+    (``da-model-owner``, ``da-data-owner``, ``da-dealer``: ``common.worker.PROCESS_NAMES``)."""
+    names = {PROCESS_NAMES[role]} if role is not None else set(PROCESS_NAMES.values())
     pids = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
@@ -61,11 +85,12 @@ def worker_pids(*, services: bool = False) -> list[int]:
             environ = (entry / "environ").read_bytes()
             status = (entry / "status").read_text()
             cmdline = (entry / "cmdline").read_bytes()
+            comm = (entry / "comm").read_text().strip()
         except OSError:
             continue
         ours = SESSION_TAG.encode() in environ
         is_service = b"common.cli\x00" in cmdline and b"\x00serve\x00" in cmdline
-        is_worker = b"DATA_APPRAISAL_WORKER_CONFIG=" in environ
+        is_worker = comm in names
         if not (is_service if services else is_worker) or "State:\tZ" in status:
             continue
         if ours and int(entry.name) != os.getpid():

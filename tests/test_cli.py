@@ -1,31 +1,57 @@
-"""The ``data-appraisal`` command line, run as a user would: a real subprocess per call."""
+"""The ``data-appraisal`` command line.
+
+A few calls run as a user would, as a real subprocess started in a directory other than the
+checkout (with relative paths); the error paths and the output formats run in-process through
+typer's test runner, which calls the same command functions without an interpreter start-up each.
+"""
 
 from __future__ import annotations
 
 import json
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pytest
+from typer.testing import CliRunner
 
+from common.cli import app
 from common.data import save_npz
 
 pytestmark = pytest.mark.mpc
 
 
-def run_cli(*args: str | Path, timeout: float = 300) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
+@dataclass(frozen=True)
+class Run:
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+def run_cli(*args: str | Path, cwd: Path | None = None, timeout: float = 300) -> Run:
+    """The real console script's module, in a fresh interpreter (in ``cwd``)."""
+    proc = subprocess.run(
         [sys.executable, "-m", "common.cli", *map(str, args)],
         capture_output=True,
         text=True,
         timeout=timeout,
         check=False,
+        cwd=cwd,
     )
+    return Run(proc.returncode, proc.stdout, proc.stderr)
 
 
-def assert_one_line_error(proc: subprocess.CompletedProcess[str], *needles: str) -> None:
+def invoke(*args: str | Path) -> Run:
+    """The same command in this process (typer's runner; stdout and stderr kept apart)."""
+    result = CliRunner().invoke(app, [str(a) for a in args])
+    if result.exception is not None and not isinstance(result.exception, SystemExit):
+        raise result.exception
+    return Run(result.exit_code, result.stdout, result.stderr)
+
+
+def assert_one_line_error(proc: Run, *needles: str) -> None:
     assert proc.returncode != 0
     assert "Traceback" not in proc.stderr and "Traceback" not in proc.stdout
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
@@ -42,33 +68,49 @@ def local_args(split, *cands: Path | str) -> list[str | Path]:
 
 
 def test_help_lists_the_commands() -> None:
-    proc = run_cli("--help")
+    proc = invoke("--help")
     assert proc.returncode == 0
     for command in ("local", "example-data"):
         assert command in proc.stdout
 
 
 def test_example_data_writes_and_refuses_to_overwrite(tmp_path: Path) -> None:
-    proc = run_cli("example-data", tmp_path / "split")
+    proc = invoke("example-data", tmp_path / "split")
     assert proc.returncode == 0, proc.stderr
     assert (tmp_path / "split/model_owner/train.npz").exists()
     assert len(list((tmp_path / "split/data_owner").glob("candidate_*.npz"))) == 10
-    assert_one_line_error(run_cli("example-data", tmp_path / "split"), "overwrite")
+    assert_one_line_error(invoke("example-data", tmp_path / "split"), "--overwrite")
 
 
-def test_local_json_is_the_only_stdout(digits_split) -> None:
-    proc = run_cli(*local_args(digits_split), "--json", "--check")
+def test_local_from_another_directory_with_relative_paths(tmp_path: Path) -> None:
+    """`cd /data && data-appraisal local --train train.npz ...`: the real console script, started
+    in a directory other than the checkout, with paths relative to it. Its JSON is the only stdout.
+    """
+    here = tmp_path / "elsewhere"
+    here.mkdir()
+    made = run_cli("example-data", "split", cwd=here)
+    assert made.returncode == 0, made.stderr
+    args = [
+        "local",
+        "--train",
+        "split/model_owner/train.npz",
+        "--test",
+        "split/model_owner/test.npz",
+    ]
+    args += ["--candidate", "split/data_owner/candidate_01.npz", "--json", "--check"]
+    proc = run_cli(*args, cwd=here)
     assert proc.returncode == 0, proc.stderr
     rows = json.loads(proc.stdout)
-    assert [r["candidate"] for r in rows] == ["candidate_01.npz", "candidate_02.npz"]
+    assert [r["candidate"] for r in rows] == ["candidate_01.npz"]
     for r in rows:
         assert r["method"] == "influence"
         assert {"score", "seconds", "bytes", "rounds", "plaintext"} <= set(r)
         assert abs(r["score"] - r["plaintext"]) <= 0.01 * abs(r["plaintext"])
+    assert not Path.cwd().joinpath("split").exists()  # nothing was written in the test's own cwd
 
 
 def test_local_threshold_json_has_only_the_bit(digits_split) -> None:
-    proc = run_cli(
+    proc = invoke(
         *local_args(digits_split), "--json", "--reveal", "threshold", "--threshold", "-0.3"
     )
     assert proc.returncode == 0, proc.stderr
@@ -80,7 +122,7 @@ def test_candidates_with_the_same_file_name_keep_their_paths(digits_split, tmp_p
     other = tmp_path / "again" / digits_split.candidates[0].name
     other.parent.mkdir()
     other.write_bytes(digits_split.candidates[0].read_bytes())
-    proc = run_cli(*local_args(digits_split, digits_split.candidates[0], other), "--json")
+    proc = invoke(*local_args(digits_split, digits_split.candidates[0], other), "--json")
     assert proc.returncode == 0, proc.stderr
     rows = json.loads(proc.stdout)
     assert [r["candidate"] for r in rows] == [str(digits_split.candidates[0]), str(other)]
@@ -88,7 +130,7 @@ def test_candidates_with_the_same_file_name_keep_their_paths(digits_split, tmp_p
 
 
 def test_local_table_output(digits_split) -> None:
-    proc = run_cli(
+    proc = invoke(
         *local_args(digits_split, digits_split.candidates[0]), "--method", "gradient-norm"
     )
     assert proc.returncode == 0, proc.stderr
@@ -96,9 +138,7 @@ def test_local_table_output(digits_split) -> None:
 
 
 def test_insecure_tfp_warns(digits_split) -> None:
-    proc = run_cli(
-        *local_args(digits_split, digits_split.candidates[0]), "--insecure-tfp", "--json"
-    )
+    proc = invoke(*local_args(digits_split, digits_split.candidates[0]), "--insecure-tfp", "--json")
     assert proc.returncode == 0, proc.stderr
     assert "INSECURE" in proc.stderr or "insecure" in proc.stderr
     assert len(json.loads(proc.stdout)) == 1
@@ -137,11 +177,11 @@ def bad_files(tmp_path: Path, digits_split) -> dict[str, Path]:
     ],
 )
 def test_bad_candidate_is_rejected_before_mpc(kind, needles, bad_files, digits_split) -> None:
-    assert_one_line_error(run_cli(*local_args(digits_split, bad_files[kind])), *needles)
+    assert_one_line_error(invoke(*local_args(digits_split, bad_files[kind])), *needles)
 
 
 def test_missing_file(digits_split, tmp_path: Path) -> None:
-    assert_one_line_error(run_cli(*local_args(digits_split, tmp_path / "nope.npz")), "nope.npz")
+    assert_one_line_error(invoke(*local_args(digits_split, tmp_path / "nope.npz")), "nope.npz")
 
 
 @pytest.mark.parametrize(
@@ -153,4 +193,4 @@ def test_missing_file(digits_split, tmp_path: Path) -> None:
     ],
 )
 def test_bad_options(extra, needle, digits_split) -> None:
-    assert_one_line_error(run_cli(*local_args(digits_split), *extra), needle)
+    assert_one_line_error(invoke(*local_args(digits_split), *extra), needle)

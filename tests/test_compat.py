@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime
 import sys
 
+import pytest
 import torch
 import torch.distributed as dist
 
@@ -15,6 +16,14 @@ def test_import_crypten_on_torch_2() -> None:
     crypten = import_crypten()
     assert hasattr(crypten, "cryptensor")
     assert "torch.onnx._internal.registration" in sys.modules
+
+
+def test_onnx_is_a_stand_in_that_explains_itself() -> None:
+    import_crypten()
+    onnx = sys.modules["onnx"]
+    assert not hasattr(onnx, "__file__")  # never the real package: it costs seconds per worker
+    with pytest.raises(ImportError, match="ONNX model converter is not available"):
+        onnx.load  # noqa: B018
 
 
 def test_decode_fixes_negative_values_off_by_one() -> None:

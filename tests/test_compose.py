@@ -783,11 +783,20 @@ def test_volume_mount_points_belong_to_the_image_user() -> None:
 # --------------------------------------------------------------------------------------------
 
 
+def build_arg_defaults() -> dict[str, str]:
+    defaults = {}
+    for _, ins in instructions("ARG"):
+        name, _, value = ins.args.partition("=")
+        defaults[name.strip()] = value.strip()
+    return defaults
+
+
 def test_dockerfile_base_user_and_entrypoint() -> None:
     base = instructions("FROM")
     assert len(base) == 1, f"expected one FROM, got {[i.args for _, i in base]}"
-    m = re.fullmatch(r"python:(\d+\.\d+)(?:\.\d+)?-slim\S*", base[0][1].args)
-    assert m, f"the base image is {base[0][1].args!r}, expected python:3.X-slim"
+    image = re.sub(r"\$\{(\w+)\}", lambda m: build_arg_defaults()[m.group(1)], base[0][1].args)
+    m = re.fullmatch(r"python:(\d+\.\d+)(?:\.\d+)?-slim\S*", image)
+    assert m, f"the base image is {image!r}, expected python:3.X-slim"
     requires = SpecifierSet(pyproject()["project"]["requires-python"])
     assert f"{m.group(1)}.0" in requires, f"python {m.group(1)} does not satisfy {requires}"
 
@@ -805,45 +814,38 @@ def test_dockerfile_base_user_and_entrypoint() -> None:
     )
 
 
-def test_dockerfile_installs_like_the_makefile() -> None:
-    deps = pyproject()["project"]["dependencies"]
-    torch_pin = next((d for d in deps if re.fullmatch(r"torch==\S+", d)), None)
-    assert torch_pin, "pyproject.toml no longer pins torch=="
-    makefile = (ROOT / "Makefile").read_text()
-    m = re.search(r"pip install[^\n]*--no-deps[^\n]*(crypten==\S+)", makefile)
-    assert m, "the Makefile no longer installs crypten==X with --no-deps"
-    crypten_pin = m.group(1)
+LOCK = "requirements/lock.txt"
+NO_DEPS = "requirements/crypten.txt"
 
+
+def test_dockerfile_installs_like_the_makefile() -> None:
+    """Every pip install takes its versions from the lock (or is crypten's hash-pinned --no-deps
+    file), in the Makefile's order: torch (CPU index or a local wheel), crypten, the project."""
     steps: dict[str, int] = {}
-    copied_to = None
     for index, ins in enumerate(dockerfile()):
-        if ins.keyword == "COPY":
-            words = [w for w in shlex.split(ins.args) if not w.startswith("--")]
-            if "pyproject.toml" in words[:-1]:
-                copied_to = PurePosixPath(words[-1])
         if ins.keyword != "RUN":
             continue
         for args in pip_installs(ins):
-            if torch_pin in args:
-                assert "--index-url" in args, "torch comes from PyPI (CUDA): use --index-url"
-                url = args[args.index("--index-url") + 1]
-                assert url == "https://download.pytorch.org/whl/cpu", f"torch from {url}"
-                steps.setdefault("torch", index)
-            if crypten_pin in args:
-                assert "--no-deps" in args, f"{crypten_pin} without --no-deps"
+            if NO_DEPS in args:
+                assert {"--no-deps", "--require-hashes"} <= set(args), args
                 steps.setdefault("crypten", index)
-            project = [a for a in args if not a.startswith("-")]
-            if copied_to is not None and copied_to in map(PurePosixPath, project):
+                continue
+            assert LOCK in args and args[args.index(LOCK) - 1] == "-c", (
+                f"{DOCKERFILE.name}: `pip install {' '.join(args)}` does not use -c {LOCK}"
+            )
+            if "torch" in args:
+                assert "requirements/torch_index.py" in ins.args and "--find-links" in ins.args
+                steps.setdefault("torch", index)
+            if "/build" in args:
                 steps.setdefault("project", index)
-    for step, what in (
-        ("torch", f"{torch_pin} from the CPU index"),
-        ("crypten", f"--no-deps {crypten_pin}"),
-        ("project", "the project (pip install <the directory of pyproject.toml>)"),
-    ):
-        assert step in steps, f"{DOCKERFILE.name} does not pip install {what}"
-    assert steps["torch"] <= steps["crypten"] < steps["project"], (
-        f"install torch, then crypten, then the project (as the Makefile does): {steps}"
-    )
+    assert set(steps) == {"torch", "crypten", "project"}, steps
+    assert steps["torch"] <= steps["crypten"] < steps["project"], steps
+    assert {"TORCH_INDEX_URL", "TORCH_WHEEL_DIR"} <= set(build_arg_defaults())
+    assert build_arg_defaults()["TORCH_INDEX_URL"] == "https://download.pytorch.org/whl/cpu"
+    makefile = (ROOT / "Makefile").read_text()
+    for line in makefile.splitlines():
+        if "pip install" in line:
+            assert "-c $(LOCK)" in line or NO_DEPS in line, f"Makefile: {line.strip()}"
 
 
 def test_dockerfile_copies_every_package() -> None:

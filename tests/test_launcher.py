@@ -125,9 +125,7 @@ def test_peer_killed_mid_run_fails_the_run(digits_split) -> None:
     thread = threading.Thread(target=run)
     thread.start()
     assert progressed.wait(120), "the first candidate never finished"
-    victims = [
-        p for p in worker_pids() if b"data_owner.json" in Path(f"/proc/{p}/environ").read_bytes()
-    ]
+    victims = worker_pids(role="data_owner")
     assert len(victims) == 1
     os.kill(victims[0], signal.SIGKILL)
     killed_at = time.monotonic()
@@ -157,3 +155,40 @@ def test_dealer_is_used_unless_tfp_is_explicitly_allowed(monkeypatch, digits_spl
                 insecure_tfp=insecure,
             )
     assert started == [["model_owner", "data_owner", "dealer"], ["model_owner", "data_owner"]]
+
+
+def test_a_worker_that_cannot_start_reports_its_real_cause(digits_split, monkeypatch) -> None:
+    """A worker that dies before it can write an error report (here: its configuration file is
+    unreadable) still names the cause, from its own last words, in the supervisor's error."""
+    from common import launcher
+
+    real = launcher.PartyConfig.model_dump_json
+    monkeypatch.setattr(
+        launcher.PartyConfig,
+        "model_dump_json",
+        lambda self, **kw: "{truncated" if self.role == "data_owner" else real(self, **kw),
+    )
+    with private_workdir() as work:
+        configs = _configs(work, digits_split, roles=["model_owner", "data_owner", "dealer"])
+        with pytest.raises(MPCRunError) as caught:
+            run_parties(configs, workdir=work, deadline_seconds=60)
+    message = str(caught.value)
+    assert "data_owner party failed: exited with status 2" in message
+    assert "cannot read the worker configuration" in message and "data_owner.json" in message
+
+
+def test_worker_paths_must_be_absolute(digits_split, tmp_path) -> None:
+    """Relative paths are resolved where the user gave them, never inside a worker."""
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="worker paths must be absolute"):
+        party_config(
+            "data_owner",
+            job=JobSpec(
+                n_features=64, n_classes=10, candidates=[CandidateMeta(name="c", n_samples=1)]
+            ),
+            rendezvous="tcp://127.0.0.1:1",
+            workdir=tmp_path,
+            timeout=1,
+            candidates=["candidate_01.npz"],
+        )

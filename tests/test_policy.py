@@ -57,7 +57,7 @@ def anyio_backend() -> str:
 class FakeWorkers:
     """Stands in for ``common.launcher.start_party``: records configs, starts no MPC worker."""
 
-    mode: str = "fail"  # fail | hang | complete
+    mode: str = "fail"  # fail (after candidate 0 entered the MPC) | fail_early | hang | complete
     configs: list[PartyConfig] = field(default_factory=list)
     parties: list[Party] = field(default_factory=list)
 
@@ -92,7 +92,16 @@ class FakeWorkers:
                 for c in config.job.candidates
             ]
             Path(config.result_file).write_text(json.dumps({"results": results}))
-        command = {"fail": ["false"], "hang": ["sleep", "60"], "complete": ["true"]}[self.mode]
+        elif self.mode == "fail":  # joined, candidate 0 entered the MPC, then the worker failed
+            events = [{"event": "joined", "total": len(config.job.candidates)}]
+            events.append({"event": "started", "index": 0})
+            Path(config.progress_file).write_text("".join(json.dumps(e) + "\n" for e in events))
+        command = {
+            "fail": ["false"],
+            "fail_early": ["false"],
+            "hang": ["sleep", "60"],
+            "complete": ["true"],
+        }[self.mode]
         party.process = subprocess.Popen(command, start_new_session=True)
         self.parties.append(party)
         return party
@@ -493,7 +502,7 @@ async def test_budgets_of_sessions_and_candidates_are_lifetime_totals(
     second = await open_session(apps, datasets=["candidate_03"])
     assert second["state"] != "rejected", second
     await ended(apps, first["id"])
-    await ended(apps, second["id"])  # a failed session still counts: scores may have leaked
+    await ended(apps, second["id"])  # a session that failed mid-run counts: scores may have leaked
     refused = await open_session(apps, datasets=["candidate_04"])
     assert refused["state"] == "rejected"
     assert "session budget" in refused["reason"] and "2 of 2 sessions" in refused["reason"]
@@ -502,10 +511,12 @@ async def test_budgets_of_sessions_and_candidates_are_lifetime_totals(
     assert mine == {
         "model_owner": "model-owner",
         "sessions": {"used": 2, "limit": 2, "remaining": 0},
-        "candidates": {"used": 3, "limit": 3, "remaining": 0},
+        # each session's worker failed once its first candidate had entered the MPC: of the
+        # first session's two candidates only one is charged
+        "candidates": {"used": 2, "limit": 3, "remaining": 1},
         "sessions_last_24h": {"used": 2, "limit": 100, "remaining": 98},
         "epsilon_spent": 0.0,
-        "candidates_without_noise": 3,
+        "candidates_without_noise": 2,
     }
     assert (await budget(apps, TOKENS["do"], model_owner="model-owner")).json() == mine
     assert_error(await budget(apps, TOKENS["do"]), 422, "ConfigError", "model_owner")
@@ -523,6 +534,28 @@ async def test_budgets_of_sessions_and_candidates_are_lifetime_totals(
         "limit": 1,
         "remaining": 1,
     }
+
+
+@pytest.mark.anyio
+async def test_a_session_that_failed_before_any_candidate_entered_the_mpc_costs_nothing(
+    stack: Build, workers: FakeWorkers
+) -> None:
+    """A worker that cannot start (a missing file, a wrong path) revealed nothing: no charge."""
+    workers.mode = "fail_early"
+    apps = stack(do={"budget_sessions": 1, "budget_candidates": 1})
+    for _ in range(3):  # three times the budget, each failed before the MPC
+        view = await open_session(apps, datasets=["candidate_01"])
+        assert view["state"] != "rejected", view
+        at_do = (await ended(apps, view["id"]))[DO]
+        assert at_do["state"] == "failed" and at_do["charged"] == 0
+    mine = (await budget(apps, TOKENS["mo@do"])).json()
+    assert mine["sessions"]["used"] == 0 and mine["candidates"]["used"] == 0
+    assert mine["sessions_last_24h"]["used"] == 0
+    workers.mode = "fail"  # this one's candidate entered the MPC: charged
+    view = await open_session(apps, datasets=["candidate_01"])
+    assert (await ended(apps, view["id"]))[DO]["charged"] == 1
+    refused = await open_session(apps, datasets=["candidate_02"])
+    assert refused["state"] == "rejected" and "session budget" in refused["reason"]
 
 
 def test_budget_settings_load_from_the_environment(
@@ -606,13 +639,14 @@ async def test_max_noise_epsilon_requires_noise_and_epsilon_spent_is_counted(
     assert workers.configs == []
 
     two = ["candidate_01", "candidate_02"]
+    workers.mode = "complete"  # every candidate revealed, so every one is charged
     accepted = [
         await open_session(apps, datasets=two, noise_epsilon=0.5),
         await open_session(apps, datasets=["candidate_03"], noise_epsilon=1.0),
     ]
     for view in accepted:
         assert view["state"] != "rejected", view
-        await ended(apps, view["id"])  # a failed session counts too
+        await ended(apps, view["id"])
     mine = (await budget(apps, TOKENS["mo@do"])).json()
     assert mine["epsilon_spent"] == 2.0 and mine["candidates_without_noise"] == 0
     assert mine["sessions"]["used"] == 2 and mine["candidates"]["used"] == 3  # rejections free
@@ -796,3 +830,21 @@ def test_a_wildcard_advertise_host_is_refused(tmp_path: Path, digits_split: Exam
         )
         with pytest.raises(ConfigError, match="MODEL_OWNER_ADVERTISE_HOST"):
             model_owner_app(settings)
+
+
+def test_path_settings_are_resolved_where_the_service_starts(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """The documented relative defaults (and relative values) name files in the directory the
+    service was started in, not wherever a worker runs."""
+    from model_owner.service import ModelOwnerSettings
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("DATA_OWNER_DATA_DIR", "candidates")
+    settings = DataOwnerSettings()
+    assert settings.data_dir == tmp_path / "candidates"
+    assert settings.state_dir == tmp_path / "state" / "data_owner"
+    assert settings.database_path == tmp_path / "state" / "data_owner" / "sessions.db"
+    mo = ModelOwnerSettings(train=Path("data/train.npz"), tls_ca=Path("~/ca.pem"))
+    assert mo.train == tmp_path / "data" / "train.npz" and mo.test == tmp_path / "data" / "test.npz"
+    assert mo.tls_ca == Path.home() / "ca.pem"

@@ -44,8 +44,8 @@ def make_stack(root: Path, split: ExampleSplit) -> Iterator[Stack]:
 
 
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory, digits_split: ExampleSplit) -> Iterator[Stack]:
-    yield from make_stack(tmp_path_factory.mktemp("stack"), digits_split)
+def stack(service_stack: Stack) -> Stack:
+    return service_stack
 
 
 @pytest.fixture
@@ -190,9 +190,11 @@ def test_cancel_by_the_data_owner_stops_every_worker(stack: Stack) -> None:
     assert response.status_code == 200, response.text
     assert response.json()["state"] == "cancelled"
     ours = wait_for(stack.model_owner, view["id"], TERMINAL, 30)
-    assert ours["state"] in ("cancelled", "failed") and "changed my mind" in ours["reason"]
+    # the peers hear of the cancel before the data owner's worker stops: they record it as such,
+    # not as the broken connection that follows
+    assert ours["state"] == "cancelled" and "changed my mind" in ours["reason"], ours
     dealer = wait_for(stack.dealer, view["id"], TERMINAL, 30)
-    assert dealer["state"] in ("cancelled", "failed")
+    assert dealer["state"] == "cancelled" and "changed my mind" in dealer["reason"], dealer
     end = time.monotonic() + 15
     while worker_pids() and time.monotonic() < end:
         time.sleep(0.2)

@@ -10,24 +10,21 @@ import asyncio
 import json
 import logging
 import os
-import shutil
 import ssl
 import stat
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 from pydantic import SecretStr
 
-from common.data import ExampleSplit
 from common.errors import ConfigError
 from common.launcher import free_port
 from common.service import PeerUnreachable, peer_call
-from common.stack import ROOT, Service, Stack, local_stack, start_service, stop_service
+from common.stack import ROOT, Service, Stack, start_service, stop_service
 from common.tls import (
     ClientTLS,
     Pki,
@@ -43,16 +40,8 @@ HEALTH = "/v1/health"
 
 
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory, digits_split: ExampleSplit) -> Iterator[Stack]:
-    root = tmp_path_factory.mktemp("tls-stack")
-    data = root / "candidates"
-    data.mkdir()
-    for c in digits_split.candidates[:2]:
-        shutil.copy(c, data)
-    with local_stack(
-        root / "services", train=digits_split.train, test=digits_split.test, data_dir=data
-    ) as s:
-        yield s
+def stack(service_stack: Stack) -> Stack:
+    return service_stack
 
 
 @pytest.fixture(scope="module")
