@@ -7,18 +7,17 @@ Case (b) of the engine issue by default: an MNIST-sized candidate (6,000 × 784,
 - plaintext seconds: the plaintext twin of the score, given θ̂ and v (what MPC replaces);
 - MPC seconds: the parties' compute time for the candidate (after the rendezvous), and the
   wall time of the whole run (process start-up, loading, training θ̂, rendezvous included);
-- bytes the two parties wrote to their sockets (measured through /proc/self/io), the dealer's
-  bytes, rounds as counted by CrypTen's communicator, and the parties' peak memory;
+- bytes between the owners (what the data owner's worker sent and received on its one link, the
+  model owner), the dealer's bytes, rounds as counted by CrypTen's communicator, and the model
+  owner's peak memory;
 - the ratio MPC / plaintext, the relative error of the MPC score, and P(trunc): the expected
   number of CrypTen local-truncation failures in one run (Σ|v|/2³² over the dominant products).
 
-Each method runs on the secure transport (authenticated, encrypted channels, AES-CTR generators,
-our dealer) and on CrypTen's unprotected gloo transport, and the last table gives the hardening's
-cost: secure / gloo in MPC time, wall time and bytes. Bytes: the secure channels count what they
-send (records included); for gloo, the write system calls measured through /proc/self/io.
+Every method runs on the secure transport (authenticated, encrypted channels, AES-CTR generators,
+our dealer); the channels count what they send, records included. (The hardening's cost against
+CrypTen's unprotected gloo transport was measured once and is recorded in docs/protocol.md.)
 
-Usage: ``.venv/bin/python benchmarks/bench_mpc.py [--small] [--methods influence,...]
-[--transports secure,gloo] [--json F]``
+Usage: ``.venv/bin/python benchmarks/bench_mpc.py [--small] [--methods influence,...] [--json F]``
 """
 
 from __future__ import annotations
@@ -31,9 +30,10 @@ from pathlib import Path
 
 import numpy as np
 
-from common import model
-from common.data import load_dataset, mnist_like, save_npz, write_example_data
-from common.local import appraise_local
+from common.ml import model
+from common.ml.data import load_dataset, save_npz
+from common.ml.examples import mnist_like, write_example_data
+from common.runtime.local import run_local
 
 METHODS = ["influence", "gradient-norm", "finetune"]
 
@@ -78,7 +78,6 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--small", action="store_true", help="digits case (a) instead of (b)")
     parser.add_argument("--methods", default=",".join(METHODS))
-    parser.add_argument("--transports", default="secure,gloo", help="secure, gloo or both")
     parser.add_argument("--json", type=Path, help="also write the rows as JSON here")
     args = parser.parse_args()
 
@@ -102,34 +101,28 @@ def main() -> None:
         state = model.prepare_model_owner(train.X, train.y, test.X, test.y, n_classes=10)
         print(f"case: {case}")
         header = (
-            f"{'method':<14}{'transport':>10}{'plain s':>10}{'MPC s':>9}{'wall s':>9}{'ratio':>9}"
+            f"{'method':<14}{'plain s':>10}{'MPC s':>9}{'wall s':>9}{'ratio':>9}"
             f"{'MB':>10}{'dealer MB':>10}{'rounds':>8}{'peak MB':>9}{'rel err':>10}{'P(trunc)':>10}"
         )
         print(header)
         rows = []
-        runs = [(m, t) for m in args.methods.split(",") for t in args.transports.split(",")]
-        for method, transport in runs:
+        for method in args.methods.split(","):
             plain_s, plain_score = plaintext_seconds(method, state, train, test, cand)
             start = time.perf_counter()
-            (result,) = appraise_local(
-                method=method,
-                train=paths[0],
-                test=paths[1],
-                candidates=[paths[2]],
-                insecure_transport=transport == "gloo",
-            )
+            run = run_local(method=method, train=paths[0], test=paths[1], candidates=[paths[2]])
             wall = time.perf_counter() - start
+            (result,), (theirs,) = run.results, run.data_owner
             assert result.score is not None
             rel = abs(result.score - plain_score) / abs(plain_score)
+            between_owners = theirs.bytes_sent + theirs.bytes_received
             row = {
                 "method": method,
-                "transport": transport,
                 "plaintext_seconds": plain_s,
                 "mpc_seconds": result.seconds,
                 "wall_seconds": wall,
                 "ratio": result.seconds / plain_s,
-                "bytes": result.bytes,
-                "dealer_bytes": result.dealer_bytes,
+                "bytes_between_owners": between_owners,
+                "dealer_bytes": run.dealer_bytes,
                 "rounds": result.rounds,
                 "peak_rss_mb": result.peak_rss_mb,
                 "relative_error": rel,
@@ -137,26 +130,12 @@ def main() -> None:
             }
             rows.append(row)
             print(
-                f"{method:<14}{transport:>10}{plain_s:>10.4f}{result.seconds:>9.2f}{wall:>9.2f}"
-                f"{row['ratio']:>9.0f}{result.bytes / 1e6:>10.1f}{result.dealer_bytes / 1e6:>10.1f}"
+                f"{method:<14}{plain_s:>10.4f}{result.seconds:>9.2f}{wall:>9.2f}"
+                f"{row['ratio']:>9.0f}{between_owners / 1e6:>10.1f}{run.dealer_bytes / 1e6:>10.1f}"
                 f"{result.rounds:>8}"
                 f"{result.peak_rss_mb:>9.0f}{rel:>10.1e}"
                 f"{row['expected_truncation_failures']:>10.1e}"
             )
-        by_key = {(r["method"], r["transport"]): r for r in rows}
-        pairs = [
-            m for m in args.methods.split(",") if (m, "secure") in by_key and (m, "gloo") in by_key
-        ]
-        if pairs:
-            print("\nhardening cost (secure / gloo)")
-            print(f"{'method':<14}{'MPC s':>9}{'wall s':>9}{'bytes':>9}{'dealer':>9}")
-            for m in pairs:
-                a, b = by_key[(m, "secure")], by_key[(m, "gloo")]
-                print(
-                    f"{m:<14}{a['mpc_seconds'] / b['mpc_seconds']:>9.2f}"
-                    f"{a['wall_seconds'] / b['wall_seconds']:>9.2f}"
-                    f"{a['bytes'] / b['bytes']:>9.2f}{a['dealer_bytes'] / b['dealer_bytes']:>9.2f}"
-                )
         if args.json:
             args.json.write_text(json.dumps({"case": case, "rows": rows}, indent=2))
 

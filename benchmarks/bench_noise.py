@@ -17,10 +17,11 @@ from pathlib import Path
 import numpy as np
 from scipy.stats import spearmanr
 
-from common.data import load_dataset, write_example_data
-from common.local import appraise_local
-from common.model import feature_bound, prepare_model_owner, v_bound
-from common.mpc_appraisal import Shapes, influence_sensitivity
+from common.ml.data import load_dataset
+from common.ml.examples import write_example_data
+from common.ml.model import feature_bound, prepare_model_owner, v_bound
+from common.mpc.statistics import Shapes, influence_sensitivity
+from common.runtime.local import run_local
 
 
 def main() -> None:
@@ -34,14 +35,14 @@ def main() -> None:
         cands = [load_dataset(c) for c in split.candidates]
         state = prepare_model_owner(train.X, train.y, test.X, test.y, n_classes=10, l2=1.0)
         bound = feature_bound(train.X, test.X, *(c.X for c in cands))
-        baseline = appraise_local(
+        baseline = run_local(
             method="influence",
             train=split.train,
             test=split.test,
             candidates=split.candidates,
             check=True,
         )
-        plain = np.array([r.plaintext for r in baseline])
+        plain = np.array(baseline.plaintext)
         print(
             f"digits example: {len(cands)} candidates of ~{cands[0].n_samples} samples, "
             f"v_bound {v_bound(state.v):g}, feature bound {bound:g}"
@@ -60,14 +61,14 @@ def main() -> None:
             ]
             rhos, moved = [], []
             for _ in range(args.repeats):
-                noisy = appraise_local(
+                noisy = run_local(
                     method="influence",
                     train=split.train,
                     test=split.test,
                     candidates=split.candidates,
                     noise_epsilon=eps,
                 )
-                scores = np.array([r.score for r in noisy])
+                scores = np.array([r.score for r in noisy.results])
                 rhos.append(float(spearmanr(scores, plain).statistic))
                 moved.extend(np.abs(scores - plain).tolist())
             print(

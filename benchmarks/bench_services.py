@@ -3,7 +3,7 @@
 For the same candidates and method it times
 
 - plaintext: the plaintext twin of every score (θ̂ and v given), in this process;
-- local: ``appraise_local`` (three worker processes, no services), wall time;
+- local: ``run_local`` (three worker processes, no services), wall time;
 - session: ``POST /v1/sessions`` on a running model-owner service until the session is completed
   (negotiation, dealer request, worker start-up, rendezvous, MPC, result storage), wall time;
   the services were started before the clock starts, as in a deployment;
@@ -25,9 +25,9 @@ from pathlib import Path
 
 import httpx
 
-from common.data import write_example_data
-from common.local import appraise_local, plaintext_scores
-from common.stack import local_stack
+from common.cli.stack import local_stack
+from common.ml.examples import write_example_data
+from common.runtime.local import plaintext_scores, run_local
 
 TERMINAL = {"completed", "failed", "rejected", "cancelled", "expired"}
 
@@ -60,7 +60,7 @@ def main() -> None:
         plain = time.perf_counter() - start  # includes training θ̂ and v, as each run does
 
         start = time.perf_counter()
-        appraise_local(method=args.method, train=split.train, test=split.test, candidates=files)
+        run_local(method=args.method, train=split.train, test=split.test, candidates=files)
         local = time.perf_counter() - start
 
         with (

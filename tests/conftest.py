@@ -1,4 +1,5 @@
-"""Shared fixtures: the bundled digits split and the MNIST-sized offline case, written once."""
+"""Shared fixtures: the bundled digits split and the MNIST-sized offline case, written once; the
+shared stack of real services; the in-process apps (``tests/apps.py``)."""
 
 from __future__ import annotations
 
@@ -12,10 +13,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from common.data import ExampleSplit, mnist_like, save_npz, write_example_data
+from common.cli.stack import Stack, local_stack
 from common.errors import MPCRunError
-from common.stack import Stack, local_stack
-from common.worker import PROCESS_NAMES
+from common.ml.data import save_npz
+from common.ml.examples import ExampleSplit, mnist_like, write_example_data
+from common.runtime.worker import PROCESS_NAMES
+
+pytest_plugins = ["tests.apps"]
 
 
 @pytest.fixture(scope="session")
@@ -67,6 +71,19 @@ def mnist_files(tmp_path_factory: pytest.TempPathFactory) -> MnistFiles:
     return files
 
 
+def supervised(configs: list, work: Path, *, rendezvous: float = 60, compute: float = 120):
+    """Start the parties of ``configs`` and follow them with the one supervisor; its RunReport."""
+    import asyncio
+
+    from common.runtime.supervisor import start_party, supervise
+
+    async def run():  # type: ignore[no-untyped-def]
+        parties = [start_party(c, work) for c in configs]
+        return await supervise(parties, rendezvous_seconds=rendezvous, compute_seconds=compute)
+
+    return asyncio.run(run())
+
+
 # Tag every process this test session starts, so that leftover workers are ours, not another run's.
 SESSION_TAG = f"DATA_APPRAISAL_TEST_SESSION={uuid.uuid4().hex}"
 os.environ["DATA_APPRAISAL_TEST_SESSION"] = SESSION_TAG.split("=", 1)[1]
@@ -75,7 +92,7 @@ os.environ["DATA_APPRAISAL_TEST_SESSION"] = SESSION_TAG.split("=", 1)[1]
 def worker_pids(*, services: bool = False, role: str | None = None) -> list[int]:
     """PIDs of live MPC workers (or, with ``services``, uvicorn services) started by this test
     session, found by the tag in their environment. A worker names itself after its role
-    (``da-model-owner``, ``da-data-owner``, ``da-dealer``: ``common.worker.PROCESS_NAMES``)."""
+    (``da-model-owner``, ``da-data-owner``, ``da-dealer``: ``common.runtime.worker.PROCESS_NAMES``)."""
     names = {PROCESS_NAMES[role]} if role is not None else set(PROCESS_NAMES.values())
     pids = []
     for entry in Path("/proc").iterdir():

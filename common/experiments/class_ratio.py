@@ -22,9 +22,9 @@ from typing import Any
 
 import numpy as np
 
-from common import model
 from common.errors import ConfigError
 from common.experiments import core
+from common.ml import model
 
 DEFAULTS = {
     "*": {"n_train": 1100, "n_test": 1000, "candidates": 20, "candidate_size": 440},

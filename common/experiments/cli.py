@@ -87,13 +87,22 @@ def _go(
     **options: Any,
 ) -> None:
     """Build the shared setup from the options, run the experiment with progress bars, report."""
-    import importlib
+    from common.experiments import EXPERIMENTS
 
-    from common.experiments import core
+    try:
+        from common.experiments import core
 
-    experiment: Callable[..., dict[str, Any]] = importlib.import_module(
-        f"common.experiments.{name}"
-    ).run
+        experiment: Callable[..., dict[str, Any]] = EXPERIMENTS[name]().run
+    except ModuleNotFoundError as exc:
+        if exc.name is None or not exc.name.startswith("matplotlib"):
+            raise
+        err_console.print(
+            "[bold red]error:[/] the experiments need their optional extra (matplotlib, for "
+            "the plots): pip install 'data-appraisal[experiments]'",
+            highlight=False,
+            soft_wrap=True,
+        )
+        raise typer.Exit(code=1) from None
     shared = {f.name for f in dataclasses.fields(core.Setup)}
     parts = [f"data-appraisal experiment {ctx.info_name}", f"--dataset {dataset.value}"]
     for key, value in ctx.params.items():

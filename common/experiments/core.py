@@ -27,18 +27,20 @@ from matplotlib.figure import Figure
 from rich.progress import Progress
 from scipy import stats
 
-from common import model
-from common.data import Dataset, _digits, _swap_labels, load_torchvision, mnist_like, save_npz
 from common.errors import ConfigError, MPCError
 from common.experiments import DATA_ROOT
-from common.local import CandidateResult, Method, appraise_local
+from common.methods import METHODS
+from common.ml import model
+from common.ml.data import Dataset, save_npz
+from common.ml.examples import digits, load_torchvision, mnist_like, swap_labels
+from common.runtime.local import LocalRun, run_local
 
 T = TypeVar("T")
 ROOT = Path(__file__).resolve().parents[2]
 DATASETS = ("digits", "mnist", "cifar10", "mnist-like")
 # Which way each method's score points: influence and finetune estimate the utility U (lower is
 # better), the gradient norm is "higher is better".
-SIGN = {"influence": 1.0, "finetune": 1.0, "gradient-norm": -1.0}
+SIGN = {name: 1.0 if m.better == "lower" else -1.0 for name, m in METHODS.items()}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -61,7 +63,7 @@ def load_pool(name: str, data_root: Path, *, seed: int = 0) -> Pool:
     """The samples of a data set: offline ``digits`` and ``mnist-like``, or ``mnist``/``cifar10``
     through torchvision (optional extra; raises ConfigError when it is missing)."""
     if name == "digits":
-        X, y = _digits()
+        X, y = digits()
         desc = (
             "scikit-learn digits (offline): 1797 8x8 images, 64 features = pixel/16 in [0, 1], "
             "10 classes"
@@ -165,7 +167,7 @@ def label_noise_split(
     _need("candidates", len(rest), n_candidates)
     cands, levels, flipped = [], [], []
     for p, idx in enumerate(np.array_split(rest, n_candidates), 1):
-        labels, n_flipped = _swap_labels(y[idx], p / n_candidates, rng)
+        labels, n_flipped = swap_labels(y[idx], p / n_candidates, rng)
         cands.append(Dataset(X[idx], labels, f"candidate {p}"))
         levels.append(p / n_candidates)
         flipped.append(n_flipped)
@@ -258,7 +260,7 @@ def utilities(split: Split, state: model.ModelOwnerState, runner: Runner) -> lis
 
 
 class Runner:
-    """Runs appraisals through the real MPC (:func:`common.local.appraise_local`), one rich
+    """Runs appraisals through the real MPC (:func:`common.runtime.local.run_local`), one rich
     progress bar per run; ``progress=None`` runs silently."""
 
     def __init__(self, progress: Progress | None = None, *, l2: float = 1.0) -> None:
@@ -273,7 +275,7 @@ class Runner:
 
     def appraise(
         self,
-        method: Method,
+        method: str,
         split: Split,
         *,
         candidates: Sequence[Path] | None = None,
@@ -293,7 +295,7 @@ class Runner:
                 self.progress.update(task, completed=done, total=total)
 
         start = time.perf_counter()
-        results = appraise_local(
+        results = run_local(
             method=method,
             train=split.train,
             test=split.test,
@@ -314,11 +316,15 @@ class Run:
     """The results of one MPC run, with the summaries the experiments report."""
 
     method: str
-    results: list[CandidateResult]
+    local: LocalRun
     wall_seconds: float  # the whole run: process start-up, loading, θ̂, rendezvous, scoring
     steps: int
     lr: float
     load_average: float | None = None  # 1-minute load average when the run ended
+
+    @property
+    def results(self) -> list[Any]:
+        return self.local.results
 
     @property
     def scores(self) -> list[float]:
@@ -326,7 +332,7 @@ class Run:
 
     @property
     def plaintext(self) -> list[float]:
-        return [float(r.plaintext) for r in self.results if r.plaintext is not None]
+        return list(self.local.plaintext or [])
 
     @property
     def seconds(self) -> list[float]:
@@ -349,9 +355,10 @@ class Run:
             ),
             "mpc_seconds": [round(s, 4) for s in self.seconds],
             "median_mpc_seconds": round(self.median_seconds, 4),
-            "bytes": [r.bytes for r in self.results],
+            "bytes_sent": [r.bytes_sent for r in self.results],
+            "bytes_received": [r.bytes_received for r in self.results],
             "rounds": [r.rounds for r in self.results],
-            "dealer_bytes": self.results[0].dealer_bytes,
+            "dealer_bytes": self.local.dealer_bytes,
             "peak_rss_mb": max(r.peak_rss_mb for r in self.results),
             "wall_seconds": round(self.wall_seconds, 3),
             "load_average_after": self.load_average,

@@ -2,8 +2,8 @@
 
 On the label-noise split: the plaintext twin of each method's score, timed in this process (best
 of ``plaintext_repeats`` runs per candidate, given θ̂ and v), against the MPC compute seconds of
-the same candidates (after the parties' rendezvous), the bytes the two parties wrote to their
-sockets, the communication rounds and the dealer's bytes. Fine-tuning also runs at 1 step, which
+the same candidates (after the parties' rendezvous), the bytes the model owner's worker sent
+(through it passes all of the session's traffic), the communication rounds and the dealer's bytes. Fine-tuning also runs at 1 step, which
 gives its fixed and per-step MPC cost.
 """
 
@@ -17,12 +17,12 @@ from typing import Any
 
 import numpy as np
 
-from common import model
-from common.data import Dataset
 from common.experiments import core, label_noise
-from common.local import Method
+from common.methods import METHOD_NAMES
+from common.ml import model
+from common.ml.data import Dataset
 
-METHODS: tuple[Method, ...] = ("influence", "gradient-norm", "finetune")
+METHODS: tuple[str, ...] = METHOD_NAMES
 
 
 def _twin(
@@ -100,9 +100,10 @@ def row(mpc: core.Run, plain: list[float]) -> dict[str, Any]:
         "mpc_seconds": mpc_s,
         "mpc_seconds_min_max": [min(mpc.seconds), max(mpc.seconds)],
         "mpc_over_plaintext": mpc_s / plain_s,
-        "bytes": int(np.median([r.bytes for r in mpc.results])),
+        "bytes_sent": int(np.median([r.bytes_sent for r in mpc.results])),
+        "bytes_received": int(np.median([r.bytes_received for r in mpc.results])),
         "rounds": int(np.median([r.rounds for r in mpc.results])),
-        "dealer_bytes_per_candidate": mpc.results[0].dealer_bytes // len(mpc.results),
+        "dealer_bytes_per_candidate": mpc.local.dealer_bytes // len(mpc.results),
         "peak_rss_mb": max(r.peak_rss_mb for r in mpc.results),
         "wall_seconds_per_candidate": mpc.wall_seconds / len(mpc.results),
         "n_candidates": len(mpc.results),
@@ -125,7 +126,7 @@ def plot(out: Path, payload: dict[str, Any]) -> None:
     ax.set_ylabel("seconds per candidate (median)")
     ax.legend(fontsize=7)
     for ax, key, label in (
-        (axes[0, 1], "bytes", "bytes the two parties sent"),
+        (axes[0, 1], "bytes_sent", "bytes the model owner sent"),
         (axes[0, 2], "rounds", "communication rounds"),
     ):
         bars = ax.bar(x, [methods[n][key] for n in names], width=0.5, color="tab:orange")
@@ -148,7 +149,7 @@ def render(payload: dict[str, Any]) -> str:
             f"{m['mpc_seconds_min_max'][0]:.3f}–{m['mpc_seconds_min_max'][1]:.3f}",
             f"{m['mpc_over_plaintext']:,.0f}",
             f"{m['wall_seconds_per_candidate']:.2f}",
-            f"{m['bytes'] / 1e6:.2f}",
+            f"{m['bytes_sent'] / 1e6:.2f}",
             str(m["rounds"]),
             f"{m['dealer_bytes_per_candidate'] / 1e6:.2f}",
             f"{m['peak_rss_mb']:.0f}",
@@ -169,7 +170,7 @@ def render(payload: dict[str, Any]) -> str:
                 "MPC s min–max",
                 "MPC / plaintext",
                 "wall s / candidate",
-                "MB sent",
+                "MB sent (model owner)",
                 "rounds",
                 "dealer MB / candidate",
                 "peak RSS MB",

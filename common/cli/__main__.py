@@ -1,0 +1,3 @@
+from common.cli.main import main
+
+main()

@@ -1,0 +1,140 @@
+"""Fixed-point arithmetic under MPC: sharing, truncation-aware products and the nonlinear functions.
+
+CrypTen encodes reals as int64 with 16 fractional bits (resolution 2⁻¹⁶ ≈ 1.5e-5) and, with two
+parties, truncates a product share by share ("local truncation"). That truncation is wrong by about
+2⁴⁸ (so 2³² in value) with probability |v|·2³²/2⁶⁴ = |v|/2³² for a product of value v before its
+truncation, and a plain product overflows when |v| ≥ 2³¹. Every function here keeps each truncated
+value small, each revealed quantity well above the resolution, and each input of a nonlinear
+approximation inside the range where it is accurate; each scaling names the range it protects
+(``RANGE:`` comments).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import torch
+
+from common.errors import ConfigError
+from common.mpc.compat import exact_decode, import_crypten
+
+crypten = import_crypten()
+from crypten.mpc.primitives import beaver  # noqa: E402
+
+MODEL_OWNER = 0  # CrypTen ranks (common.protocol.RANKS)
+DATA_OWNER = 1
+PRECISION_BITS = 16
+SCALE = 2**PRECISION_BITS
+
+
+def share(value: np.ndarray | torch.Tensor | None, shape: tuple[int, ...], *, src: int) -> Any:
+    """Secret-share ``value`` held by party ``src``; the other party passes None (only the shape)."""
+    if value is None:
+        tensor = torch.zeros(shape, dtype=torch.float64)
+    else:
+        # Round to the nearest fixed-point value here: CrypTen's encoder truncates toward zero,
+        # which shrinks every entry by half a unit on average, a bias that sums up in X·v.
+        grid = np.round(np.asarray(value, dtype=np.float64) * SCALE) / SCALE
+        tensor = torch.as_tensor(grid)
+        if tuple(tensor.shape) != tuple(shape):
+            raise ConfigError(f"party {src} input has shape {tuple(tensor.shape)}, agreed {shape}")
+    return crypten.cryptensor(tensor, src=src)
+
+
+def mul_public(x: Any, c: float, *, bits: int = 14) -> Any:
+    """x · c for a public real c, with c carried to ``bits`` significant bits.
+
+    CrypTen would encode c with 16 fractional bits, so a small c (e.g. η/|D| ≈ 1e-5) would keep
+    no significant bit. Instead we multiply by the integer m = round(c·2^e) with 2^bits ≤ m < 2^(bits+1)
+    and truncate once by 2^e. RANGE: the product before truncation is x·2¹⁶·m ≤ |x|·2^(17+bits), so
+    for |x| ≤ 2⁴ and bits = 14 the truncation fails with probability ≤ 2⁻²⁹ per element.
+    """
+    if c == 0:
+        return x * 0
+    e = bits - math.floor(math.log2(abs(c)))
+    m = round(c * 2.0**e)
+    if e >= 0:
+        return x.mul(int(m)).div(2**e)
+    return x.mul(int(m) * 2 ** (-e))
+
+
+def matmul_truncated(x: Any, y: Any, divisor: int) -> Any:
+    """x @ y truncated once by ``divisor`` instead of by the scale: x @ y · 2¹⁶ / divisor.
+
+    A Beaver product of two fixed-point values carries 32 fractional bits; CrypTen truncates it by
+    2¹⁶. Folding a public division into that single truncation keeps the bits that a second
+    division (of the already-truncated result) would throw away.
+    """
+    raw = beaver.matmul(x._tensor, y._tensor)  # scale 2³², no truncation yet
+    raw.div_(divisor)
+    raw.encoder = x._tensor.encoder  # the result is an ordinary 16-bit fixed-point tensor
+    result = x.shallow_copy()
+    result._tensor = raw
+    return result
+
+
+def exp_nonpositive(x: Any, *, halvings: int, order: int) -> Any:
+    """exp(x) for x ≤ 0: Taylor polynomial of degree ``order`` at x/2^h, squared h times.
+
+    CrypTen's exp, (1 + x/2⁸)^(2⁸), loses 2⁸·2⁻¹⁶ ≈ 0.4 % to quantisation and x²/2⁹ to the limit
+    (0.8 % at x = −2). Here the quantisation costs 2^h·2⁻¹⁶ and the Taylor remainder
+    2^h·|x/2^h|^(order+1)/(order+1)!. RANGE: the even-degree Taylor polynomial stays in (0, 1) for
+    x/2^h ≥ −2.2, so the result is accurate for x ∈ [−2.2·2^h, 0] and tends to 0 (as it should)
+    slightly beyond; it explodes only for x < −2.5·2^h.
+    """
+    y = x.div(2**halvings)
+    # Horner: 1 + y(1 + y/2(1 + y/3(...)))
+    acc = y.div(order).add(1.0)
+    for i in range(order - 1, 0, -1):
+        acc = mul_public(acc * y, 1.0 / i, bits=16).add(1.0)
+    for _ in range(halvings):
+        acc = acc.square()
+    return acc
+
+
+# Softmax: logits minus their row maximum lie in [−gap, 0]; exp_nonpositive with h = 6 is accurate
+# for gaps up to 2.2·2⁶ ≈ 140 (quantisation 2⁶·2⁻¹⁶ ≈ 0.1 %, relative). RANGE: logit gap ≤ 140.
+SOFTMAX_HALVINGS = 6
+SOFTMAX_ORDER = 4
+MAX_LOGIT_GAP = 2.2 * 2**SOFTMAX_HALVINGS
+
+
+def softmax(z: Any) -> Any:
+    """Row-wise softmax of an n×k shared matrix."""
+    m, _ = z.max(dim=1, keepdim=True)
+    e = exp_nonpositive(z - m, halvings=SOFTMAX_HALVINGS, order=SOFTMAX_ORDER)
+    # RANGE: the denominator is in [1, k], inside the reciprocal's Newton-Raphson domain.
+    with crypten.cfg.temp_override({"functions.reciprocal_all_pos": True}):
+        inv = e.sum(dim=1, keepdim=True).reciprocal()
+    return e * inv
+
+
+def log_in_range(s: Any, *, upper: float) -> Any:
+    """log(s) for s ∈ [1, upper] by Newton's method y ← y + s·exp(−y) − 1.
+
+    Starts from the chord of log over [1, upper] (error ≤ 0.7 for upper ≤ 10) and converges
+    quadratically; exp(−y) uses exp_nonpositive with h = 3 (quantisation 2³·2⁻¹⁶ ≈ 1.2e-4),
+    accurate for y ≤ 2.2·2³ ≈ 17. RANGE: 1 ≤ s ≤ upper.
+    """
+    slope = math.log(upper) / (upper - 1.0)
+    y = mul_public(s - 1.0, slope, bits=16)
+    iterations = 4 + max(0, math.ceil(math.log2(max(math.log(upper), 1.0))))
+    for _ in range(iterations):
+        y = y + s * exp_nonpositive(-y, halvings=3, order=6) - 1.0
+    return y
+
+
+def reveal_float(x: Any, dst: int | None = None) -> np.ndarray | None:
+    """Open a shared tensor (to both parties, or only to ``dst``) and decode it exactly in float64.
+
+    Returns None on the party that does not receive it.
+    """
+    opened = x.reveal() if dst is None else x.reveal(dst=dst)
+    return None if opened is None else exact_decode(opened, SCALE).numpy()
+
+
+def mul_pow2(x: Any, exponent: int) -> Any:
+    """x · 2^exponent exactly (an integer product, or one truncation for a negative exponent)."""
+    return x.mul(2**exponent) if exponent >= 0 else x.div(2 ** (-exponent))

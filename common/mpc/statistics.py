@@ -1,0 +1,282 @@
+"""The appraisal statistics under two-party MPC (CrypTen, arithmetic secret sharing).
+
+Both owners call the same function with their own inputs; the other party's are ``None``. Rank 0 is
+the model owner (θ̂, v, D_tr, D_te), rank 1 the data owner (D_a). Shapes are public metadata. Each
+function returns a *shared* statistic; :mod:`common.mpc.appraisal` opens it (or compares it with τ),
+and the method's public transform (:mod:`common.methods`) turns it into the score.
+"""
+
+from __future__ import annotations
+
+import math
+import secrets
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from common.methods import gradient_norm_scale
+from common.ml.model import minibatches
+from common.mpc.compat import import_crypten
+from common.mpc.fixedpoint import (
+    DATA_OWNER,
+    MODEL_OWNER,
+    SCALE,
+    SOFTMAX_HALVINGS,
+    SOFTMAX_ORDER,
+    exp_nonpositive,
+    log_in_range,
+    matmul_truncated,
+    mul_pow2,
+    mul_public,
+    share,
+    softmax,
+)
+from common.protocol import JobSpec
+
+crypten = import_crypten()
+
+
+@dataclass(frozen=True)
+class Shapes:
+    """Public metadata of one candidate's appraisal: everybody's sizes (features without bias)."""
+
+    n_features: int
+    n_classes: int
+    n_candidate: int
+    n_train: int = 0
+    n_test: int = 0
+    feature_bound: float = 1.0  # agreed bound on |x|, a power of two (public metadata)
+
+    @classmethod
+    def of(cls, job: JobSpec, index: int) -> Shapes:
+        return cls(
+            n_features=job.n_features,
+            n_classes=job.n_classes,
+            n_candidate=job.candidates[index].n_samples,
+            n_train=job.n_train,
+            n_test=job.n_test,
+            feature_bound=job.feature_bound,
+        )
+
+    @property
+    def d(self) -> int:
+        return self.n_features + 1
+
+
+def logit_gap_bound(theta: np.ndarray, bound: float) -> float:
+    """An upper bound on max_j z_j − min_j z_j over all inputs with |x| ≤ bound (model owner only)."""
+    spread = theta.max(axis=1) - theta.min(axis=1)
+    return float(bound * spread[:-1].sum() + spread[-1])
+
+
+@dataclass
+class ModelOwnerInputs:
+    theta: np.ndarray  # (d+1)×k
+    v: np.ndarray | None = None  # (d+1)×k, H⁻¹ ḡ_test (influence only)
+    X_train: np.ndarray | None = None  # with bias column (fine-tuning only)
+    y_train: np.ndarray | None = None
+    X_test: np.ndarray | None = None  # with bias column (fine-tuning only)
+    y_test: np.ndarray | None = None
+    threshold: float | None = None  # τ, the model owner's secret (threshold reveal only)
+
+
+@dataclass
+class DataOwnerInputs:
+    X: np.ndarray  # candidate, with bias column
+    y: np.ndarray
+
+
+def _one_hot(y: np.ndarray | None, k: int) -> np.ndarray | None:
+    if y is None:
+        return None
+    out = np.zeros((len(y), k))
+    out[np.arange(len(y)), np.asarray(y, dtype=np.int64)] = 1.0
+    return out
+
+
+# Feature normalisation. Each owner divides its features by the agreed bound B (a power of two, so
+# exactly) before sharing, and the model owner multiplies the feature rows of θ and v by B, so that
+# X' θ' = X θ. RANGE: every entry of every shared row [x/B, 1] is in [−1, 1], whatever the scale of
+# the raw features; the products Xᵀ R, whose truncation-failure probability grows with their
+# magnitude (≈ Σ|G|/2³²), then stay as small as for features in [0, 1]. Gradients with respect to
+# the feature rows of θ' are G/B; the protocols below undo that with public powers of two.
+
+
+def _rows(X: np.ndarray | None, bound: float) -> np.ndarray | None:
+    """[x, 1] → [x/B, 1] (the owner's side, in the clear)."""
+    if X is None:
+        return None
+    out = np.array(X, dtype=np.float64)
+    out[:, :-1] /= bound
+    return out
+
+
+def _params(P: np.ndarray, bound: float) -> np.ndarray:
+    """θ or v → the same map in normalised coordinates: feature rows times B."""
+    out = np.array(P, dtype=np.float64)
+    out[:-1] *= bound
+    return out
+
+
+def _candidate(do: DataOwnerInputs | None, shapes: Shapes) -> tuple[Any, Any]:
+    n, d, k = shapes.n_candidate, shapes.d, shapes.n_classes
+    X = share(None if do is None else _rows(do.X, shapes.feature_bound), (n, d), src=DATA_OWNER)
+    Y = share(None if do is None else _one_hot(do.y, k), (n, k), src=DATA_OWNER)
+    return X, Y
+
+
+def _v_scale(v: np.ndarray) -> float:
+    """The model owner's private power of two c with max_j ‖v_j/c‖₁ ≤ 8 (v normalised).
+
+    RANGE: for rows with entries in [−1, 1], each entry of X·(v/c) stays in [−8, 8], so the products R⊙(Xv/c)
+    truncate with failure probability ≤ 2⁻²⁹ per element, whatever the scale of H⁻¹.
+    """
+    bound = float(np.abs(v).sum(axis=0).max())
+    return float(2.0 ** max(0, math.ceil(math.log2(max(bound, 1e-300) / 8.0))))
+
+
+def influence_statistic(
+    job: JobSpec, shapes: Shapes, mo: ModelOwnerInputs | None, do: DataOwnerInputs | None
+) -> Any:
+    """Shared S = Σ_a ∇L_aᵀ v, so that the score is −S/|D_a|.
+
+    ∇L_aᵀ v = Σ_j (p_aj − y_aj)(x_a · v_j): one Beaver product X [θ | v/c] gives the logits and
+    X v/c together, then an elementwise product and a sum. The model owner's private scale c is
+    multiplied back in under MPC, so the data owner never learns the magnitude of v.
+    """
+    d, k = shapes.d, shapes.n_classes
+    X, Y = _candidate(do, shapes)
+    if mo is not None:
+        assert mo.v is not None
+        v = _params(mo.v, shapes.feature_bound)
+        c = _v_scale(v)
+        W_plain: np.ndarray | None = np.hstack([_params(mo.theta, shapes.feature_bound), v / c])
+        c_plain: np.ndarray | None = np.array(c)
+    else:
+        W_plain, c_plain = None, None
+    W = share(W_plain, (d, 2 * k), src=MODEL_OWNER)
+    c_shared = share(c_plain, (), src=MODEL_OWNER)
+    ZU = X.matmul(W)  # RANGE: logits and X v/c, both O(10)
+    Z, U = ZU[:, :k], ZU[:, k:]
+    R = softmax(Z) - Y  # entries in [−1, 1]
+    s_scaled = (R * U).sum()  # ≤ 8·n·k in magnitude
+    return s_scaled * c_shared
+
+
+def influence_sensitivity(shapes: Shapes, v_bound: float) -> float:
+    """How much S = Σ_a ∇L_aᵀ v can change when one candidate sample is replaced by another.
+
+    |∇L_aᵀ v| = |Σ_j (p_aj − y_aj)(x̃_a · v_j)| ≤ ‖p_a − y_a‖₁ · max_j |x̃_a · v_j|
+    ≤ 2 · ‖x̃_a‖₂ · max_j ‖v_j‖₂, with x̃ = [x, 1] and |x_i| ≤ B, so ‖x̃‖₂ ≤ √(d B² + 1).
+    Replacing one sample removes one term and adds another: twice that bound.
+    """
+    row_norm = math.sqrt(shapes.n_features * shapes.feature_bound**2 + 1.0)
+    return 2.0 * 2.0 * row_norm * v_bound
+
+
+def laplace(scale: float) -> float:
+    """One draw of Laplace(0, scale) from the operating system's generator (difference of two
+    exponentials). Floating-point caveats of textbook Laplace sampling apply (docs/threat-model.md).
+    """
+    u1 = (secrets.randbits(53) + 0.5) / 2.0**53
+    u2 = (secrets.randbits(53) + 0.5) / 2.0**53
+    return scale * (math.log(u1) - math.log(u2))
+
+
+def gradient_norm_statistic(
+    job: JobSpec, shapes: Shapes, mo: ModelOwnerInputs | None, do: DataOwnerInputs | None
+) -> Any:
+    """Shared q = ‖Σ_a ∇L_a‖² / s² with s = ⌈√|D_a|⌉ public; the score is s·√q.
+
+    RANGE: without the scale, ‖Σ∇L‖² ≈ 10⁷ at MNIST size overflows the fixed-point products
+    (the naive result was −9.7e8). Entries of G/s are O(1) when the per-sample gradients are
+    roughly independent and ≤ √n when they all align, so each square stays far below 2³¹ and
+    q stays above the resolution; sqrt is taken in the clear after the reveal. With normalised
+    features the feature rows of X'ᵀR are G/B, so their squares are multiplied back by B² (a power
+    of two: exact).
+    """
+    d, k, n = shapes.d, shapes.n_classes, shapes.n_candidate
+    X, Y = _candidate(do, shapes)
+    theta_plain = None if mo is None else _params(mo.theta, shapes.feature_bound)
+    theta = share(theta_plain, (d, k), src=MODEL_OWNER)
+    R = softmax(X.matmul(theta)) - Y
+    s = gradient_norm_scale(n)
+    G_scaled = matmul_truncated(X.t(), R, SCALE * s)  # X'ᵀ R / s, one truncation
+    squares = G_scaled.square()
+    log2_bound = round(math.log2(shapes.feature_bound))
+    return mul_pow2(squares[:-1].sum(), 2 * log2_bound) + squares[-1].sum()
+
+
+def _sum_test_loss(theta: Any, X_te: Any, Y_te: Any, k: int) -> Any:
+    """Σ over the test set of the cross-entropy: Σ [log Σ_j exp(z_j − m) + m − z_y]."""
+    Z = X_te.matmul(theta)
+    m, _ = Z.max(dim=1, keepdim=True)
+    e = exp_nonpositive(Z - m, halvings=SOFTMAX_HALVINGS, order=SOFTMAX_ORDER)
+    log_norm = log_in_range(e.sum(dim=1), upper=float(k))  # RANGE: Σ_j exp ∈ [1, k]
+    return log_norm.sum() + (m.squeeze(1).sum() - (Z * Y_te).sum())
+
+
+def finetune_statistic(
+    job: JobSpec, shapes: Shapes, mo: ModelOwnerInputs | None, do: DataOwnerInputs | None
+) -> Any:
+    """Shared Δ = Σ_te L(θ_T) − Σ_te L(θ̂); the score is Δ/|D_te|.
+
+    θ_T is θ̂ after ``steps`` gradient steps on D_tr ∪ D_a (minibatches: the public
+    :func:`common.ml.model.minibatches`).
+    Both test losses are computed under MPC with the same approximations, so their bias cancels in
+    the difference.
+
+    RANGE: the step is θ ← θ − η·(ΣB ∇L)/|B| − (2ηλ/|B|)·θ. With η/|B| ≈ 1e-5 < 2⁻¹⁶, a naive
+    product keeps no bit of η/|B| and drifts (3.107 against 2.955 after 16 steps). Instead the
+    gradient is computed as ĝ = γ·(Σ∇L')/|B| with γ = 2⁴ by folding γ/|B| into the matmul's
+    only truncation (entries ≤ 16), and η/γ and 2ηλ/|B| are applied with 14 significant bits. In
+    normalised coordinates (θ'_feature = B·θ_feature, ∇' = ∇/B) the feature rows' step is
+    B²·η/γ·ĝ, the bias row's η/γ·ĝ.
+    """
+    steps, lr, l2 = job.steps, job.lr, job.l2
+    d, k = shapes.d, shapes.n_classes
+    n_tr, n_a, n_te = shapes.n_train, shapes.n_candidate, shapes.n_test
+    X_a, Y_a = _candidate(do, shapes)
+    B = shapes.feature_bound
+    X_tr = share(None if mo is None else _rows(mo.X_train, B), (n_tr, d), src=MODEL_OWNER)
+    Y_tr = share(None if mo is None else _one_hot(mo.y_train, k), (n_tr, k), src=MODEL_OWNER)
+    X_te = share(None if mo is None else _rows(mo.X_test, B), (n_te, d), src=MODEL_OWNER)
+    Y_te = share(None if mo is None else _one_hot(mo.y_test, k), (n_te, k), src=MODEL_OWNER)
+    theta0 = share(None if mo is None else _params(mo.theta, B), (d, k), src=MODEL_OWNER)
+
+    X = crypten.cat([X_tr, X_a], dim=0)
+    Y = crypten.cat([Y_tr, Y_a], dim=0)
+    grad_gain = 16  # ĝ = γ · mean gradient, |ĝ| ≤ 16
+    theta = theta0
+    batches = minibatches(n_tr + n_a, job.batch_size)
+    for t in range(steps):
+        rows = batches[t % len(batches)]
+        size = len(rows)
+        if size == n_tr + n_a:
+            Xb, Yb = X, Y
+        else:  # a public selection of rows: local on each share
+            index = torch.as_tensor(rows, dtype=torch.long)
+            Xb, Yb = X[index], Y[index]
+        R = softmax(Xb.matmul(theta)) - Yb
+        divisor = round(SCALE * size / grad_gain)
+        g_hat = matmul_truncated(Xb.t(), R, divisor)
+        step = crypten.cat(
+            [
+                mul_public(g_hat[:-1], lr * B * B / grad_gain),  # feature rows
+                mul_public(g_hat[-1:], lr / grad_gain),  # bias row
+            ],
+            dim=0,
+        )
+        theta = theta - step - mul_public(theta, 2.0 * lr * l2 / size)
+    return _sum_test_loss(theta, X_te, Y_te, k) - _sum_test_loss(theta0, X_te, Y_te, k)
+
+
+Statistic = Callable[[JobSpec, Shapes, "ModelOwnerInputs | None", "DataOwnerInputs | None"], Any]
+STATISTICS: dict[str, Statistic] = {
+    "influence": influence_statistic,
+    "gradient-norm": gradient_norm_statistic,
+    "finetune": finetune_statistic,
+}

@@ -1,0 +1,287 @@
+"""A complete two-party appraisal on this machine: the three parties as processes on loopback.
+
+The model owner's and the data owner's workers each load only their own files; the dealer loads
+nothing. :func:`run_local` validates every file up front (so that bad input fails before any MPC
+starts), builds the job, starts the three workers under the one supervisor
+(:mod:`common.runtime.supervisor`) and returns what the parties report.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import secrets
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from common.errors import ConfigError, MPCError, MPCRunError, PeerTimeout
+from common.ml.data import Dataset, load_dataset
+from common.ml.model import ModelOwnerState, feature_bound, prepare_model_owner, v_bound
+from common.ml.twins import plaintext_score
+from common.protocol import CandidateMeta, CandidateResult, JobSpec, SessionKeys, config_error
+from common.runtime.config import PartyConfig
+from common.runtime.supervisor import (
+    free_port,
+    party_config,
+    private_workdir,
+    start_party,
+    supervise,
+)
+
+
+@dataclass(frozen=True)
+class LocalRun:
+    """What a local run reports: each owner's results (the model owner's are the ones to show),
+    the dealer's traffic, and with ``check`` the plaintext twin of every score."""
+
+    job: JobSpec
+    results: list[CandidateResult]  # the model owner's
+    data_owner: list[CandidateResult]
+    dealer_bytes: int  # bytes the dealer sent during the whole run (all candidates)
+    plaintext: list[float] | None = None
+
+    def to_json(self) -> list[dict[str, Any]]:
+        rows = []
+        for i, r in enumerate(self.results):
+            row = r.to_json()
+            if self.plaintext is not None:
+                row["plaintext"] = self.plaintext[i]
+                if r.score is not None:
+                    row["abs_diff"] = abs(r.score - self.plaintext[i])
+            rows.append(row)
+        return rows
+
+
+@dataclass(frozen=True)
+class LocalInputs:
+    """The validated files of a local run and the metadata they agree on."""
+
+    train: Dataset
+    test: Dataset
+    candidates: list[Dataset]
+    n_features: int
+    n_classes: int
+
+    def model_owner_state(self, l2: float) -> ModelOwnerState:
+        """θ̂ and v, as the model owner's worker computes them from these files."""
+        tr, te = self.train, self.test
+        return prepare_model_owner(tr.X, tr.y, te.X, te.y, n_classes=self.n_classes, l2=l2)
+
+
+def candidate_names(paths: Sequence[str | Path]) -> list[str]:
+    """Each candidate's id in the job and the results: its file's stem, as a data owner's service
+    names an uploaded or registered file (``candidate_01.npz`` is ``candidate_01``). Characters an
+    id may not hold become ``_``; a stem seen before gets ``.2``, ``.3``, ... in the order given."""
+    names: list[str] = []
+    for path in paths:
+        stem = re.sub(r"[^A-Za-z0-9_.-]", "_", Path(path).stem)[:120] or "candidate"
+        if not stem[0].isalnum():
+            stem = "c" + stem
+        name, n = stem, 1
+        while name in names:
+            n += 1
+            name = f"{stem}.{n}"
+        names.append(name)
+    return names
+
+
+def _absolute(path: str | Path) -> Path:
+    return Path(path).expanduser().resolve()
+
+
+def load_inputs(
+    train: str | Path,
+    test: str | Path,
+    candidates: Sequence[str | Path],
+    *,
+    label_column: str | None = None,
+) -> LocalInputs:
+    """Load and cross-validate every file; feature and class counts come from the training set."""
+    if not candidates:
+        raise ConfigError("give at least one --candidate file")
+    train_ds = load_dataset(train, label_column=label_column)
+    n_features = train_ds.n_features
+    test_ds = load_dataset(test, label_column=label_column, n_features=n_features)
+    n_classes = int(max(train_ds.y.max(), test_ds.y.max())) + 1
+    cands = [
+        load_dataset(c, label_column=label_column, n_features=n_features, n_classes=n_classes)
+        for c in candidates
+    ]
+    return LocalInputs(train_ds, test_ds, cands, n_features, n_classes)
+
+
+def build_job(inputs: LocalInputs, names: Sequence[str], **params: Any) -> JobSpec:
+    """The job of a local run; an invalid combination is a ConfigError naming the field."""
+    try:
+        return JobSpec(
+            n_features=inputs.n_features,
+            n_classes=inputs.n_classes,
+            candidates=[
+                CandidateMeta(name=name, n_samples=ds.n_samples)
+                for name, ds in zip(names, inputs.candidates, strict=True)
+            ],
+            n_train=inputs.train.n_samples,
+            n_test=inputs.test.n_samples,
+            feature_bound=feature_bound(
+                inputs.train.X, inputs.test.X, *(c.X for c in inputs.candidates)
+            ),
+            **params,
+        )
+    except ValidationError as exc:
+        raise config_error(exc) from None
+
+
+def run_local(
+    *,
+    train: str | Path,
+    test: str | Path,
+    candidates: Sequence[str | Path],
+    method: str = "influence",
+    l2: float = 1.0,
+    steps: int = 16,
+    lr: float = 0.1,
+    batch_size: int | None = None,
+    reveal: str = "score",
+    threshold: float | None = None,
+    direction: str | None = None,
+    reveal_to: str = "both",
+    noise_epsilon: float | None = None,
+    insecure_tfp: bool = False,
+    check: bool = False,
+    label_column: str | None = None,
+    timeout: float = 120.0,
+    deadline: float = 3600.0,
+    on_progress: Callable[[int, int], None] | None = None,
+) -> LocalRun:
+    """Appraise each candidate under two-party MPC; with ``check`` also compute the plaintext twin.
+
+    Paths are resolved here, against the caller's working directory: the workers run in a
+    directory of their own. ``timeout`` bounds the rendezvous and every network wait, ``deadline``
+    the whole computation.
+    """
+    names = candidate_names(candidates)
+    train, test = _absolute(train), _absolute(test)
+    candidates = [_absolute(c) for c in candidates]
+    inputs = load_inputs(train, test, candidates, label_column=label_column)
+    state: ModelOwnerState | None = None
+    bound = None
+    if noise_epsilon is not None or check:  # what the model owner computes, as it would
+        state = inputs.model_owner_state(l2)
+        if noise_epsilon is not None:
+            bound = v_bound(state.v)
+    job = build_job(
+        inputs,
+        names,
+        method=method,
+        l2=l2,
+        steps=steps,
+        lr=lr,
+        batch_size=batch_size,
+        reveal=reveal,
+        direction=direction,
+        provider="TFP" if insecure_tfp else "TTP",
+        reveal_to=reveal_to,
+        noise_epsilon=noise_epsilon,
+        v_bound=bound,
+    )
+    rendezvous = f"tcp://127.0.0.1:{free_port()}"
+    keys = SessionKeys.new()
+    session_id = "local-" + secrets.token_hex(8)
+    with private_workdir() as work:
+
+        def party(role: str, **role_inputs: Any) -> PartyConfig:
+            try:
+                return party_config(
+                    role,
+                    job=job,
+                    rendezvous=rendezvous,
+                    workdir=work,
+                    timeout=timeout,
+                    session_id=session_id,
+                    keys=keys.for_role(role, job.provider),
+                    allow_insecure_tfp=insecure_tfp,
+                    **role_inputs,
+                )
+            except ValidationError as exc:
+                raise config_error(exc) from None
+
+        configs = [
+            party(
+                "model_owner",
+                train=str(train),
+                test=str(test),
+                threshold=threshold,
+            ),
+            party("data_owner", candidates=[str(c) for c in candidates], label_column=label_column),
+        ]
+        if not insecure_tfp:
+            configs.append(party("dealer"))
+        reports = _run(configs, work, timeout, deadline, on_progress)
+
+    mine = [CandidateResult.model_validate(r) for r in reports["model_owner"]["results"]]
+    theirs = [CandidateResult.model_validate(r) for r in reports["data_owner"]["results"]]
+    for a, b in zip(mine, theirs, strict=True):
+        if reveal_to == "both" and (a.score, a.accept) != (b.score, b.accept):
+            raise MPCError(f"the parties disagree on candidate {a.candidate}: {a} vs {b}")
+    plain = None
+    if check:
+        assert state is not None
+        plain = [
+            plaintext_score(job, state, inputs.train, inputs.test, c) for c in inputs.candidates
+        ]
+    dealer = reports.get("dealer", {})
+    return LocalRun(job, mine, theirs, int(dealer.get("bytes_sent", 0)), plain)
+
+
+def _run(
+    configs: list[PartyConfig],
+    work: Path,
+    rendezvous_seconds: float,
+    compute_seconds: float,
+    on_progress: Callable[[int, int], None] | None,
+) -> dict[str, dict[str, Any]]:
+    """Start the parties and supervise them; their result payloads, or the error that ended them."""
+
+    def progressed(role: str, progress: Any) -> None:
+        if on_progress is not None and role == "model_owner":
+            on_progress(progress.done, progress.total)
+
+    async def run() -> Any:
+        parties = [start_party(c, work) for c in configs]
+        return await supervise(
+            parties,
+            rendezvous_seconds=rendezvous_seconds,
+            compute_seconds=compute_seconds,
+            on_progress=progressed,
+        )
+
+    report = asyncio.run(run())
+    if report.outcome == "completed":
+        return report.results
+    if report.outcome == "expired" or "did not finish within" in report.reason:
+        raise PeerTimeout(report.reason)
+    raise MPCRunError(report.reason, report.report)
+
+
+def plaintext_scores(
+    *,
+    train: str | Path,
+    test: str | Path,
+    candidates: Sequence[str | Path],
+    method: str = "influence",
+    l2: float = 1.0,
+    steps: int = 16,
+    lr: float = 0.1,
+    batch_size: int | None = None,
+    label_column: str | None = None,
+) -> list[float]:
+    """The plaintext twin of :func:`run_local`'s scores, computed in this process."""
+    inputs = load_inputs(train, test, candidates, label_column=label_column)
+    names = candidate_names(candidates)
+    job = build_job(inputs, names, method=method, l2=l2, steps=steps, lr=lr, batch_size=batch_size)
+    state = inputs.model_owner_state(l2)
+    return [plaintext_score(job, state, inputs.train, inputs.test, c) for c in inputs.candidates]

@@ -1,0 +1,96 @@
+"""The app factory every service uses: error shape, body limit, health, OpenAPI, session routes.
+
+A service is an object with ``settings``, ``sessions`` (its :class:`SessionManager`),
+``identities()`` and optionally ``authorize()`` and ``aclose()``; :func:`create_service_app` puts it
+on ``app.state.service``, where the routes' dependencies find it, and shuts it down with the app.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
+
+from fastapi import APIRouter, FastAPI
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from common.errors import PayloadTooLarge
+from common.web.responses import error_response, install_error_handlers
+from common.web.routes import VERSION, health_router, sessions_router
+
+
+class BodyLimit:
+    """Reject request bodies over a size limit with 413, whether or not they declare a length."""
+
+    def __init__(self, app: ASGIApp, limit: int, overrides: dict[str, int] | None = None) -> None:
+        self.app = app
+        self.limit = limit
+        self.overrides = overrides or {}
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        limit = self.overrides.get(scope["path"], self.limit)
+        headers = dict(scope.get("headers") or [])
+        declared = headers.get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            response = error_response(
+                413,
+                "PayloadTooLarge",
+                f"the request body has {int(declared)} bytes; the limit is {limit}",
+            )
+            await response(scope, receive, send)
+            return
+        seen = 0
+
+        async def limited() -> Message:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > limit:
+                    raise PayloadTooLarge(
+                        f"the request body is larger than the limit of {limit} bytes"
+                    )
+            return message
+
+        await self.app(scope, limited, send)
+
+
+def create_service_app(
+    *,
+    title: str,
+    description: str,
+    service: Any,
+    routers: Sequence[APIRouter],
+    upload_limits: dict[str, int] | None = None,
+) -> FastAPI:
+    """The FastAPI app of one service (its own routers after the shared ones)."""
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        yield
+        await service.sessions.shutdown()
+        close = getattr(service, "aclose", None)
+        if close is not None:
+            await close()
+
+    # the schema is served behind the token like every route but health (no public /docs)
+    app = FastAPI(
+        title=title,
+        description=description,
+        version=VERSION,
+        lifespan=lifespan,
+        openapi_url=None,
+        docs_url=None,
+        redoc_url=None,
+    )
+    install_error_handlers(app)
+    app.add_middleware(BodyLimit, limit=service.settings.max_request_bytes, overrides=upload_limits)
+    app.include_router(health_router)
+    app.include_router(sessions_router)
+    for router in routers:
+        app.include_router(router)
+    app.state.service = service
+    return app

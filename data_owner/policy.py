@@ -1,0 +1,170 @@
+"""The data owner's policy: why an invitation must be refused, one check at a time.
+
+The job itself was validated when the invitation was parsed (:class:`common.protocol.JobSpec`:
+ranges, a known method, noise only where it is calibrated, a power-of-two feature bound, ...).
+The checks here are this data owner's own: whom it serves, what it allows, its leakage budgets,
+and whether the job matches its data. Each check returns the reason for a refusal, or None; a new
+check on the policy is one function appended to :data:`CHECKS`.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from common.protocol import SessionKeys
+from common.web.schemas import Invitation
+from common.web.store import SessionStore
+from data_owner.registry import Registry
+from data_owner.settings import DataOwnerSettings
+
+
+@dataclass(frozen=True)
+class Review:
+    """What the checks look at: the invitation, who sent it, and this data owner's state."""
+
+    invitation: Invitation
+    who: str  # the model owner whose token came with it
+    settings: DataOwnerSettings
+    registry: Registry
+    store: SessionStore
+
+
+Check = Callable[[Review], "str | None"]
+
+
+def _sender(r: Review) -> str | None:
+    if r.invitation.model_owner != r.who:
+        return f"the invitation names model owner {r.invitation.model_owner!r}, but its token is {r.who!r}'s"
+    allowed = r.settings.allowed_model_owners
+    if allowed is not None and r.who not in allowed:
+        return f"the data owner's policy does not allow model owner {r.who!r}"
+    return None
+
+
+def _method(r: Review) -> str | None:
+    method = r.invitation.job.method
+    if method not in r.settings.allowed_methods:
+        return (
+            f"the data owner's policy does not allow the method {method!r} "
+            f"(allowed: {', '.join(r.settings.allowed_methods)})"
+        )
+    return None
+
+
+def _provider(r: Review) -> str | None:
+    job, settings = r.invitation.job, r.settings
+    if job.provider == "TFP" and not settings.allow_insecure_tfp:
+        return (
+            "the data owner refuses provider TFP: with TFP the model owner's worker generates every "
+            "Beaver triple and can therefore read this data owner's data; use a dealer (provider "
+            "TTP), or set DATA_OWNER_ALLOW_INSECURE_TFP=true for testing only"
+        )
+    trusted = settings.allowed_dealers
+    url = r.invitation.dealer_url.rstrip("/")
+    if (
+        job.provider == "TTP"
+        and trusted is not None
+        and url not in [d.rstrip("/") for d in trusted]
+    ):
+        return f"the data owner does not trust the dealer at {r.invitation.dealer_url}"
+    return None
+
+
+def _reveal(r: Review) -> str | None:
+    job, settings = r.invitation.job, r.settings
+    if settings.require_reveal_to_both and job.reveal_to != "both":
+        return (
+            "the data owner's policy requires to see every revealed result (reveal_to 'both'), so "
+            f"that it can audit what is revealed about its data; the job has {job.reveal_to!r}"
+        )
+    if settings.max_noise_epsilon is not None:
+        required = (
+            f"the data owner's policy requires calibrated noise with ε ≤ "
+            f"{settings.max_noise_epsilon:g} on every released result (DATA_OWNER_MAX_NOISE_EPSILON; "
+            "noise is available for method 'influence' only)"
+        )
+        if job.noise_epsilon is None:
+            return f"{required}; the job has no noise"
+        if job.noise_epsilon > settings.max_noise_epsilon:
+            return f"{required}; the job has ε = {job.noise_epsilon:g}"
+    return None
+
+
+def _keys(r: Review) -> str | None:
+    keys = r.invitation.keys or SessionKeys()
+    missing = keys.missing("data_owner", r.invitation.job.provider)
+    if missing:
+        return (
+            f"the invitation carries no pre-shared key for the MPC link(s) {', '.join(missing)}; "
+            "the secure transport needs them"
+        )
+    return None
+
+
+def _budget(r: Review) -> str | None:
+    who, settings, store = r.who, r.settings, r.store
+    today = store.count_since(who, time.time() - 86400)
+    if today >= settings.max_sessions_per_day:
+        return (
+            f"model owner {who!r} has used its {settings.max_sessions_per_day} sessions for the "
+            "last 24 hours"
+        )
+    budget_sessions, budget_candidates = settings.budget(who)
+    used_sessions, used_candidates = store.usage(who)
+    if used_sessions + 1 > budget_sessions:
+        return (
+            f"model owner {who!r} has used its session budget at this data owner: "
+            f"{used_sessions} of {budget_sessions} sessions (a lifetime limit on how much the "
+            "revealed scores may tell about the data; GET /v1/budget shows it)"
+        )
+    n = len(r.invitation.job.candidates)
+    if used_candidates + n > budget_candidates:
+        return (
+            f"the {n} candidates of this session would exceed model owner {who!r}'s "
+            f"candidate budget at this data owner: {used_candidates} of {budget_candidates} "
+            "candidates used (a lifetime limit on how much the revealed scores may tell about the "
+            "data; GET /v1/budget shows it)"
+        )
+    return None
+
+
+def _data(r: Review) -> str | None:
+    inv, settings = r.invitation, r.settings
+    if inv.label_encoding != settings.label_encoding:
+        return (
+            f"label encodings differ: the model owner uses {inv.label_encoding!r}, this data owner "
+            f"{settings.label_encoding!r}"
+        )
+    job = inv.job
+    for cand in job.candidates:
+        if cand.name not in r.registry.meta:
+            return f"unknown dataset {cand.name!r}; GET /v1/datasets lists this data owner's"
+        meta = r.registry.meta[cand.name]
+        mismatch = meta.mismatch(n_features=job.n_features, n_classes=job.n_classes)
+        if mismatch is not None:
+            return mismatch
+        if meta.n_samples != cand.n_samples:
+            return (
+                f"dataset {cand.name!r} has {meta.n_samples} samples, the job says {cand.n_samples}"
+            )
+        if meta.feature_bound > job.feature_bound:
+            return (
+                f"dataset {cand.name!r} has features up to {meta.feature_bound:g}, above the job's "
+                f"feature bound {job.feature_bound:g}"
+            )
+    return None
+
+
+# In order: who asks, what is asked, the keys it needs, what it would cost, whether it fits the data.
+CHECKS: tuple[Check, ...] = (_sender, _method, _provider, _reveal, _keys, _budget, _data)
+
+
+def refusal(review: Review) -> str | None:
+    """The first reason to refuse the invitation, or None to accept it."""
+    for check in CHECKS:
+        reason = check(review)
+        if reason is not None:
+            return reason
+    return None

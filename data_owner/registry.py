@@ -1,0 +1,108 @@
+"""The data owner's candidate data sets: every .npz/.csv file in its data directory.
+
+Only their public metadata (:class:`DatasetMeta`) is served; the rows are read by this side's
+worker only. An upload streams to a temporary file, is validated completely, and only then takes
+its id: two uploads under one id cannot both succeed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import tempfile
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+from common.errors import AppraisalError, Conflict, DataError, NotFound
+from common.ml.data import load_dataset
+from common.ml.model import feature_bound
+from common.web.schemas import DatasetMeta
+from data_owner.settings import DataOwnerSettings
+
+log = logging.getLogger("data_appraisal.data_owner")
+SUFFIXES = (".npz", ".csv")
+
+
+class Registry:
+    """The candidate data sets and their metadata."""
+
+    def __init__(self, settings: DataOwnerSettings) -> None:
+        self.settings = settings
+        self.dir = settings.data_dir
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.meta: dict[str, DatasetMeta] = {}
+        self.paths: dict[str, Path] = {}
+        self._reserved: set[str] = set()  # ids of uploads under way
+        for path in sorted(self.dir.iterdir()):
+            if path.suffix in SUFFIXES and path.is_file():
+                try:
+                    self._register(path.stem, path)
+                except (AppraisalError, ValueError) as exc:
+                    log.warning("skipping %s: %s", path, exc)
+
+    def _register(self, dataset_id: str, path: Path) -> DatasetMeta:
+        ds = load_dataset(path)
+        bound = feature_bound(ds.X)
+        meta = DatasetMeta(
+            id=dataset_id,
+            name=path.name,
+            n_samples=ds.n_samples,
+            n_features=ds.n_features,
+            n_classes=int(ds.y.max()) + 1,
+            label_encoding=self.settings.label_encoding,
+            feature_bound=bound,
+            feature_encoding=f"float features, |x| <= {bound:g}; in MPC divided by the session's "
+            "agreed bound and fixed-point encoded with 16 fractional bits",
+        )
+        self.meta[dataset_id], self.paths[dataset_id] = meta, path
+        return meta
+
+    def get(self, dataset_id: str) -> DatasetMeta:
+        if dataset_id not in self.meta:
+            known = ", ".join(sorted(self.meta)[:20]) or "none"
+            raise NotFound(f"no dataset {dataset_id!r} (this data owner has: {known})")
+        return self.meta[dataset_id]
+
+    def _taken(self, dataset_id: str) -> bool:
+        files = (self.dir / f"{dataset_id}{s}" for s in SUFFIXES)
+        return (
+            dataset_id in self.meta
+            or dataset_id in self._reserved
+            or any(f.exists() for f in files)
+        )
+
+    async def add(self, dataset_id: str, suffix: str, body: AsyncIterator[bytes]) -> DatasetMeta:
+        """Stream an upload to a temporary file, validate it, then move it into ``data_dir``.
+
+        Nothing is registered or left behind unless the whole file arrived and is valid. (The size
+        limit is the app's: its BodyLimit middleware stops an oversized body mid-stream.)
+        """
+        if self._taken(dataset_id):  # checked and reserved with no await in between: atomic
+            raise Conflict(f"a dataset {dataset_id!r} already exists; choose another id")
+        self._reserved.add(dataset_id)
+        fd, tmp = tempfile.mkstemp(suffix=suffix, dir=self.dir, prefix=".upload-")
+        try:
+            size = 0
+            with os.fdopen(fd, "wb") as f:
+                async for chunk in body:
+                    size += len(chunk)
+                    f.write(chunk)
+            if size == 0:
+                raise DataError(
+                    "the upload is empty: send the .npz or .csv file as the request body"
+                )
+            await asyncio.to_thread(load_dataset, tmp)  # raises DataError naming what is wrong
+            final = self.dir / f"{dataset_id}{suffix}"
+            try:
+                os.link(tmp, final)  # fails if the name exists: never replaces a data set
+            except FileExistsError:
+                raise Conflict(
+                    f"a dataset {dataset_id!r} already exists; choose another id"
+                ) from None
+            return await asyncio.to_thread(self._register, dataset_id, final)
+        finally:
+            self._reserved.discard(dataset_id)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)

@@ -1,0 +1,282 @@
+"""End to end: the dealer, the data owner and the model owner as real uvicorn processes on free
+ports, their workers computing real MPC over TCP on 127.0.0.1."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from common.cli.stack import (
+    ROOT,
+    Service,
+    Stack,
+    local_stack,
+    start_service,
+    stop_service,
+    wait_healthy,
+)
+from common.ml.examples import ExampleSplit
+from common.runtime.local import plaintext_scores, run_local
+from tests.conftest import worker_pids
+
+pytestmark = pytest.mark.mpc
+PAIR = ("candidate_01", "candidate_10")
+TERMINAL = {"completed", "failed", "rejected", "cancelled", "expired"}
+
+
+def make_stack(root: Path, split: ExampleSplit) -> Iterator[Stack]:
+    data = root / "candidates"
+    data.mkdir(parents=True)
+    for c in split.candidates:
+        shutil.copy(c, data)
+    with local_stack(root / "services", train=split.train, test=split.test, data_dir=data) as s:
+        yield s
+
+
+@pytest.fixture(scope="module")
+def stack(service_stack: Stack) -> Stack:
+    return service_stack
+
+
+@pytest.fixture
+def fresh_stack(tmp_path: Path, digits_split: ExampleSplit) -> Iterator[Stack]:
+    yield from make_stack(tmp_path, digits_split)
+
+
+def open_session(stack: Stack, **body: Any) -> dict[str, Any]:
+    payload = {"data_owner_url": stack.data_owner.url, "datasets": list(PAIR), **body}
+    with stack.model_owner.client() as c:
+        response = c.post("/v1/sessions", json=payload)
+    assert response.status_code == 201, response.text
+    view = dict(response.json())
+    assert view["state"] == "accepted", view
+    return view
+
+
+def get(service: Service, session_id: str) -> dict[str, Any]:
+    with service.client() as c:
+        response = c.get(f"/v1/sessions/{session_id}")
+    assert response.status_code == 200, response.text
+    return dict(response.json())
+
+
+def wait_for(service: Service, session_id: str, states: set[str], seconds: float) -> dict[str, Any]:
+    end = time.monotonic() + seconds
+    while True:
+        view = get(service, session_id)
+        if view["state"] in states:
+            return view
+        assert time.monotonic() < end, f"{service.name}: {view}"
+        time.sleep(0.2)
+
+
+def test_concurrent_sessions_of_every_method_and_reveal_mode(
+    stack: Stack, digits_split: ExampleSplit
+) -> None:
+    """Six sessions at once (each method, each reveal mode) while `local` runs beside them."""
+    files = [digits_split.candidates[0], digits_split.candidates[9]]
+    methods = {"influence": {}, "gradient-norm": {}, "finetune": {"steps": 4, "lr": 0.1}}
+    plain = {
+        m: plaintext_scores(
+            method=m, train=digits_split.train, test=digits_split.test, candidates=files, **p
+        )
+        for m, p in methods.items()
+    }
+    sessions = {}
+    for method, params in methods.items():
+        a, b = plain[method]
+        sessions[(method, "score")] = open_session(stack, method=method, params=params)
+        sessions[(method, "threshold")] = open_session(
+            stack, method=method, params=params, reveal="threshold", threshold=(a + b) / 2
+        )
+    ports = {v["rendezvous"] for v in sessions.values()}
+    assert len(ports) == len(sessions)  # every session has its own rendezvous port
+    # meanwhile, `data-appraisal local` on the same data: the service must agree with it
+    local = run_local(
+        method="influence", train=digits_split.train, test=digits_split.test, candidates=files
+    )
+    for (method, reveal), view in sessions.items():
+        ours = wait_for(stack.model_owner, view["id"], TERMINAL, 300)
+        assert ours["state"] == "completed", ours["reason"]
+        theirs = wait_for(stack.data_owner, view["id"], TERMINAL, 30)
+        dealer = wait_for(stack.dealer, view["id"], TERMINAL, 30)
+        assert theirs["state"] == dealer["state"] == "completed", (theirs, dealer)
+        higher_is_better = method == "gradient-norm"
+        tau = sum(plain[method]) / 2
+        for r, their, expected in zip(
+            ours["results"], theirs["results"], plain[method], strict=True
+        ):
+            assert (r["score"], r["accept"]) == (their["score"], their["accept"])
+            if reveal == "score":
+                assert r["accept"] is None
+                assert r["score"] == pytest.approx(expected, rel=1e-3, abs=1e-3), (method, r)
+        if (method, reveal) == ("influence", "score"):
+            for r, local_result in zip(ours["results"], local.results, strict=True):
+                assert r["score"] == pytest.approx(local_result.score, abs=1e-4)
+        for r, expected in zip(ours["results"], plain[method], strict=True):
+            if reveal == "threshold":
+                assert r["score"] is None  # only the bit is revealed
+                assert r["accept"] == (expected > tau if higher_is_better else expected < tau)
+
+
+def test_appraise_command_prints_the_same_shape_as_local(stack: Stack) -> None:
+    env = {
+        **os.environ,
+        **stack.model_owner.client_env(),  # the stack's CA and the operator's certificate
+        "DATA_APPRAISAL_TOKEN": stack.model_owner.token,
+    }
+    command = [
+        sys.executable,
+        "-m",
+        "common.cli",
+        "appraise",
+        "--model-owner",
+        stack.model_owner.url,
+    ]
+    command += ["--data-owner", stack.data_owner.url, "--dataset", PAIR[0], "--dataset", PAIR[1]]
+    done = subprocess.run(
+        [*command, "--json"], env=env, capture_output=True, text=True, timeout=180, cwd=ROOT
+    )
+    assert done.returncode == 0, done.stderr
+    rows = json.loads(done.stdout)
+    assert [r["candidate"] for r in rows] == list(PAIR)
+    assert set(rows[0]) == {
+        "candidate",
+        "method",
+        "score",
+        "seconds",
+        "bytes_sent",
+        "bytes_received",
+        "rounds",
+        "peak_rss_mb",
+    }
+    assert rows[0]["score"] < rows[1]["score"]  # the clean candidate is appraised better
+    # a refused session is an error line naming the cause, not a traceback
+    bad = subprocess.run(
+        [*command[:-4], "--dataset", "candidate_99"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+    )
+    assert bad.returncode == 1 and "candidate_99" in bad.stderr and "Traceback" not in bad.stderr
+    no_token = {
+        k: v for k, v in env.items() if k not in ("DATA_APPRAISAL_TOKEN", "MODEL_OWNER_API_TOKEN")
+    }
+    refused = subprocess.run(
+        command, env=no_token, capture_output=True, text=True, timeout=60, cwd=ROOT
+    )
+    assert refused.returncode == 1 and "DATA_APPRAISAL_TOKEN" in refused.stderr
+
+
+LONG = {"method": "finetune", "params": {"steps": 400, "lr": 0.1}}  # minutes if not stopped
+
+
+def test_cancel_by_the_data_owner_stops_every_worker(stack: Stack) -> None:
+    view = open_session(stack, **LONG)
+    wait_for(stack.model_owner, view["id"], {"running"}, 60)
+    with stack.data_owner.client() as c:
+        response = c.post(f"/v1/sessions/{view['id']}/cancel", json={"reason": "changed my mind"})
+    assert response.status_code == 200, response.text
+    assert response.json()["state"] == "cancelled"
+    ours = wait_for(stack.model_owner, view["id"], TERMINAL, 30)
+    # the peers hear of the cancel before the data owner's worker stops: they record it as such,
+    # not as the broken connection that follows
+    assert ours["state"] == "cancelled" and "changed my mind" in ours["reason"], ours
+    dealer = wait_for(stack.dealer, view["id"], TERMINAL, 30)
+    assert dealer["state"] == "cancelled" and "changed my mind" in dealer["reason"], dealer
+    end = time.monotonic() + 15
+    while worker_pids() and time.monotonic() < end:
+        time.sleep(0.2)
+    assert worker_pids() == []
+
+
+def test_killed_peer_fails_both_sides_and_restarts_lose_nothing(fresh_stack: Stack) -> None:
+    first = open_session(fresh_stack, method="gradient-norm")
+    assert wait_for(fresh_stack.model_owner, first["id"], TERMINAL, 120)["state"] == "completed"
+    view = open_session(fresh_stack, **LONG)
+    wait_for(fresh_stack.model_owner, view["id"], {"running"}, 60)
+    do = fresh_stack.data_owner
+    killed_at = time.monotonic()
+    os.kill(do.process.pid, signal.SIGKILL)  # the whole data-owner service, mid-computation
+    do.process.wait()
+    ours = wait_for(fresh_stack.model_owner, view["id"], TERMINAL, 90)
+    assert ours["state"] == "failed", ours
+    assert time.monotonic() - killed_at < 90
+    assert "data owner" in ours["reason"] or "worker failed" in ours["reason"], ours["reason"]
+    end = time.monotonic() + 15  # the orphaned data-owner worker notices and exits
+    while worker_pids() and time.monotonic() < end:
+        time.sleep(0.2)
+    assert worker_pids() == []
+
+    # the restarted data owner still has both sessions; the interrupted one failed, with its cause
+    port = int(do.url.rsplit(":", 1)[1])
+    fresh_stack.data_owner = start_service(
+        "data-owner", port, do.env, fresh_stack.workdir, do.token
+    )
+    wait_healthy(fresh_stack.data_owner)
+    assert get(fresh_stack.data_owner, first["id"])["state"] == "completed"
+    theirs = get(fresh_stack.data_owner, view["id"])
+    assert theirs["state"] == "failed" and "service stopped" in theirs["reason"]
+    # and so does a restarted model owner, results included
+    mo = fresh_stack.model_owner
+    stop_service(mo)
+    fresh_stack.model_owner = start_service(
+        "model-owner", int(mo.url.rsplit(":", 1)[1]), mo.env, fresh_stack.workdir, mo.token
+    )
+    wait_healthy(fresh_stack.model_owner)
+    again = get(fresh_stack.model_owner, first["id"])
+    assert again["state"] == "completed" and len(again["results"]) == 2
+    assert get(fresh_stack.model_owner, view["id"])["state"] == "failed"
+
+
+def test_demo_command_ranks_every_candidate(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "common.cli", "demo", "--json", "--workdir", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=ROOT,
+    )
+    assert done.returncode == 0, done.stderr
+    rows = json.loads(done.stdout)
+    assert len(rows) == 10
+    # every score is the MPC appraisal of that candidate (its plaintext twin's, to 1e-3), and the
+    # ranking is the plaintext ranking (best, the lowest influence score, first)
+    data = tmp_path / "data"
+    files = {r["candidate"]: data / "data_owner" / f"{r['candidate']}.npz" for r in rows}
+    plain = dict(
+        zip(
+            files,
+            plaintext_scores(
+                train=data / "model_owner" / "train.npz",
+                test=data / "model_owner" / "test.npz",
+                candidates=list(files.values()),
+            ),
+            strict=True,
+        )
+    )
+    for r in rows:
+        assert r["score"] == pytest.approx(plain[r["candidate"]], abs=1e-3), r
+    for better, worse in itertools.pairwise(rows):
+        assert plain[better["candidate"]] <= plain[worse["candidate"]] + 1e-3, (better, worse)
+    noise = [r["label_noise"] for r in rows]
+    # the cleanest candidates rank above the noisiest: label noise degrades the appraisal
+    assert max(noise[:3]) < min(noise[-3:])
+    logs = list((tmp_path / "services").glob("*.log"))
+    assert len(logs) == 3
+    for log in logs:
+        text = log.read_text()
+        assert "Traceback" not in text and "Application shutdown complete" in text, log

@@ -1,0 +1,164 @@
+"""Unit tests of the CrypTen replacements: key-stream generators, shapes, and the dealer's tuples."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+from common.errors import MPCError
+from common.mpc.dealer import Dealer, result_size
+from common.mpc.streams import StreamRng, install_stream_rng
+
+
+def test_stream_rng_is_deterministic_per_key_and_uniform() -> None:
+    key = os.urandom(32)
+    a, b = StreamRng(key), StreamRng(key)
+    assert torch.equal(a.int64((100, 3)), b.int64((100, 3)))
+    assert not torch.equal(StreamRng(os.urandom(32)).int64(300), StreamRng(key).int64(300))
+    values = StreamRng(key).int64(200_000)
+    # the whole ring: both signs, and the top bits set as often as not
+    assert 0.49 < float((values < 0).double().mean()) < 0.51
+    bits = StreamRng(key).kbit(200_000, 1)
+    assert set(bits.unique().tolist()) == {0, 1}
+    assert 0.49 < float(bits.double().mean()) < 0.51
+
+
+def test_crypten_draws_from_the_stream_once_installed() -> None:
+    import crypten.mpc.primitives.arithmetic as arithmetic
+
+    install_stream_rng()
+    key = os.urandom(32)
+    drawn = arithmetic.generate_random_ring_element(torch.Size([4, 5]), generator=StreamRng(key))
+    assert torch.equal(drawn, StreamRng(key).int64((4, 5)))
+    # a torch.Generator still gets CrypTen's original behaviour
+    g = torch.Generator().manual_seed(1)
+    assert arithmetic.generate_random_ring_element((2, 2), generator=g).shape == (2, 2)
+
+
+@pytest.mark.parametrize(
+    ("op", "a", "b"),
+    [
+        ("matmul", (3, 4), (4, 5)),
+        ("matmul", (4,), (4, 5)),
+        ("matmul", (3, 4), (4,)),
+        ("matmul", (4,), (4,)),
+        ("matmul", (7, 1, 3, 4), (2, 4, 5)),
+        ("mul", (3, 1), (1, 4)),
+    ],
+)
+def test_result_shapes_match_torch(op: str, a: tuple[int, ...], b: tuple[int, ...]) -> None:
+    want = getattr(torch, op)(torch.zeros(a), torch.zeros(b)).shape
+    assert result_size(op, a, b) == want
+
+
+def test_mismatched_matmul_shapes_are_refused() -> None:
+    with pytest.raises(MPCError, match="do not match"):
+        result_size("matmul", (3, 4), (5, 6))
+
+
+def _parties() -> tuple[StreamRng, StreamRng, Dealer]:
+    k0, k1 = os.urandom(32), os.urandom(32)
+    return StreamRng(k0), StreamRng(k1), Dealer(StreamRng(k0), StreamRng(k1))
+
+
+@pytest.mark.parametrize("op", ["matmul", "mul"])
+def test_dealer_triples_are_correct_shares(op: str) -> None:
+    """The owners draw a, b (and the data owner c1) in the order the dealer mirrors."""
+    p0, p1, dealer = _parties()
+    s0, s1 = ((6, 4), (4, 3)) if op == "matmul" else ((6, 4), (6, 4))
+    for _ in range(3):  # the streams stay in step over several tuples
+        a0, b0 = p0.int64(s0), p0.int64(s1)
+        a1, b1 = p1.int64(s0), p1.int64(s1)
+        c1 = p1.int64(result_size(op, s0, s1))
+        c0 = dealer.answer({"fn": "additive", "op": op, "sizes": [list(s0), list(s1)]})
+        assert c0 is not None
+        expected = getattr(torch, op)(a0 + a1, b0 + b1)
+        assert torch.equal(c0 + c1, expected)
+
+
+def test_dealer_square_binary_and_b2a_tuples() -> None:
+    p0, p1, dealer = _parties()
+    r0, r1, q1 = p0.int64((5,)), p1.int64((5,)), p1.int64((5,))
+    q0 = dealer.answer({"fn": "square", "sizes": [[5]]})
+    assert q0 is not None and torch.equal(q0 + q1, (r0 + r1) * (r0 + r1))
+    a0, b0, a1, b1 = p0.int64((3,)), p0.int64((3,)), p1.int64((3,)), p1.int64((3,))
+    c1 = p1.int64((3,))
+    c0 = dealer.answer({"fn": "binary", "sizes": [[3], [3]]})
+    assert c0 is not None and torch.equal(c0 ^ c1, (a0 ^ a1) & (b0 ^ b1))
+    bit0, bit1, arith1 = p0.kbit((8,), 1), p1.kbit((8,), 1), p1.int64((8,))
+    arith0 = dealer.answer({"fn": "B2A", "sizes": [[8]]})
+    assert arith0 is not None and torch.equal(arith0 + arith1, bit0 ^ bit1)
+    assert dealer.answer({"fn": "done", "sizes": []}) is None
+
+
+@pytest.mark.parametrize(
+    "request_",
+    [
+        {"fn": "additive", "op": "conv2d", "sizes": [[2], [2]]},
+        {"fn": "additive", "op": "matmul", "sizes": [[2, "x"], [2]]},
+        {"fn": "square", "sizes": [[1 << 20, 1 << 20]]},
+        {"fn": "__import__", "sizes": [[1]]},
+        {"fn": "square"},
+        ["not", "a", "dict"],
+    ],
+)
+def test_dealer_refuses_malformed_or_huge_requests(request_: object) -> None:
+    _, _, dealer = _parties()
+    with pytest.raises(MPCError):
+        dealer.answer(request_)
+
+
+def test_laplace_draws_have_the_stated_scale() -> None:
+    from common.mpc.statistics import laplace
+
+    draws = torch.tensor([laplace(2.0) for _ in range(40_000)], dtype=torch.float64)
+    assert abs(float(draws.mean())) < 0.05  # sd of the mean: 2·√2/200 ≈ 0.014
+    assert 1.95 < float(draws.abs().mean()) < 2.05  # E|η| = scale
+    assert abs(float(draws.abs().median()) - 2.0 * 0.6931) < 0.05  # median |η| = scale·ln 2
+
+
+def test_influence_sensitivity_bounds_replacing_one_sample() -> None:
+    """Adversarial replacements never move S = Σ ∇L_aᵀ v by more than the stated Δ."""
+    import numpy as np
+
+    from common.ml.model import ModelOwnerState, influence_score, v_bound
+    from common.mpc.statistics import Shapes, influence_sensitivity
+
+    rng = np.random.default_rng(7)
+    d, k, n, bound = 12, 4, 30, 2.0
+    worst = 0.0
+    for trial in range(200):
+        theta = rng.normal(scale=3.0, size=(d + 1, k))
+        v = rng.normal(scale=float(rng.uniform(0.1, 5.0)), size=(d + 1, k))
+        state = ModelOwnerState(theta=theta, v=v, test_loss=0.0, l2=1.0)
+        X = rng.uniform(-bound, bound, size=(n, d))
+        y = rng.integers(0, k, size=n)
+        shapes = Shapes(
+            n_features=d, n_classes=k, n_candidate=n, n_train=1, n_test=1, feature_bound=bound
+        )
+        delta = influence_sensitivity(shapes, v_bound(v))
+        X2, y2 = X.copy(), y.copy()
+        # a corner of the box along the direction of one column of v, with a label far from it
+        j = int(rng.integers(0, k))
+        X2[0] = bound * np.sign(v[:d, j]) * (1 if trial % 2 else -1)
+        y2[0] = (j + 1 + trial) % k
+        s1 = -influence_score(state, X, y) * n
+        s2 = -influence_score(state, X2, y2) * n
+        worst = max(worst, abs(s1 - s2) / delta)
+    assert worst <= 1.0
+    assert worst > 0.05  # the bound is not vacuous by orders of magnitude
+
+
+def test_noise_is_for_influence_with_a_bound_only() -> None:
+    from pydantic import ValidationError
+
+    from common.protocol import CandidateMeta, JobSpec
+
+    base = {"n_features": 4, "n_classes": 2, "candidates": [CandidateMeta(name="c", n_samples=3)]}
+    with pytest.raises(ValidationError, match="calibrated for 'influence' only"):
+        JobSpec(method="gradient-norm", noise_epsilon=1.0, v_bound=1.0, **base)
+    with pytest.raises(ValidationError, match="v_bound: noise_epsilon needs"):
+        JobSpec(method="influence", noise_epsilon=1.0, **base)
+    assert JobSpec(method="influence", noise_epsilon=1.0, v_bound=1.0, **base).noise_epsilon == 1.0
