@@ -83,6 +83,14 @@ class WorkerProgress:
         return len(self.results)
 
 
+def is_ready(path: Path) -> bool:
+    """Whether the worker has loaded and validated its inputs (its ``ready`` event)."""
+    try:
+        return '"event": "ready"' in path.read_text()
+    except OSError:
+        return False
+
+
 def read_progress(path: Path) -> WorkerProgress | None:
     """Parse a progress file (``common.runtime.worker._report``); None before the worker joined.
 
@@ -154,6 +162,9 @@ class Party:
     def progress(self) -> WorkerProgress | None:
         """What the worker has reported so far; None before it joined the run."""
         return read_progress(Path(self.config.progress_file))
+
+    def ready(self) -> bool:
+        return is_ready(Path(self.config.progress_file))
 
     def failure(self) -> str:
         """Why this (ended) worker failed, in one line: its error report, else its last words."""
@@ -338,13 +349,16 @@ async def supervise(
 ) -> RunReport:
     """Follow started parties to their end; stop every one of them before returning.
 
-    Each party must report that it joined within ``rendezvous_seconds`` (plus a slack: the workers
-    enforce that deadline themselves) and all must finish within ``compute_seconds`` after the
-    last one joined. ``on_progress(role, progress)`` is called whenever a party's progress changes.
-    A party that fails with a timeout before every party joined makes the run ``expired``.
+    Each party must load and validate its inputs (its ``ready`` event) within ``compute_seconds``;
+    the rendezvous clock starts once every party is ready: all must have joined within
+    ``rendezvous_seconds`` of that (plus a slack: the workers enforce that deadline themselves),
+    and all must finish within ``compute_seconds`` after the last one joined. ``on_progress(role,
+    progress)`` is called whenever a party's progress changes. A party that fails with a timeout
+    before every party joined makes the run ``expired``.
     """
     started = time.monotonic()
-    join_by = started + rendezvous_seconds + JOIN_SLACK_SECONDS
+    ready_at: dict[str, float] = {}
+    join_by: float | None = None
     finish_by: float | None = None
     seen: dict[str, WorkerProgress] = {}
 
@@ -359,11 +373,15 @@ async def supervise(
     try:
         while True:
             for p in parties:
+                if p.role not in ready_at and p.ready():
+                    ready_at[p.role] = time.monotonic()
                 progress = p.progress()
                 if progress is not None and progress != seen.get(p.role):
                     seen[p.role] = progress
                     if on_progress is not None:
                         on_progress(p.role, progress)
+            if join_by is None and len(ready_at) == len(parties):
+                join_by = max(ready_at.values()) + rendezvous_seconds + JOIN_SLACK_SECONDS
             if finish_by is None and len(seen) == len(parties):
                 finish_by = time.monotonic() + compute_seconds
             codes = {p.role: None if p.process is None else p.process.poll() for p in parties}
@@ -384,7 +402,15 @@ async def supervise(
             if cancel is not None and cancel.event.is_set():
                 return report(cancel.outcome, cancel.reason)
             now = time.monotonic()
-            if finish_by is None and now > join_by:
+            if join_by is None and now > started + compute_seconds:
+                loading = ", ".join(
+                    p.role.replace("_", " ") for p in parties if p.role not in ready_at
+                )
+                return report(
+                    "failed",
+                    f"the {loading} worker did not load its inputs within {compute_seconds:g} s",
+                )
+            if finish_by is None and join_by is not None and now > join_by:
                 missing = ", ".join(p.role.replace("_", " ") for p in parties if p.role not in seen)
                 return report(
                     "expired",

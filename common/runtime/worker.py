@@ -56,8 +56,9 @@ log = logging.getLogger("data_appraisal.worker")
 
 
 def _report(config: PartyConfig, event: str, **fields: object) -> None:
-    """Append one event to the progress file: ``joined`` (with ``total``), ``started`` (candidate
-    ``index`` enters the MPC: from here on its value may be revealed) and ``result``."""
+    """Append one event to the progress file: ``ready`` (its inputs are loaded and valid: the
+    rendezvous clock starts), ``joined`` (with ``total``), ``started`` (candidate ``index`` enters
+    the MPC: from here on its value may be revealed) and ``result``."""
     with open(config.progress_file, "a") as f:
         f.write(json.dumps({"role": config.role, "event": event, **fields}) + "\n")
 
@@ -138,6 +139,7 @@ def run_dealer(config: PartyConfig) -> dict[str, object]:
     from common.mpc.dealer import Dealer, serve_dealer
     from common.mpc.streams import StreamRng
 
+    _report(config, "ready")  # a dealer has no inputs to load
     mo = _connect_to_model_owner(config)
     try:
         link = _relayed_link(config, mo)
@@ -286,6 +288,7 @@ def run_party(config: PartyConfig) -> dict[str, object]:
     job = config.job
     mo = _load_model_owner(config) if config.role == "model_owner" else None
     do = _load_data_owner(config) if config.role == "data_owner" else None
+    _report(config, "ready")
     results: list[dict[str, object]] = []
     with _secure_session(config) as comm:
 
