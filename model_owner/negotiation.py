@@ -63,8 +63,13 @@ class ModelOwner:
         if settings.advertise_host.strip("[]") in ("", "0.0.0.0", "::"):
             raise ConfigError(
                 f"MODEL_OWNER_ADVERTISE_HOST={settings.advertise_host!r} is a wildcard: it must be "
-                "the address the other workers connect to, which this side's worker binds (and "
-                "only it) for the rendezvous"
+                "the address the other workers connect to (the workers bind it, or "
+                "MODEL_OWNER_RENDEZVOUS_BIND, and only it, for the rendezvous)"
+            )
+        if (settings.rendezvous_bind or "x").strip("[]") in ("", "0.0.0.0", "::"):
+            raise ConfigError(
+                f"MODEL_OWNER_RENDEZVOUS_BIND={settings.rendezvous_bind!r} is a wildcard: name the "
+                "one local address the rendezvous listens on"
             )
         if settings.host not in ("127.0.0.1", "localhost", "::1") and settings.advertise_host in (
             "127.0.0.1",
@@ -287,6 +292,7 @@ class ModelOwner:
             test=str(settings.test),
             state=str(self.model.state_path),
             threshold=threshold,
+            listen_host=settings.rendezvous_bind,
             keys=keys.for_role("model_owner", job.provider),
             allow_insecure_tfp=job.provider == "TFP",
         )

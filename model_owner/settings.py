@@ -31,6 +31,9 @@ class ModelOwnerSettings(ServiceSettings):
     dealer_url: str = "http://127.0.0.1:8002"
     dealer_token: SecretStr = SecretStr(PLACEHOLDER)
     advertise_host: str = "127.0.0.1"  # the rendezvous address the other parties connect to
+    # the local address the workers bind for the rendezvous (default: advertise_host); set it when
+    # the advertised address is not one of this host's (NAT, a load balancer)
+    rendezvous_bind: str | None = None
     rendezvous_ports: str = "29500-29599"
     reveal_to: RevealTo = "both"  # default of a session's reveal_to
     allow_insecure_tfp: bool = False  # allow sessions with provider TFP (testing only)

@@ -21,6 +21,11 @@ CONFIG_ENV = "DATA_APPRAISAL_WORKER_CONFIG"
 class PartyConfig(Strict):
     role: Role
     rendezvous: Rendezvous
+    listen_host: str | None = Field(
+        default=None,
+        description="model owner only: the local address its worker binds for the rendezvous, when "
+        "the advertised one (in rendezvous) is not an address of this host (NAT); default: that one",
+    )
     job: JobSpec
     session_id: str = Field(default_factory=lambda: "local-" + secrets.token_hex(8))
     keys: SessionKeys | None = None  # the keys of this role's links; the transport needs them
@@ -48,6 +53,8 @@ class PartyConfig(Strict):
         """Each role gets exactly its own inputs, and every path is absolute (the worker runs in
         a directory of its own: a relative path would name another file)."""
         mo_only = {"train": self.train, "test": self.test, "state": self.state}
+        if self.listen_host is not None and self.role != "model_owner":
+            raise ValueError("listen_host: only the model owner's worker listens")
         if self.role == "model_owner":
             if self.train is None or self.test is None:
                 raise ValueError("the model owner's worker needs its train and test files")

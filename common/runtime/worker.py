@@ -252,7 +252,7 @@ def _secure_session(config: PartyConfig) -> Iterator[Any]:
         if with_dealer:
             psks["dealer"] = _psk(config, "dealer")
         channels = transport.accept_peers(
-            host,
+            config.listen_host or host,  # behind NAT: the local address the advertised one maps to
             port,
             psks,
             session_id=config.session_id,

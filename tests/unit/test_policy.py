@@ -891,3 +891,20 @@ async def test_a_token_refused_over_plain_http_fails_the_session_with_that_cause
     assert view["state"] == "failed", view
     assert "refusing to send a bearer token over plain HTTP to do.invalid" in view["reason"]
     await app.state.service.sessions.shutdown()
+
+
+@pytest.mark.anyio
+async def test_behind_nat_the_worker_binds_another_address_than_it_advertises(
+    stack: Build, workers: FakeWorkers
+) -> None:
+    workers.mode = "hang"
+    apps = stack(mo={"advertise_host": "mo.example.org", "rendezvous_bind": "10.0.0.5"})
+    view = await open_session(apps)
+    assert view["state"] == "accepted" and view["rendezvous"].startswith("tcp://mo.example.org:")
+    await workers.started(3)
+    (mo,), (do,) = workers.of("model_owner"), workers.of("data_owner")
+    assert mo.listen_host == "10.0.0.5" and do.listen_host is None
+    assert mo.rendezvous == do.rendezvous == view["rendezvous"]  # the others connect there
+    async with apps.client(MO, TOKENS["mo"]) as c:
+        assert (await c.post(f"/v1/sessions/{view['id']}/cancel")).status_code == 200
+    await ended(apps, view["id"])
