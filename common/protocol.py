@@ -10,6 +10,7 @@ and network boundary.
 
 from __future__ import annotations
 
+import hashlib
 import math
 import secrets
 from typing import Annotated, Any, Literal
@@ -240,6 +241,11 @@ class JobSpec(Strict):
         if self.v_bound is not None and not _power_of_two(self.v_bound):
             raise ValueError(f"v_bound must be a power of two, got {self.v_bound!r}")
         return self
+
+    def digest(self) -> bytes:
+        """SHA-256 of the job: every MPC link's handshake binds it (a tampered or mismatched job
+        fails it), and the data owner tells the dealer which job it accepted with it."""
+        return hashlib.sha256(self.model_dump_json().encode()).digest()
 
     def sizes(self, index: int) -> Sizes:
         """The public sizes of candidate ``index``."""

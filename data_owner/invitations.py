@@ -11,23 +11,26 @@ into this side's worker configuration: never stored, logged or returned. No HTTP
 from __future__ import annotations
 
 import logging
+import secrets
 import time
 
 import httpx
-from pydantic import SecretStr
 
-from common.errors import ConfigError, Forbidden, NotFound
-from common.web.peers import notify_peer
+from common.errors import ConfigError, Forbidden, NotFound, PeerUnavailable
+from common.protocol import SessionKeys
+from common.web.peers import notify_peer, peer_call, peer_detail
 from common.web.schemas import (
+    API_PREFIX,
     BudgetUse,
     BudgetView,
+    DataOwnerKey,
     Invitation,
     InvitationReply,
     SessionState,
     SessionView,
 )
 from common.web.sessions import SessionManager
-from common.web.settings import OPERATOR
+from common.web.settings import OPERATOR, Credential
 from common.web.tls import peer_client
 from data_owner.policy import Review, refusal
 from data_owner.registry import Registry
@@ -38,7 +41,7 @@ log = logging.getLogger("data_appraisal.data_owner")
 
 class DataOwner:
     def __init__(self, settings: DataOwnerSettings, client: httpx.AsyncClient | None = None):
-        unknown = sorted(set(settings.budgets) - set(settings.model_owner_tokens))
+        unknown = sorted(set(settings.budgets) - set(settings.model_owners))
         if unknown:
             log.warning("DATA_OWNER_BUDGETS names model owners without a token: %s", unknown)
         self.settings = settings
@@ -48,15 +51,23 @@ class DataOwner:
         self._callbacks: dict[str, tuple[str, str]] = {}  # session id → (model owner URL, token)
         self.sessions.on_end = self._on_end
 
-    def identities(self) -> dict[str, SecretStr]:
+    def identities(self) -> dict[str, Credential]:
         return self.settings.identities()
 
     async def aclose(self) -> None:
         await self.http.aclose()
 
-    def invite(self, inv: Invitation, who: str) -> InvitationReply:
-        """Accept (and start this side's worker) or refuse; both are recorded."""
+    async def invite(self, inv: Invitation, who: str) -> InvitationReply:
+        """Accept (and start this side's worker) or refuse; both are recorded. Accepting a session
+        with a dealer first gives the dealer this side's own key of their link."""
+        self.sessions.admit()  # 503 before anything is recorded or charged
         reason = refusal(Review(inv, who, self.settings, self.registry, self.sessions.store))
+        keys: SessionKeys | None = None
+        if reason is None:
+            assert inv.keys is not None  # the policy refuses an invitation without them
+            keys = SessionKeys(mo_do=inv.keys.mo_do)
+            if inv.job.provider == "TTP":
+                keys.do_dealer, reason = await self._register_with_dealer(inv)
         view = self.sessions.store.create(
             SessionView(
                 id=inv.session_id,
@@ -73,18 +84,37 @@ class DataOwner:
         if reason is not None:
             log.info("rejected session %s from %s: %s", view.id, who, reason)
             return InvitationReply(accepted=False, reason=reason)
-        if inv.callback_url and inv.callback_token:
-            self._callbacks[view.id] = (inv.callback_url, inv.callback_token)
-        assert inv.keys is not None  # the policy refuses an invitation without them
+        callback = self.settings.model_owners[who].callback_url
+        if callback and inv.callback_token:
+            self._callbacks[view.id] = (callback, inv.callback_token)
+        assert keys is not None
         self.sessions.start(
             view,
             inv.rendezvous,
             inv.deadlines,
             candidates=[str(self.registry.paths[d]) for d in inv.datasets],
-            keys=inv.keys.for_role("data_owner", inv.job.provider),  # only this side's links
+            keys=keys,
             allow_insecure_tfp=inv.job.provider == "TFP",  # the policy refused it unless allowed
         )
         return InvitationReply(accepted=True)
+
+    async def _register_with_dealer(self, inv: Invitation) -> tuple[str | None, str | None]:
+        """Give the dealer (one this data owner configured: the policy checked) a fresh key of
+        their link for this session, with the digest of the job accepted; (key, None), or
+        (None, why the dealer refused)."""
+        found = self.settings.dealer(inv.dealer_url)
+        assert found is not None
+        name, dealer = found
+        key = secrets.token_hex(32)
+        body = DataOwnerKey(job_digest=inv.job.digest().hex(), key=key)
+        url = f"{dealer.url.rstrip('/')}{API_PREFIX}/sessions/{inv.session_id}/data-owner"
+        try:
+            response = await peer_call(self.http, "POST", url, dealer.token, body.model_dump())
+        except (PeerUnavailable, ConfigError) as exc:
+            return None, f"the data owner could not give dealer {name!r} its key: {exc}"
+        if response.status_code != 201:
+            return None, f"dealer {name!r} refused the data owner's key: {peer_detail(response)}"
+        return key, None
 
     def budget(self, who: str, model_owner: str | None) -> BudgetView:
         """A model owner's leakage budget here: its own, or any one's for the operator."""
@@ -96,7 +126,7 @@ class DataOwner:
             raise Forbidden("a model owner may read only its own budget")
         else:
             name = who
-        if name not in self.settings.model_owner_tokens:
+        if name not in self.settings.model_owners:
             raise NotFound(f"no model owner {name!r} is known to this data owner")
         store = self.sessions.store
         sessions, candidates = self.settings.budget(name)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from urllib.parse import urlsplit
 
 from common.protocol import SessionKeys
 from common.web.schemas import Invitation
@@ -37,9 +38,27 @@ Check = Callable[[Review], "str | None"]
 def _sender(r: Review) -> str | None:
     if r.invitation.model_owner != r.who:
         return f"the invitation names model owner {r.invitation.model_owner!r}, but its token is {r.who!r}'s"
-    allowed = r.settings.allowed_model_owners
-    if allowed is not None and r.who not in allowed:
-        return f"the data owner's policy does not allow model owner {r.who!r}"
+    return None
+
+
+def _endpoints(r: Review) -> str | None:
+    """The data owner connects and calls only where it is configured to, whatever the invitation
+    says: its worker to a rendezvous host of this model owner's, and a dealer of its own list."""
+    peer = r.settings.model_owners[r.who]
+    host = urlsplit(r.invitation.rendezvous).hostname or ""
+    if host not in peer.rendezvous_hosts:
+        configured = ", ".join(peer.rendezvous_hosts) or "none"
+        return (
+            f"the rendezvous host {host!r} is not one of model owner {r.who!r}'s "
+            f"(DATA_OWNER_MODEL_OWNERS[{r.who!r}].rendezvous_hosts: {configured}): this data "
+            "owner's worker connects only to hosts configured for that model owner"
+        )
+    if r.invitation.job.provider == "TTP" and r.settings.dealer(r.invitation.dealer_url) is None:
+        known = ", ".join(f"{n} ({d.url})" for n, d in r.settings.dealers.items()) or "none"
+        return (
+            f"the data owner does not trust the dealer at {r.invitation.dealer_url} "
+            f"(DATA_OWNER_DEALERS: {known})"
+        )
     return None
 
 
@@ -61,14 +80,6 @@ def _provider(r: Review) -> str | None:
             "Beaver triple and can therefore read this data owner's data; use a dealer (provider "
             "TTP), or set DATA_OWNER_ALLOW_INSECURE_TFP=true for testing only"
         )
-    trusted = settings.allowed_dealers
-    url = r.invitation.dealer_url.rstrip("/")
-    if (
-        job.provider == "TTP"
-        and trusted is not None
-        and url not in [d.rstrip("/") for d in trusted]
-    ):
-        return f"the data owner does not trust the dealer at {r.invitation.dealer_url}"
     return None
 
 
@@ -94,7 +105,13 @@ def _reveal(r: Review) -> str | None:
 
 def _keys(r: Review) -> str | None:
     keys = r.invitation.keys or SessionKeys()
-    missing = keys.missing("data_owner", r.invitation.job.provider)
+    if keys.do_dealer is not None:
+        return (
+            "the invitation carries a key for the data owner ↔ dealer link: that key is the data "
+            "owner's to make (it sends it to the dealer itself), never the model owner's"
+        )
+    needed = keys.missing("data_owner", r.invitation.job.provider)
+    missing = [link for link in needed if link != "do-dealer"]
     if missing:
         return (
             f"the invitation carries no pre-shared key for the MPC link(s) {', '.join(missing)}; "
@@ -157,8 +174,17 @@ def _data(r: Review) -> str | None:
     return None
 
 
-# In order: who asks, what is asked, the keys it needs, what it would cost, whether it fits the data.
-CHECKS: tuple[Check, ...] = (_sender, _method, _provider, _reveal, _keys, _budget, _data)
+# In order: who asks, where it would connect, what is asked, the keys, the cost, whether it fits the data.
+CHECKS: tuple[Check, ...] = (
+    _sender,
+    _endpoints,
+    _method,
+    _provider,
+    _reveal,
+    _keys,
+    _budget,
+    _data,
+)
 
 
 def refusal(review: Review) -> str | None:

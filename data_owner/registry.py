@@ -15,7 +15,7 @@ import tempfile
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-from common.errors import AppraisalError, Conflict, DataError, NotFound
+from common.errors import Conflict, DataError, NotFound
 from common.ml.data import load_dataset
 from common.ml.model import feature_bound
 from common.web.schemas import DatasetMeta
@@ -36,18 +36,21 @@ class Registry:
         self.paths: dict[str, Path] = {}
         self._reserved: set[str] = set()  # ids of uploads under way
         for path in sorted(self.dir.iterdir()):
-            if path.suffix in SUFFIXES and path.is_file():
+            if path.suffix in SUFFIXES and path.is_file() and not path.name.startswith("."):
                 try:
-                    self._register(path.stem, path)
-                except (AppraisalError, ValueError) as exc:
-                    log.warning("skipping %s: %s", path, exc)
+                    self._register(self._describe(path.stem, path, path.name), path)
+                except (
+                    Exception
+                ) as exc:  # one bad file, whatever its fault, must not stop the service
+                    log.warning("skipping %s: %s: %s", path, type(exc).__name__, exc)
 
-    def _register(self, dataset_id: str, path: Path) -> DatasetMeta:
+    def _describe(self, dataset_id: str, path: Path, name: str) -> DatasetMeta:
+        """Read and validate the file at ``path``; its public metadata (DataError if invalid)."""
         ds = load_dataset(path)
         bound = feature_bound(ds.X)
-        meta = DatasetMeta(
+        return DatasetMeta(
             id=dataset_id,
-            name=path.name,
+            name=name,
             n_samples=ds.n_samples,
             n_features=ds.n_features,
             n_classes=int(ds.y.max()) + 1,
@@ -56,7 +59,9 @@ class Registry:
             feature_encoding=f"float features, |x| <= {bound:g}; in MPC divided by the session's "
             "agreed bound and fixed-point encoded with 16 fractional bits",
         )
-        self.meta[dataset_id], self.paths[dataset_id] = meta, path
+
+    def _register(self, meta: DatasetMeta, path: Path) -> DatasetMeta:
+        self.meta[meta.id], self.paths[meta.id] = meta, path
         return meta
 
     def get(self, dataset_id: str) -> DatasetMeta:
@@ -93,15 +98,16 @@ class Registry:
                 raise DataError(
                     "the upload is empty: send the .npz or .csv file as the request body"
                 )
-            await asyncio.to_thread(load_dataset, tmp)  # raises DataError naming what is wrong
             final = self.dir / f"{dataset_id}{suffix}"
+            # Everything that can fail happens before the file takes its name.
+            meta = await asyncio.to_thread(self._describe, dataset_id, Path(tmp), final.name)
             try:
                 os.link(tmp, final)  # fails if the name exists: never replaces a data set
             except FileExistsError:
                 raise Conflict(
                     f"a dataset {dataset_id!r} already exists; choose another id"
                 ) from None
-            return await asyncio.to_thread(self._register, dataset_id, final)
+            return self._register(meta, final)
         finally:
             self._reserved.discard(dataset_id)
             with contextlib.suppress(FileNotFoundError):

@@ -79,7 +79,7 @@ async def upload_dataset(
     responses=responses(401, 403, 409, 413, 422),
 )
 async def invite(*, body: Invitation, service: Service, who: Peer) -> InvitationReply:
-    return service.invite(body, who)
+    return await service.invite(body, who)
 
 
 @router.get(

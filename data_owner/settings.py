@@ -3,12 +3,46 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import ClassVar
+from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from common.methods import METHOD_NAMES
-from common.web.settings import ServesModelOwners
+from common.web.settings import OPERATOR, Credential, ServiceSettings
+
+
+class ModelOwnerPeer(Credential):
+    """A model owner this data owner serves (DATA_OWNER_MODEL_OWNERS, by its name)."""
+
+    callback_url: str | None = Field(
+        default=None,
+        description="its service's base URL: where this data owner reports a session that ended "
+        "early (nothing in an invitation chooses where it POSTs); unset: no reports",
+    )
+    rendezvous_hosts: list[str] = Field(
+        default_factory=list,
+        description="the only hosts this data owner's worker connects to for its sessions "
+        "(default: the host of callback_url)",
+    )
+
+    @model_validator(mode="after")
+    def _default_rendezvous_host(self) -> ModelOwnerPeer:
+        if not self.rendezvous_hosts and self.callback_url:
+            host = urlsplit(self.callback_url).hostname
+            if host:
+                self.rendezvous_hosts = [host]
+        return self
+
+
+class DealerPeer(BaseModel):
+    """A dealer this data owner trusts (DATA_OWNER_DEALERS, by name)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    url: str = Field(description="the dealer service's base URL")
+    token: SecretStr = Field(description="the token this data owner presents to it (its own)")
 
 
 class BudgetLimit(BaseModel):
@@ -20,19 +54,21 @@ class BudgetLimit(BaseModel):
     candidates: int | None = Field(default=None, ge=0)
 
 
-class DataOwnerSettings(ServesModelOwners):
+class DataOwnerSettings(ServiceSettings):
     """Environment variables ``DATA_OWNER_<FIELD>`` (dicts and lists as JSON)."""
 
     model_config = SettingsConfigDict(env_prefix="DATA_OWNER_")
+    secret_fields: ClassVar[tuple[str, ...]] = ("api_token", "model_owners", "dealers")
 
     port: int = 8001
     state_dir: Path = Path("state/data_owner")
     data_dir: Path = Path("data")
     label_encoding: str = "integer"
+    # the model owners it serves and the dealers it trusts, by name: nobody else
+    model_owners: dict[str, ModelOwnerPeer] = Field(default_factory=dict)
+    dealers: dict[str, DealerPeer] = Field(default_factory=dict)
     # policy
-    allowed_model_owners: list[str] | None = None  # default: every model owner with a token
     allowed_methods: list[str] = Field(default_factory=lambda: list(METHOD_NAMES))
-    allowed_dealers: list[str] | None = None  # dealer URLs; default: any
     max_sessions_per_day: int = 100  # per model owner, sessions that cost the budget something
     budget_sessions: int = Field(default=100, ge=0)  # per model owner, lifetime, charged sessions
     budget_candidates: int = Field(default=1000, ge=0)  # candidates charged to those sessions
@@ -51,6 +87,17 @@ class DataOwnerSettings(ServesModelOwners):
                 f"unknown methods {unknown}; the methods are {', '.join(METHOD_NAMES)}"
             )
         return value
+
+    def identities(self) -> dict[str, Credential]:
+        return {OPERATOR: Credential(token=self.api_token), **self.model_owners}
+
+    def dealer(self, url: str) -> tuple[str, DealerPeer] | None:
+        """The configured dealer at ``url``, if any."""
+        wanted = url.rstrip("/")
+        for name, peer in self.dealers.items():
+            if peer.url.rstrip("/") == wanted:
+                return name, peer
+        return None
 
     def budget(self, model_owner: str) -> tuple[int, int]:
         """(sessions, candidates): a model owner's lifetime budget here."""

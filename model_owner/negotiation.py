@@ -5,10 +5,14 @@ the data owner, checks it against the model, builds the job, proposes it with a 
 the dealer to serve the session's Beaver triples, then starts this side's worker. No HTTP here:
 the routes (:mod:`model_owner.routes`) call this object.
 
-Each session gets fresh pre-shared keys for its three MPC links (:class:`SessionKeys`): the data
-owner receives its two in the invitation, the dealer its two in the dealer job, this side's worker
-its own two in its configuration. They are never stored, logged or returned, and this service keeps
-no reference to them once the workers are started. The threshold τ of a threshold session goes
+Each session gets fresh pre-shared keys for this side's two MPC links (:class:`SessionKeys`): the
+data owner receives the owners' link's key in the invitation, the dealer the model owner ↔ dealer
+key in the dealer job, this side's worker both in its configuration. The data owner ↔ dealer key is
+not this side's: the data owner's service sends it to the dealer itself. Keys are never stored,
+logged or returned, and this service keeps no reference to them once the workers are started.
+
+Each data owner is configured by name (MODEL_OWNER_DATA_OWNERS) with its URL and the token this
+model owner presents to it alone: a data owner never sees a token that works at another. The threshold τ of a threshold session goes
 only into this side's 0600 worker configuration: never stored, logged or sent.
 """
 
@@ -48,9 +52,10 @@ from common.web.schemas import (
     SessionView,
 )
 from common.web.sessions import SessionManager
+from common.web.settings import Credential
 from common.web.tls import peer_client
 from model_owner.model import Model, incompatibility
-from model_owner.settings import ModelOwnerSettings
+from model_owner.settings import DataOwnerPeer, ModelOwnerSettings
 
 log = logging.getLogger("data_appraisal.model_owner")
 SESSION_TOKEN = "session:"  # the identity prefix of a data owner's one-session callback token
@@ -89,6 +94,7 @@ class ModelOwner:
         self.http = client or peer_client(settings)
         self._callback_tokens: dict[str, SecretStr] = {}  # session id → the data owner's token
         self._held: set[int] = set()  # rendezvous ports handed to a supervisor, which releases them
+        self._negotiating = 0  # sessions being negotiated (they count against the session limit)
         self.sessions.on_end = self._on_end
 
     async def aclose(self) -> None:
@@ -96,8 +102,11 @@ class ModelOwner:
 
     # -- who may call -------------------------------------------------------------------------------
 
-    def identities(self) -> dict[str, SecretStr]:
-        live = {f"{SESSION_TOKEN}{sid}": tok for sid, tok in self._callback_tokens.items()}
+    def identities(self) -> dict[str, Credential]:
+        live = {
+            f"{SESSION_TOKEN}{sid}": Credential(token=tok)
+            for sid, tok in self._callback_tokens.items()
+        }
         return {**self.settings.identities(), **live}
 
     def authorize(self, request: Request, who: str) -> str:
@@ -140,17 +149,25 @@ class ModelOwner:
                 "read the data owner's data: it is refused unless MODEL_OWNER_ALLOW_INSECURE_TFP "
                 "is true (testing only); use the dealer (provider 'TTP')"
             )
-        do_url = str(body.data_owner_url).rstrip("/")
+        do_name, _ = settings.data_owner(str(body.data_owner_url))
+        self.sessions.admit(pending=self._negotiating)
+        self._negotiating += 1
+        try:
+            return await self._open(body, do_name)
+        finally:
+            self._negotiating -= 1
+
+    async def _open(self, body: SessionCreate, do_name: str) -> SessionView:
         draft = SessionView(
             id=uuid.uuid4().hex,
             role="model_owner",
             state=SessionState.PROPOSED,
-            counterpart=do_url,
+            counterpart=do_name,
             method=body.method,
             datasets=body.datasets,
         )
         try:
-            metas = await self._metadata(do_url, body.datasets)
+            metas = await self._metadata(do_name, body.datasets)
         except PeerUnavailable as exc:
             return self._refused(draft, SessionState.EXPIRED, str(exc))
         except Conflict as exc:  # the data owner refused to describe a data set
@@ -180,11 +197,15 @@ class ModelOwner:
             if port not in self._held:
                 self.ports.release(port)
 
-    async def _metadata(self, do_url: str, datasets: list[str]) -> list[DatasetMeta]:
+    def _data_owner(self, name: str) -> DataOwnerPeer:
+        return self.settings.data_owners[name]
+
+    async def _metadata(self, do_name: str, datasets: list[str]) -> list[DatasetMeta]:
+        peer = self._data_owner(do_name)
         metas = []
         for dataset in datasets:
-            url = f"{do_url}{API_PREFIX}/datasets/{dataset}"
-            response = await peer_call(self.http, "GET", url, self.settings.data_owner_token)
+            url = f"{peer.url.rstrip('/')}{API_PREFIX}/datasets/{dataset}"
+            response = await peer_call(self.http, "GET", url, peer.token)
             if response.status_code != 200:
                 raise Conflict(f"the data owner: {peer_detail(response)}")
             metas.append(DatasetMeta.model_validate(response.json()))
@@ -226,7 +247,8 @@ class ModelOwner:
         settings, store = self.settings, self.sessions.store
         rendezvous = f"tcp://{settings.advertise_host}:{port}"
         view = store.create(draft.model_copy(update={"job": job, "rendezvous": rendezvous}))
-        keys = SessionKeys.new()  # fresh link keys for this session only
+        # fresh keys for this side's two links, for this session only
+        keys = SessionKeys.new().for_role("model_owner", job.provider)
         token = SecretStr(secrets.token_urlsafe(32))
         self._callback_tokens[view.id] = token
         invitation = Invitation(
@@ -236,9 +258,8 @@ class ModelOwner:
             job=job,
             rendezvous=rendezvous,
             dealer_url=settings.dealer_url,
-            callback_url=settings.public_url,
             callback_token=token.get_secret_value(),
-            keys=keys.for_role("data_owner", job.provider),
+            keys=SessionKeys(mo_do=keys.mo_do),
             deadlines=self.sessions.deadlines(),
         )
         # the proposal goes out even on a mismatch, so that both sides record the rejection
@@ -249,8 +270,8 @@ class ModelOwner:
             response = await peer_call(
                 self.http,
                 "POST",
-                f"{view.counterpart}{API_PREFIX}/invitations",
-                settings.data_owner_token,
+                f"{self._data_owner(view.counterpart).url.rstrip('/')}{API_PREFIX}/invitations",
+                self._data_owner(view.counterpart).token,
                 invitation.model_dump(mode="json"),
             )
             if response.status_code != 200:
@@ -293,7 +314,7 @@ class ModelOwner:
             state=str(self.model.state_path),
             threshold=threshold,
             listen_host=settings.rendezvous_bind,
-            keys=keys.for_role("model_owner", job.provider),
+            keys=keys,
             allow_insecure_tfp=job.provider == "TFP",
         )
         return store.get(view.id)
@@ -306,7 +327,7 @@ class ModelOwner:
             session_id=view.id,
             job=job,
             rendezvous=rendezvous,
-            keys=keys.for_role("dealer"),
+            keys=SessionKeys(mo_dealer=keys.mo_dealer),
             deadlines=self.sessions.deadlines(),
         )
         response = await peer_call(
@@ -323,13 +344,8 @@ class ModelOwner:
     async def _withdraw(self, view: SessionView, reason: str) -> None:
         """Tell the data owner, which had accepted, that this side ended the session."""
         cancelled = view.model_copy(update={"state": SessionState.CANCELLED, "reason": reason})
-        await notify_peer(
-            self.http,
-            view.counterpart,
-            self.settings.data_owner_token,
-            cancelled,
-            "the model owner",
-        )
+        peer = self._data_owner(view.counterpart)
+        await notify_peer(self.http, peer.url, peer.token, cancelled, "the model owner")
 
     def _refused(self, draft: SessionView, state: SessionState, reason: str) -> SessionView:
         """Record a session that ended before it was proposed."""
@@ -348,9 +364,9 @@ class ModelOwner:
         self._callback_tokens.pop(view.id, None)
         if view.state is SessionState.COMPLETED:
             return
-        await notify_peer(
-            self.http, view.counterpart, self.settings.data_owner_token, view, "the model owner"
-        )
+        peer = self.settings.data_owners.get(view.counterpart)
+        if peer is not None:
+            await notify_peer(self.http, peer.url, peer.token, view, "the model owner")
         if view.job is None or view.job.provider == "TTP":
             await notify_peer(
                 self.http,

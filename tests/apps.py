@@ -27,12 +27,14 @@ from model_owner.app import create_app as model_owner_app
 from model_owner.settings import ModelOwnerSettings
 
 MO, DO, DEALER = "http://mo.test", "http://do.test", "http://dealer.test"
+# every relationship its own token, each at least 32 bytes (common.web.settings.MIN_TOKEN_BYTES)
 TOKENS = {
-    "mo": "mo-operator-secret",
-    "do": "do-operator-secret",
-    "dealer": "dealer-operator-secret",
-    "mo@do": "model-owner-at-data-owner",
-    "mo@dealer": "model-owner-at-dealer",
+    "mo": "mo-operator-secret-0123456789abcdef",
+    "do": "do-operator-secret-0123456789abcdef",
+    "dealer": "dealer-operator-secret-0123456789ab",
+    "mo@do": "model-owner-at-data-owner-0123456789",
+    "mo@dealer": "model-owner-at-dealer-0123456789abc",
+    "do@dealer": "data-owner-at-dealer-0123456789abcd",
 }
 
 
@@ -73,10 +75,9 @@ def settings_for(
 ) -> dict[str, Any]:
     mo_settings: dict[str, Any] = {
         "api_token": SecretStr(TOKENS["mo"]),
-        "data_owner_token": SecretStr(TOKENS["mo@do"]),
+        "data_owners": {"data-owner": {"url": DO, "token": TOKENS["mo@do"]}},
         "dealer_token": SecretStr(TOKENS["mo@dealer"]),
         "dealer_url": DEALER,
-        "public_url": MO,
         "train": split.train,
         "test": split.test,
         "state_dir": tmp / "mo",
@@ -84,17 +85,26 @@ def settings_for(
         "rendezvous_timeout": 60,
     }
     mo = ModelOwnerSettings(**{**mo_settings, **overrides.pop("mo", {})})
-    do = DataOwnerSettings(
-        api_token=SecretStr(TOKENS["do"]),
-        model_owner_tokens={"model-owner": SecretStr(TOKENS["mo@do"])},
-        data_dir=data_dir,
-        state_dir=tmp / "do",
-        **overrides.pop("do", {}),
-    )
+    do_settings: dict[str, Any] = {
+        "api_token": SecretStr(TOKENS["do"]),
+        "model_owners": {
+            "model-owner": {
+                "token": TOKENS["mo@do"],
+                "callback_url": MO,
+                "rendezvous_hosts": ["127.0.0.1"],
+            }
+        },
+        "dealers": {"dealer": {"url": DEALER, "token": TOKENS["do@dealer"]}},
+        "data_dir": data_dir,
+        "state_dir": tmp / "do",
+    }
+    do = DataOwnerSettings(**{**do_settings, **overrides.pop("do", {})})
     dealer = DealerSettings(
         api_token=SecretStr(TOKENS["dealer"]),
-        model_owner_tokens={"model-owner": SecretStr(TOKENS["mo@dealer"])},
+        model_owners={"model-owner": {"token": TOKENS["mo@dealer"]}},
+        data_owners={"data-owner": {"token": TOKENS["do@dealer"]}},
         state_dir=tmp / "dealer",
+        **overrides.pop("dealer", {}),
     )
     return {"mo": mo, "do": do, "dealer": dealer}
 

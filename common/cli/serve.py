@@ -54,8 +54,7 @@ SERVICES: dict[str, ServiceCommand] = {
 
 
 def serve(name: str, host: str | None, port: int | None, demo: bool, log_level: str) -> None:
-    import uvicorn
-
+    from common.web import server
     from common.web.tls import uvicorn_ssl_kwargs
 
     overrides: dict[str, object] = {}
@@ -77,7 +76,7 @@ def serve(name: str, host: str | None, port: int | None, demo: bool, log_level: 
     except ValueError as exc:  # pydantic's ValidationError of a malformed environment variable
         fail(f"{name} service: invalid settings: {exc}")
     # only paths reach uvicorn: the key stays in its 0600 file, the tokens in the environment
-    uvicorn.run(app, host=settings.host, port=settings.port, log_level=log_level.lower(), **tls)
+    server.serve(app, settings, tls, log_level=log_level)
 
 
 def serve_command(name: str) -> typer.Typer:

@@ -183,13 +183,21 @@ def stack_env(
     ports: dict[str, int],
     pki: Pki | None = None,
 ) -> dict[str, dict[str, str]]:
-    """Each service's environment: fresh random tokens, its own state directory, loopback URLs;
-    with ``pki``, its certificate, key and the CA (mutual TLS) and https URLs."""
-    mo_api, do_api, dealer_api = (secrets.token_urlsafe(24) for _ in range(3))
-    mo_at_do, mo_at_dealer = secrets.token_urlsafe(24), secrets.token_urlsafe(24)
+    """Each service's environment: fresh random tokens (one per relationship), its own state
+    directory, loopback URLs; with ``pki``, its certificate, key and the CA (mutual TLS), https
+    URLs, and each peer's token bound to its certificate's name."""
+    token = lambda: secrets.token_urlsafe(32)  # noqa: E731 - 43 characters, 32 random bytes
+    mo_api, do_api, dealer_api = token(), token(), token()
+    mo_at_do, mo_at_dealer, do_at_dealer = token(), token(), token()
     base = random.randrange(20000, 29000, 100)  # rendezvous range; the pool skips ports in use
-    common = {"RENDEZVOUS_TIMEOUT": "60", "COMPUTE_TIMEOUT": "1800"}
+    common = {
+        "RENDEZVOUS_TIMEOUT": "60",
+        "COMPUTE_TIMEOUT": "1800",
+        "HEADER_TIMEOUT": "4",  # loopback clients send their headers at once
+        "TLS_HANDSHAKE_TIMEOUT": "4",
+    }
     scheme = "http" if pki is None else "https"
+    url = {name: f"{scheme}://127.0.0.1:{port}" for name, port in ports.items()}
 
     def tls(name: str) -> dict[str, str]:
         if pki is None:
@@ -197,26 +205,44 @@ def stack_env(
         files = {"TLS_CERT": pki.cert(name), "TLS_KEY": pki.key(name), "TLS_CA": pki.ca}
         return {f"{PREFIXES[name]}{k}": str(v) for k, v in files.items()}
 
+    def peer(secret: str, certificate: str, **more: object) -> dict[str, object]:
+        bound = {} if pki is None else {"certificate": certificate}
+        return {"token": secret, **bound, **more}
+
     envs = {
         "dealer": {
             "DEALER_API_TOKEN": dealer_api,
-            "DEALER_MODEL_OWNER_TOKENS": json.dumps({"model-owner": mo_at_dealer}),
+            "DEALER_MODEL_OWNERS": json.dumps({"model-owner": peer(mo_at_dealer, "model-owner")}),
+            "DEALER_DATA_OWNERS": json.dumps({"data-owner": peer(do_at_dealer, "data-owner")}),
             "DEALER_STATE_DIR": str(workdir / "dealer"),
             **{f"DEALER_{k}": v for k, v in common.items()},
         },
         "data-owner": {
             "DATA_OWNER_API_TOKEN": do_api,
-            "DATA_OWNER_MODEL_OWNER_TOKENS": json.dumps({"model-owner": mo_at_do}),
+            "DATA_OWNER_MODEL_OWNERS": json.dumps(
+                {
+                    "model-owner": peer(
+                        mo_at_do,
+                        "model-owner",
+                        callback_url=url["model-owner"],
+                        rendezvous_hosts=["127.0.0.1"],
+                    )
+                }
+            ),
+            "DATA_OWNER_DEALERS": json.dumps(
+                {"dealer": {"url": url["dealer"], "token": do_at_dealer}}
+            ),
             "DATA_OWNER_STATE_DIR": str(workdir / "data_owner"),
             "DATA_OWNER_DATA_DIR": str(data_dir),
             **{f"DATA_OWNER_{k}": v for k, v in common.items()},
         },
         "model-owner": {
             "MODEL_OWNER_API_TOKEN": mo_api,
-            "MODEL_OWNER_DATA_OWNER_TOKEN": mo_at_do,
+            "MODEL_OWNER_DATA_OWNERS": json.dumps(
+                {"data-owner": {"url": url["data-owner"], "token": mo_at_do}}
+            ),
             "MODEL_OWNER_DEALER_TOKEN": mo_at_dealer,
-            "MODEL_OWNER_DEALER_URL": f"{scheme}://127.0.0.1:{ports['dealer']}",
-            "MODEL_OWNER_PUBLIC_URL": f"{scheme}://127.0.0.1:{ports['model-owner']}",
+            "MODEL_OWNER_DEALER_URL": url["dealer"],
             "MODEL_OWNER_STATE_DIR": str(workdir / "model_owner"),
             "MODEL_OWNER_TRAIN": str(train),
             "MODEL_OWNER_TEST": str(test),

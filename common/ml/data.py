@@ -20,6 +20,7 @@ through torchvision) is in :mod:`common.ml.examples`.
 from __future__ import annotations
 
 import csv
+import math
 import os
 import tempfile
 import zipfile
@@ -46,6 +47,10 @@ IntArray = npt.NDArray[np.int64]
 PathLike = str | os.PathLike[str]
 
 DEFAULT_MAX_BYTES = 2 * 1024**3
+MAX_FEATURE_MAGNITUDE = 2.0**64
+"""Largest |x| a feature may have (about 1.8e19). The features are scaled by the public feature
+bound before encoding, so any finite magnitude would do mathematically; beyond this one the
+bound itself (a power of two) stops being a number the services can exchange and store."""
 """Default ``max_bytes`` of :func:`load_dataset` (2 GiB): larger files are refused."""
 
 _SUFFIXES = (".npz", ".csv")
@@ -147,7 +152,8 @@ def validate_dataset(
     """Check a data set against the metadata the parties agreed on.
 
     Checks, in this order: the data set has at least one sample and one feature; it has exactly
-    ``n_features`` features (if given); every feature is finite; every label is in
+    ``n_features`` features (if given); every feature is finite and at most
+    :data:`MAX_FEATURE_MAGNITUDE` in size; every label is in
     ``0..n_classes-1`` (if ``n_classes`` is given, else every label is non-negative).
 
     Raises:
@@ -170,6 +176,13 @@ def validate_dataset(
         raise DataError(
             f"{src}: X contains NaN or inf (row {row}, column {column}: {value!r}); "
             "expected finite numbers"
+        )
+    too_large = np.abs(ds.X) > MAX_FEATURE_MAGNITUDE
+    if too_large.any():
+        row, column = (int(i) for i in np.argwhere(too_large)[0])
+        raise DataError(
+            f"{src}: X has a value too large to appraise (row {row}, column {column}: "
+            f"{float(ds.X[row, column])!r}); expected |x| <= {MAX_FEATURE_MAGNITUDE:.3g}"
         )
     if n_classes is not None:
         bad = (ds.y < 0) | (ds.y >= n_classes)
@@ -299,7 +312,7 @@ def _check_npz_members(archive: np.lib.npyio.NpzFile, source: str, max_bytes: in
             f"{source}: missing array {' and '.join(repr(name) for name in missing)} "
             f"(found: {found}; expected arrays 'X' and 'y')"
         )
-    expanded = sum(_npz_member_size(archive, name) for name in ("X", "y"))
+    expanded = sum(_npz_member_size(archive, name, source) for name in ("X", "y"))
     if expanded > max_bytes:
         raise DataError(
             f"{source}: arrays 'X' and 'y' expand to {_format_bytes(expanded)}, larger than "
@@ -317,14 +330,41 @@ def _read_npz_array(archive: np.lib.npyio.NpzFile, key: str, source: str) -> np.
         ) from exc
 
 
-def _npz_member_size(archive: np.lib.npyio.NpzFile, key: str) -> int:
-    """Uncompressed size of one array of an archive (guards against zip bombs)."""
+def _npz_member_size(archive: np.lib.npyio.NpzFile, key: str, source: str) -> int:
+    """Uncompressed size of one array of an archive (guards against zip bombs).
+
+    The array's own header is read too: a header that declares more elements than the member
+    holds would otherwise make numpy allocate the declared size before it finds the data short.
+    """
     members = archive.zip
     if members is None:  # only after the archive was closed
         raise ValueError("the .npz archive is closed")
     names = members.namelist()
     member = f"{key}.npy" if f"{key}.npy" in names else key
-    return members.getinfo(member).file_size
+    stored = members.getinfo(member).file_size
+    try:
+        with members.open(member) as f:
+            version = np.lib.format.read_magic(f)
+            read_header = {
+                (1, 0): np.lib.format.read_array_header_1_0,
+                (2, 0): np.lib.format.read_array_header_2_0,
+            }.get(version)
+            if read_header is None:
+                raise ValueError(f"unsupported .npy format version {version}")
+            shape, _, dtype = read_header(f)
+            header_end = f.tell()
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
+        raise DataError(
+            f"{source}: array {key!r} has no valid .npy header ({type(exc).__name__}: {exc})"
+        ) from exc
+    declared = math.prod(shape) * dtype.itemsize
+    if declared > stored - header_end:
+        raise DataError(
+            f"{source}: array {key!r} declares shape {shape} of {dtype} "
+            f"({_format_bytes(declared)}) but holds only {_format_bytes(stored - header_end)} "
+            "of data (a truncated or forged archive)"
+        )
+    return stored
 
 
 def _read_csv(file: Path, source: str, label_column: str | None) -> Dataset:

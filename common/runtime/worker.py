@@ -20,7 +20,6 @@ and holds no input).
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import logging
 import os
@@ -87,11 +86,6 @@ def _write_json(path: str, payload: object) -> None:
     os.replace(tmp, path)
 
 
-def job_digest(job: JobSpec) -> bytes:
-    """SHA-256 of the agreed job; bound into every link's handshake (tampering fails it)."""
-    return hashlib.sha256(job.model_dump_json().encode()).digest()
-
-
 def _psk(config: PartyConfig, peer: str) -> bytes:
     link = link_name(config.role, peer)
     value = None if config.keys is None else config.keys.key(link)
@@ -114,7 +108,7 @@ def _connect_to_model_owner(config: PartyConfig) -> Channel:
         port,
         _psk(config, "model_owner"),
         session_id=config.session_id,
-        job_digest=job_digest(config.job),
+        job_digest=config.job.digest(),
         window=config.timeout_seconds,
     )
 
@@ -129,7 +123,7 @@ def _relayed_link(config: PartyConfig, via: Channel) -> Any:
         via,
         _psk(config, other),
         session_id=config.session_id,
-        job_digest=job_digest(config.job),
+        job_digest=config.job.digest(),
     )
 
 
@@ -244,7 +238,7 @@ def _secure_session(config: PartyConfig) -> Iterator[Any]:
 
     job = config.job
     host, port = transport.parse_rendezvous(config.rendezvous)
-    digest = job_digest(job)
+    digest = job.digest()
     with_dealer = job.provider == "TTP"
     dealer: transport.Channel | None = None
     if config.role == "model_owner":

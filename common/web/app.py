@@ -17,6 +17,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from common.errors import PayloadTooLarge
 from common.web.responses import error_response, install_error_handlers
 from common.web.routes import VERSION, health_router, sessions_router
+from common.web.schemas import API_PREFIX
+from common.web.security import identify
 
 
 class BodyLimit:
@@ -58,6 +60,33 @@ class BodyLimit:
         await self.app(scope, limited, send)
 
 
+class Authenticate:
+    """Answer 401 to a request without a token this service knows, before its body is read or
+    parsed (a malformed body from a stranger gets 401, not 422). Which identity may do what is
+    still each route's dependency; only ``OPEN_PATHS`` need no token."""
+
+    OPEN_PATHS = frozenset({f"{API_PREFIX}/health"})
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] in self.OPEN_PATHS:
+            await self.app(scope, receive, send)
+            return
+        headers = dict(scope.get("headers") or [])
+        scheme, _, token = headers.get(b"authorization", b"").decode("latin-1").partition(" ")
+        service = scope["app"].state.service
+        if scheme.lower() != "bearer" or not token:
+            detail = "send the API token as 'Authorization: Bearer <token>'"
+        elif identify(service.identities(), token.strip()) is None:
+            detail = "the bearer token is not valid for this service"
+        else:
+            await self.app(scope, receive, send)
+            return
+        await error_response(401, "Unauthorized", detail)(scope, receive, send)
+
+
 def create_service_app(
     *,
     title: str,
@@ -88,6 +117,7 @@ def create_service_app(
     )
     install_error_handlers(app)
     app.add_middleware(BodyLimit, limit=service.settings.max_request_bytes, overrides=upload_limits)
+    app.add_middleware(Authenticate)  # the outermost: before the body is read
     app.include_router(health_router)
     app.include_router(sessions_router)
     for router in routers:

@@ -107,6 +107,15 @@ def install_error_handlers(app: FastAPI) -> None:
             exc.status_code, _KIND.get(exc.status_code, "HTTPError"), str(exc.detail)
         )
 
+    @app.exception_handler(MemoryError)
+    async def out_of_memory(request: Request, exc: MemoryError) -> JSONResponse:
+        # Input that needs more memory than the service has is the caller's to shrink; the
+        # service itself goes on (the allocation failed, nothing was half-built).
+        log.warning("out of memory on %s %s: %s", request.method, request.url.path, exc)
+        return error_response(
+            413, "PayloadTooLarge", "the request needs more memory than this service can give it"
+        )
+
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception) -> JSONResponse:
         log.exception("unexpected error on %s %s", request.method, request.url.path)

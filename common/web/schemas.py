@@ -190,17 +190,21 @@ class Invitation(Strict):
     label_encoding: str
     job: JobSpec
     rendezvous: Rendezvous
-    dealer_url: str
-    callback_url: str | None = Field(
-        default=None, description="where the data owner reports a cancellation or failure"
+    dealer_url: str = Field(
+        description="the dealer the model owner asked; the data owner must have it configured "
+        "(DATA_OWNER_DEALERS), and calls it itself"
     )
     callback_token: str | None = Field(
-        default=None, description="a one-session token the data owner presents on callbacks"
+        default=None,
+        description="a one-session token the data owner presents when it reports the session's "
+        "end, at the callback URL it has configured for this model owner (not one the invitation "
+        "names)",
     )
     keys: SessionKeys | None = Field(
         default=None,
-        description="the data owner's pre-shared MPC link keys (mo_do, do_dealer) for this session; "
-        "required by the secure transport, never stored",
+        description="the owners' link's pre-shared MPC key (mo_do) for this session; required by "
+        "the secure transport, never stored. The data owner ↔ dealer key is not the model owner's "
+        "to give: the data owner sends its own to the dealer",
     )
     deadlines: Deadlines
 
@@ -222,10 +226,24 @@ class DealerJob(Strict):
     rendezvous: Rendezvous
     keys: SessionKeys | None = Field(
         default=None,
-        description="the dealer's pre-shared MPC link keys (mo_dealer, do_dealer) for this "
+        description="the model owner ↔ dealer link's pre-shared MPC key (mo_dealer) for this "
         "session; required by the secure transport, never stored",
     )
     deadlines: Deadlines
+
+
+class DataOwnerKey(Strict):
+    """Data owner → dealer: the key of their link for one session, and the job it agreed to."""
+
+    job_digest: str = Field(
+        pattern=r"^[0-9a-f]{64}$", description="SHA-256 of the job the data owner accepted"
+    )
+    key: str = Field(pattern=r"^[0-9a-f]{64}$", description="32 random bytes (hex); never stored")
+
+    def __repr__(self) -> str:
+        return f"DataOwnerKey(job_digest={self.job_digest[:12]}...)"
+
+    __str__ = __repr__
 
 
 class CancelRequest(Strict):

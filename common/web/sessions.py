@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from common.errors import Conflict, NotFound
+from common.errors import Conflict, NotFound, Unavailable
 from common.protocol import CandidateResult
 from common.runtime.config import PartyConfig
 from common.runtime.supervisor import (
@@ -87,6 +87,16 @@ class SessionManager:
 
     def running(self) -> list[str]:
         return list(self._runs)
+
+    def admit(self, pending: int = 0) -> None:
+        """Refuse one more session (503, retry later) when this service already supervises
+        ``*_MAX_CONCURRENT_SESSIONS`` (plus ``pending`` being negotiated)."""
+        limit = self.settings.max_concurrent_sessions
+        if len(self._runs) + pending >= limit:
+            raise Unavailable(
+                f"this {self.role.replace('_', ' ')} already runs {limit} sessions "
+                f"({self.settings.env_name('max_concurrent_sessions')}); retry later"
+            )
 
     def start(
         self,

@@ -11,13 +11,28 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings
 
 from common.errors import ConfigError
 
 PLACEHOLDER = "change-me"
 OPERATOR = "operator"  # the identity of a service's own API token
+MIN_TOKEN_BYTES = 32  # a bearer token is at least this long (e.g. secrets.token_urlsafe(32))
+
+
+class Credential(BaseModel):
+    """How one peer proves who it is to this service: the bearer token it presents, and (when set)
+    the name its client certificate must carry, so that a token is bound to one key the CA signed."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    token: SecretStr
+    certificate: str | None = Field(
+        default=None,
+        description="a DNS name (or IP) the peer's client certificate must carry; unset: any "
+        "certificate from the deployment's CA (with mutual TLS) goes with the token",
+    )
 
 
 class ServiceSettings(BaseSettings):
@@ -35,6 +50,13 @@ class ServiceSettings(BaseSettings):
     compute_timeout: float = Field(default=3600.0, gt=0, le=7 * 86400)  # the whole computation
     negotiation_timeout: float = Field(default=10.0, gt=0)  # seconds for each REST call to a peer
     max_request_bytes: int = Field(default=1_000_000, gt=0)
+    # the server's limits (common/web/server.py)
+    max_connections: int = Field(default=100, ge=1)  # at once; beyond, 503
+    max_concurrent_sessions: int = Field(default=8, ge=1)  # live sessions at once; beyond, 503
+    header_timeout: float = Field(default=10.0, gt=0)  # seconds for a request's headers to arrive
+    tls_handshake_timeout: float = Field(default=10.0, gt=0)
+    keep_alive_timeout: float = Field(default=5.0, gt=0)  # an idle connection is closed after it
+    shutdown_timeout: float = Field(default=5.0, gt=0)  # at most this long for requests in flight
     # TLS (common/web/tls.py): this service's certificate and key (PEM; served, and presented to
     # peers for mutual TLS), and the CA that peers' and clients' certificates must chain to
     tls_cert: Path | None = None
@@ -68,34 +90,46 @@ class ServiceSettings(BaseSettings):
         """The environment variable of a setting, e.g. ``DATA_OWNER_DATA_DIR``."""
         return f"{self.model_config.get('env_prefix', '')}{field.upper()}"
 
-    def check_secrets(self) -> None:
-        """Refuse to run on a placeholder secret unless this is the local demo."""
-        if self.demo:
-            return
+    def _secrets(self) -> dict[str, SecretStr]:
+        """Every secret of these settings, by the environment variable (and key) it comes from."""
+        found: dict[str, SecretStr] = {}
         for name in self.secret_fields:
             value = getattr(self, name)
-            values = value.values() if isinstance(value, dict) else [value]
-            if any(v.get_secret_value() in (PLACEHOLDER, "") for v in values):
+            if isinstance(value, SecretStr):
+                found[self.env_name(name)] = value
+            elif isinstance(value, dict):
+                for key, item in value.items():
+                    secret = item if isinstance(item, SecretStr) else item.token
+                    found[f"{self.env_name(name)}[{key!r}].token"] = secret
+        return found
+
+    def check_secrets(self) -> None:
+        """Refuse to run on a placeholder secret unless this is the local demo, and on a token
+        shorter than MIN_TOKEN_BYTES or used for two relationships in any case."""
+        seen: dict[str, str] = {}
+        for where, secret in self._secrets().items():
+            value = secret.get_secret_value()
+            if value in (PLACEHOLDER, ""):
+                if self.demo:
+                    continue
                 raise ConfigError(
-                    f"{self.env_name(name)} is unset or the placeholder {PLACEHOLDER!r}: set a real "
-                    "secret (e.g. python -c 'import secrets; print(secrets.token_urlsafe(32))'), or "
-                    "pass --demo for a local demo"
+                    f"{where} is unset or the placeholder {PLACEHOLDER!r}: set a real secret (e.g. "
+                    "python -c 'import secrets; print(secrets.token_urlsafe(32))'), or pass --demo "
+                    "for a local demo"
                 )
+            if len(value.encode()) < MIN_TOKEN_BYTES:
+                raise ConfigError(
+                    f"{where} is {len(value.encode())} bytes long: a token must have at least "
+                    f"{MIN_TOKEN_BYTES} (e.g. python -c 'import secrets; "
+                    "print(secrets.token_urlsafe(32))')"
+                )
+            if value in seen:
+                raise ConfigError(
+                    f"{where} and {seen[value]} are the same token: every relationship needs its "
+                    "own, so that one peer cannot present itself as another"
+                )
+            seen[value] = where
 
-    def identities(self) -> dict[str, SecretStr]:
-        """Each identity this service accepts, with its bearer token."""
-        return {OPERATOR: self.api_token}
-
-
-class ServesModelOwners(ServiceSettings):
-    """A service that model owners call with their own tokens (the data owner, the dealer)."""
-
-    secret_fields: ClassVar[tuple[str, ...]] = ("api_token", "model_owner_tokens")
-
-    # the model owners this service knows, by name, with the token each presents
-    model_owner_tokens: dict[str, SecretStr] = Field(
-        default_factory=lambda: {"model-owner": SecretStr(PLACEHOLDER)}
-    )
-
-    def identities(self) -> dict[str, SecretStr]:
-        return {OPERATOR: self.api_token, **self.model_owner_tokens}
+    def identities(self) -> dict[str, Credential]:
+        """Each identity this service accepts, with its credential."""
+        return {OPERATOR: Credential(token=self.api_token)}

@@ -84,7 +84,8 @@ def wait_for(service: Service, session_id: str, states: set[str], seconds: float
 def test_concurrent_sessions_of_every_method_and_reveal_mode(
     stack: Stack, digits_split: ExampleSplit
 ) -> None:
-    """Six sessions at once (each method, each reveal mode) while `local` runs beside them."""
+    """Eight sessions at once (each method, each reveal mode, and two more influence sessions,
+    the service's default limit) while `local` runs beside them: none expires."""
     files = [digits_split.candidates[0], digits_split.candidates[9]]
     methods = {"influence": {}, "gradient-norm": {}, "finetune": {"steps": 4, "lr": 0.1}}
     plain = {
@@ -93,20 +94,28 @@ def test_concurrent_sessions_of_every_method_and_reveal_mode(
         )
         for m, p in methods.items()
     }
-    sessions = {}
+    sessions = []
     for method, params in methods.items():
         a, b = plain[method]
-        sessions[(method, "score")] = open_session(stack, method=method, params=params)
-        sessions[(method, "threshold")] = open_session(
-            stack, method=method, params=params, reveal="threshold", threshold=(a + b) / 2
+        sessions.append((method, "score", open_session(stack, method=method, params=params)))
+        sessions.append(
+            (
+                method,
+                "threshold",
+                open_session(
+                    stack, method=method, params=params, reveal="threshold", threshold=(a + b) / 2
+                ),
+            )
         )
-    ports = {v["rendezvous"] for v in sessions.values()}
+    sessions += [("influence", "score", open_session(stack, method="influence")) for _ in "ab"]
+    assert len(sessions) == 8
+    ports = {v["rendezvous"] for _, _, v in sessions}
     assert len(ports) == len(sessions)  # every session has its own rendezvous port
     # meanwhile, `data-appraisal local` on the same data: the service must agree with it
     local = run_local(
         method="influence", train=digits_split.train, test=digits_split.test, candidates=files
     )
-    for (method, reveal), view in sessions.items():
+    for method, reveal, view in sessions:
         ours = wait_for(stack.model_owner, view["id"], TERMINAL, 300)
         assert ours["state"] == "completed", ours["reason"]
         theirs = wait_for(stack.data_owner, view["id"], TERMINAL, 30)
@@ -197,6 +206,30 @@ def test_cancel_by_the_data_owner_stops_every_worker(stack: Stack) -> None:
     assert ours["state"] == "cancelled" and "changed my mind" in ours["reason"], ours
     dealer = wait_for(stack.dealer, view["id"], TERMINAL, 30)
     assert dealer["state"] == "cancelled" and "changed my mind" in dealer["reason"], dealer
+    end = time.monotonic() + 15
+    while worker_pids() and time.monotonic() < end:
+        time.sleep(0.2)
+    assert worker_pids() == []
+
+
+def test_a_session_killed_after_its_first_candidate_keeps_that_result(stack: Stack) -> None:
+    """The first score was revealed and charged: both sides store and show it after the data
+    owner's worker is killed during the second candidate."""
+    view = open_session(stack, method="finetune", params={"steps": 15, "lr": 0.1})
+    end = time.monotonic() + 120
+    while not (ours := get(stack.model_owner, view["id"]))["results"]:
+        assert ours["state"] not in TERMINAL and time.monotonic() < end, ours
+        time.sleep(0.1)
+    assert ours["state"] == "running", ours
+    (pid,) = worker_pids(role="data_owner")
+    os.kill(pid, signal.SIGKILL)
+    ours = wait_for(stack.model_owner, view["id"], TERMINAL, 60)
+    theirs = wait_for(stack.data_owner, view["id"], TERMINAL, 30)
+    assert ours["state"] == theirs["state"] == "failed", (ours, theirs)
+    for side in (ours, theirs):
+        assert [r["candidate"] for r in side["results"]] == [PAIR[0]], side
+        assert side["charged"] == 2  # the second candidate entered the MPC too
+    assert ours["results"][0]["score"] == theirs["results"][0]["score"]  # each counts its own bytes
     end = time.monotonic() + 15
     while worker_pids() and time.monotonic() < end:
         time.sleep(0.2)

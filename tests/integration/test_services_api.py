@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import io
+import logging
 import time
+import zipfile
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -82,22 +84,36 @@ async def test_every_other_route_needs_a_valid_token(apps: Apps) -> None:
 def test_placeholder_secrets_are_refused_outside_the_demo(
     tmp_path: Path, digits_split: ExampleSplit
 ) -> None:
-    with pytest.raises(ConfigError, match="DATA_OWNER_API_TOKEN"):
+    strong = "a-real-secret-of-at-least-32-bytes-0"
+    with pytest.raises(ConfigError, match="DATA_OWNER_API_TOKEN is unset or the placeholder"):
         data_owner_app(DataOwnerSettings(state_dir=tmp_path / "a", data_dir=tmp_path / "d"))
-    with pytest.raises(ConfigError, match="DATA_OWNER_MODEL_OWNER_TOKENS"):
+    peer = {"model-owner": {"token": "change-me", "rendezvous_hosts": ["x"]}}
+    with pytest.raises(ConfigError, match=r"DATA_OWNER_MODEL_OWNERS\['model-owner'\].token"):
         data_owner_app(
             DataOwnerSettings(
-                api_token=SecretStr("a-real-secret"), state_dir=tmp_path / "b", data_dir=tmp_path
+                api_token=SecretStr(strong),
+                model_owners=peer,
+                state_dir=tmp_path / "b",
+                data_dir=tmp_path,
             )
         )
     with pytest.raises(ConfigError, match="MODEL_OWNER_DEALER_TOKEN"):
         model_owner_app(
             ModelOwnerSettings(
-                api_token=SecretStr("x1"),
-                data_owner_token=SecretStr("x2"),
+                api_token=SecretStr(strong),
                 state_dir=tmp_path / "c",
                 train=digits_split.train,
                 test=digits_split.test,
+            )
+        )
+    # a token too short to resist guessing, or one shared by two relationships, is refused too
+    with pytest.raises(ConfigError, match=r"DATA_OWNER_API_TOKEN is 5 bytes long: .* at least 32"):
+        data_owner_app(DataOwnerSettings(api_token=SecretStr("short"), state_dir=tmp_path / "g"))
+    shared = {"model-owner": {"token": strong, "rendezvous_hosts": ["x"]}}
+    with pytest.raises(ConfigError, match="are the same token"):
+        data_owner_app(
+            DataOwnerSettings(
+                api_token=SecretStr(strong), model_owners=shared, state_dir=tmp_path / "h"
             )
         )
     with pytest.raises(ConfigError, match="DEALER_API_TOKEN"):
@@ -179,6 +195,45 @@ def npz_bytes(X: np.ndarray, y: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
+def forged_npz() -> bytes:
+    """An archive whose X header declares 10¹² float64 values over 64 bytes of data: numpy would
+    try to allocate 8 TB before noticing."""
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(
+        header, {"descr": "<f8", "fortran_order": False, "shape": (10**6, 10**6)}
+    )
+    labels = io.BytesIO()
+    np.save(labels, np.zeros(3, dtype=np.int64))
+    archive = io.BytesIO()
+    with zipfile.ZipFile(archive, "w") as z:
+        z.writestr("X.npy", header.getvalue() + bytes(64))
+        z.writestr("y.npy", labels.getvalue())
+    return archive.getvalue()
+
+
+def test_a_poisoned_data_directory_does_not_stop_the_data_owner(
+    tmp_path: Path, digits_split: ExampleSplit, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Every file that cannot be read is skipped with a warning naming it; the rest are served."""
+    apps = make_apps(tmp_path, digits_split)
+    good = set(apps.do.state.service.registry.meta)
+    poison = {
+        "forged.npz": forged_npz(),
+        "huge.npz": npz_bytes(np.full((2, 64), 1e308), np.zeros(2, dtype=int)),
+        "junk.npz": b"PK\x03\x04junk",
+        "nan.csv": b"a,b,label\n1,nan,0\n",
+        "binary.csv": bytes(range(256)),
+        "empty.npz": b"",
+    }
+    for name, data in poison.items():
+        (apps.data_dir / name).write_bytes(data)
+    with caplog.at_level(logging.WARNING, logger="data_appraisal.data_owner"):
+        again = make_apps(tmp_path, digits_split)
+    assert set(again.do.state.service.registry.meta) == good
+    for name in poison:
+        assert any(name in r.getMessage() for r in caplog.records), name
+
+
 @pytest.mark.anyio
 async def test_upload_validates_limits_and_keeps_nothing_bad(
     tmp_path: Path, digits_split: ExampleSplit
@@ -197,6 +252,16 @@ async def test_upload_validates_limits_and_keeps_nothing_bad(
         assert_error(await do.post("/v1/datasets?id=bad", content=bad), 422, "DataError")
         assert_error(
             await do.post("/v1/datasets?id=junk", content=b"PK\x03\x04junk"), 422, "DataError"
+        )
+        huge_value = npz_bytes(np.full((20, 64), 1e308), rng.integers(0, 10, 20))
+        assert_error(
+            await do.post("/v1/datasets?id=huge", content=huge_value), 422, "DataError", "too large"
+        )
+        assert_error(
+            await do.post("/v1/datasets?id=forged", content=forged_npz()),
+            422,
+            "DataError",
+            "forged",
         )
         big = npz_bytes(rng.random((200, 64)), rng.integers(0, 10, 200))
         assert_error(await do.post("/v1/datasets?id=big", content=big), 413, "PayloadTooLarge")
@@ -259,15 +324,13 @@ async def test_two_concurrent_uploads_under_one_id_cannot_both_succeed(
 @pytest.mark.anyio
 async def test_a_dealer_at_capacity_answers_503(tmp_path: Path, digits_split: ExampleSplit) -> None:
     """Unavailable (retry later), not Forbidden: nothing is wrong with the caller."""
-    from common.protocol import SessionKeys
-
     apps = make_apps(tmp_path, digits_split)
     apps.dealer.state.service.settings.max_concurrent_sessions = 0
     body = {
         "session_id": "d" * 32,
         "job": {"n_features": 64, "n_classes": 10, "candidates": [{"name": "c", "n_samples": 1}]},
         "rendezvous": "tcp://127.0.0.1:1",
-        "keys": SessionKeys.new().model_dump(),
+        "keys": {"mo_dealer": "a" * 64},
         "deadlines": {"rendezvous_seconds": 5, "compute_seconds": 5},
     }
     async with apps.client(DEALER, TOKENS["mo@dealer"]) as dealer:
@@ -340,10 +403,21 @@ async def test_unknown_dataset_wrong_peer_token_and_unreachable_peer(
     apps = make_apps(tmp_path, digits_split)
     view = await open_session(apps, datasets=["candidate_42"])
     assert view["state"] == "rejected" and "candidate_42" in view["reason"]
-    view = await open_session(apps, data_owner_url="http://nowhere.test")
+    async with apps.client(MO, TOKENS["mo"]) as mo:  # a data owner this model owner does not know
+        body = {"data_owner_url": "http://nowhere.test", "datasets": ["candidate_01"]}
+        response = await mo.post("/v1/sessions", json=body)
+    assert_error(response, 422, "ConfigError", "no data owner is configured at http://nowhere")
+    gone = {"data_owners": {"data-owner": {"url": "http://gone.test", "token": TOKENS["mo@do"]}}}
+    unreachable = make_apps(tmp_path / "u", digits_split, mo=gone)
+    view = await open_session(unreachable, data_owner_url="http://gone.test")
     assert view["state"] == "expired" and "did not answer" in view["reason"]
     await apps.mo.state.service.sessions.shutdown()
-    wrong = make_apps(tmp_path / "w", digits_split, mo={"data_owner_token": SecretStr("wrong")})
+    wrong_token = "not-the-data-owners-token-0123456789"
+    wrong = make_apps(
+        tmp_path / "w",
+        digits_split,
+        mo={"data_owners": {"data-owner": {"url": DO, "token": wrong_token}}},
+    )
     view = await open_session(wrong, datasets=["candidate_01"])
     assert view["state"] == "rejected" and "Unauthorized" in view["reason"]
 
@@ -577,6 +651,10 @@ async def test_a_party_missing_at_the_rendezvous_expires_both_sides(
 
     @absent.post("/v1/sessions", status_code=201)
     async def agree() -> dict[str, str]:
+        return {}
+
+    @absent.post("/v1/sessions/{session_id}/data-owner", status_code=201)
+    async def take_key(session_id: str) -> dict[str, str]:
         return {}
 
     apps.router.apps["dealer.test"] = httpx.ASGITransport(app=absent)

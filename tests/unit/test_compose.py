@@ -114,7 +114,11 @@ def variables() -> set[str]:
 
 def fake_values() -> dict[str, str]:
     """A distinct stand-in for every variable, as `.env` would provide."""
-    return {name: f"test-{name.lower().replace('_', '-')}" for name in sorted(variables())}
+    # as long as a real token must be (common.web.settings.MIN_TOKEN_BYTES)
+    return {
+        name: f"test-{name.lower().replace('_', '-')}".ljust(40, "x")
+        for name in sorted(variables())
+    }
 
 
 def interpolate(value: str, values: dict[str, str]) -> str:
@@ -540,7 +544,7 @@ def secret_references(name: str) -> dict[str, list[str]]:
             except json.JSONDecodeError:
                 raise AssertionError(f"service {name!r}: {var} is not a JSON object") from None
             assert isinstance(parsed, dict), f"service {name!r}: {var} is not a JSON object"
-            out[var] = [str(v) for v in parsed.values()]
+            out[var] = [str(v["token"] if isinstance(v, dict) else v) for v in parsed.values()]
         else:
             out[var] = [raw]
     return out
@@ -568,18 +572,23 @@ def test_tokens_pair_up_and_are_distinct(monkeypatch: pytest.MonkeyPatch) -> Non
     def secret(value: Any) -> str:
         return str(value.get_secret_value())
 
-    assert mo.name in do.model_owner_tokens, (
-        f"DATA_OWNER_MODEL_OWNER_TOKENS has no entry for MODEL_OWNER_NAME={mo.name!r}"
+    assert mo.name in do.model_owners, (
+        f"DATA_OWNER_MODEL_OWNERS has no entry for MODEL_OWNER_NAME={mo.name!r}"
     )
-    assert secret(do.model_owner_tokens[mo.name]) == secret(mo.data_owner_token), (
-        "MODEL_OWNER_DATA_OWNER_TOKEN and DATA_OWNER_MODEL_OWNER_TOKENS[name] differ"
+    ((_, at_do),) = mo.data_owners.items()
+    assert secret(do.model_owners[mo.name].token) == secret(at_do.token), (
+        "MODEL_OWNER_DATA_OWNERS[...].token and DATA_OWNER_MODEL_OWNERS[name].token differ"
     )
-    assert mo.name in dealer.model_owner_tokens, (
-        f"DEALER_MODEL_OWNER_TOKENS has no entry for MODEL_OWNER_NAME={mo.name!r}"
+    assert mo.name in dealer.model_owners, (
+        f"DEALER_MODEL_OWNERS has no entry for MODEL_OWNER_NAME={mo.name!r}"
     )
-    assert secret(dealer.model_owner_tokens[mo.name]) == secret(mo.dealer_token), (
-        "MODEL_OWNER_DEALER_TOKEN and DEALER_MODEL_OWNER_TOKENS[name] differ"
+    assert secret(dealer.model_owners[mo.name].token) == secret(mo.dealer_token), (
+        "MODEL_OWNER_DEALER_TOKEN and DEALER_MODEL_OWNERS[name].token differ"
     )
+    ((_, do_at_dealer),) = do.dealers.items()
+    assert any(
+        secret(c.token) == secret(do_at_dealer.token) for c in dealer.data_owners.values()
+    ), "DATA_OWNER_DEALERS[...].token is not in DEALER_DATA_OWNERS"
     client = interpolate(environment(CLIENT)["DATA_APPRAISAL_TOKEN"], fake_values())
     assert client == secret(mo.api_token), (
         f"{CLIENT}: DATA_APPRAISAL_TOKEN must be the model owner's MODEL_OWNER_API_TOKEN"
@@ -589,8 +598,9 @@ def test_tokens_pair_up_and_are_distinct(monkeypatch: pytest.MonkeyPatch) -> Non
         secret(mo.api_token),
         secret(do.api_token),
         secret(dealer.api_token),
-        secret(mo.data_owner_token),
+        secret(at_do.token),
         secret(mo.dealer_token),
+        secret(do_at_dealer.token),
     ]
     assert len(set(tokens)) == len(tokens), "two tokens come from the same variable"
 
@@ -599,7 +609,12 @@ def test_model_owner_reaches_the_others(monkeypatch: pytest.MonkeyPatch) -> None
     mo: Any = load_settings("model-owner", monkeypatch)
     do: Any = load_settings("data-owner", monkeypatch)
     assert_points_at(mo.dealer_url, "dealer", "MODEL_OWNER_DEALER_URL")
-    assert_points_at(mo.public_url, "model-owner", "MODEL_OWNER_PUBLIC_URL")
+    for name, peer in mo.data_owners.items():
+        assert_points_at(peer.url, "data-owner", f"MODEL_OWNER_DATA_OWNERS[{name!r}].url")
+    for name, peer in do.model_owners.items():
+        assert peer.callback_url is not None
+        assert_points_at(peer.callback_url, "model-owner", f"DATA_OWNER_MODEL_OWNERS[{name!r}]")
+        assert mo.advertise_host in peer.rendezvous_hosts, "the data owner refuses the rendezvous"
     assert mo.advertise_host == "model-owner", (
         f"MODEL_OWNER_ADVERTISE_HOST = {mo.advertise_host!r}: the other containers' workers reach "
         "the rendezvous at the model owner's service name"
@@ -609,15 +624,9 @@ def test_model_owner_reaches_the_others(monkeypatch: pytest.MonkeyPatch) -> None
     except ConfigError as exc:
         raise AssertionError(f"MODEL_OWNER_RENDEZVOUS_PORTS: {exc}") from None
     assert serve_port("model-owner") not in pool.ports, "the API port is in the rendezvous range"
-    if do.allowed_dealers is not None:
-        allowed = [d.rstrip("/") for d in do.allowed_dealers]
-        assert mo.dealer_url.rstrip("/") in allowed, (
-            f"the data owner refuses the dealer {mo.dealer_url}: DATA_OWNER_ALLOWED_DEALERS={allowed}"
-        )
-    if do.allowed_model_owners is not None:
-        assert mo.name in do.allowed_model_owners, (
-            f"the data owner refuses {mo.name!r}: DATA_OWNER_ALLOWED_MODEL_OWNERS"
-        )
+    assert do.dealer(mo.dealer_url) is not None, (
+        f"the data owner refuses the dealer {mo.dealer_url}: it is not in DATA_OWNER_DEALERS"
+    )
     for exposed in service("model-owner").get("expose") or []:  # documentation: must be true
         low, _, high = str(exposed).partition("-")
         documented = range(int(low), int(high or low) + 1)

@@ -16,7 +16,14 @@ from hypothesis.extra import numpy as hnp
 from sklearn.datasets import load_digits
 
 from common.errors import AppraisalError, ConfigError, DataError
-from common.ml.data import DEFAULT_MAX_BYTES, Dataset, load_dataset, save_npz, validate_dataset
+from common.ml.data import (
+    DEFAULT_MAX_BYTES,
+    MAX_FEATURE_MAGNITUDE,
+    Dataset,
+    load_dataset,
+    save_npz,
+    validate_dataset,
+)
 from common.ml.examples import (
     DIGITS_FEATURE_ENCODING,
     ExampleSplit,
@@ -481,7 +488,9 @@ def _datasets(draw: st.DrawFn) -> tuple[np.ndarray, np.ndarray]:
     d = draw(st.integers(1, 8))
     X = draw(
         hnp.arrays(
-            np.float64, (n, d), elements=st.floats(allow_nan=False, allow_infinity=False, width=64)
+            np.float64,
+            (n, d),
+            elements=st.floats(-MAX_FEATURE_MAGNITUDE, MAX_FEATURE_MAGNITUDE, width=64),
         )
     )
     y = draw(hnp.arrays(np.int64, (n,), elements=st.integers(0, 2**40)))
@@ -496,6 +505,14 @@ def test_npz_round_trip_is_exact(data: tuple[np.ndarray, np.ndarray]) -> None:
         ds = load_dataset(save_npz(Path(tmp) / "h.npz", (X, y)), n_features=X.shape[1])
     assert ds.X.tobytes() == X.tobytes()  # bit-exact, including -0.0 and subnormals
     assert ds.y.tobytes() == y.tobytes()
+
+
+@pytest.mark.parametrize("value", [np.nextafter(MAX_FEATURE_MAGNITUDE, np.inf), -1e308])
+def test_features_beyond_the_largest_magnitude_are_refused(tmp_path: Path, value: float) -> None:
+    X = np.ones((3, 2))
+    X[2, 1] = value
+    with pytest.raises(DataError, match=r"row 2, column 1.*too large|too large.*row 2, column 1"):
+        load_dataset(save_npz(tmp_path / "big.npz", (X, np.zeros(3, dtype=int))))
 
 
 # --------------------------------------------------------------------------------------------------

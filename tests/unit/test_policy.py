@@ -28,7 +28,7 @@ from pydantic import SecretStr, ValidationError
 
 from common.errors import Conflict, NotFound
 from common.ml.examples import ExampleSplit
-from common.protocol import SessionKeys
+from common.protocol import JobSpec, SessionKeys
 from common.runtime.config import PartyConfig
 from common.runtime.supervisor import Party
 from common.web.routes import openapi_schema
@@ -257,11 +257,20 @@ async def test_keys_reach_each_worker_config_and_nothing_else(
     for config in (mo, do, dealer):
         assert config.session_id == view["id"]
         assert config.allow_insecure_tfp is False
-    # over REST each peer got only its own two keys, in the invitation and the dealer job
+    # over REST each key went only from the one party that made it to the one that needs it:
+    # the model owner's two keys in the invitation and the dealer job, the data owner's own key of
+    # its link with the dealer straight to the dealer; the model owner never held that one
     (invitation,) = recorder(apps, "do.test").bodies("POST", "/v1/invitations")
-    assert invitation["keys"] == {"mo_do": keys[0], "mo_dealer": None, "do_dealer": keys[2]}
+    assert invitation["keys"] == {"mo_do": keys[0], "mo_dealer": None, "do_dealer": None}
     (job,) = recorder(apps, "dealer.test").bodies("POST", "/v1/sessions")
-    assert job["keys"] == {"mo_do": None, "mo_dealer": keys[1], "do_dealer": keys[2]}
+    assert job["keys"] == {"mo_do": None, "mo_dealer": keys[1], "do_dealer": None}
+    (registered,) = recorder(apps, "dealer.test").bodies(
+        "POST", f"/v1/sessions/{view['id']}/data-owner"
+    )
+    assert registered["key"] == keys[2]
+    sent_by_mo = [b for _, _, b in recorder(apps, "do.test").requests]
+    sent_by_mo += [b for _, p, b in recorder(apps, "dealer.test").requests if p == "/v1/sessions"]
+    assert sent_by_mo and all(keys[2].encode() not in body for body in sent_by_mo)
     # the services keep no copy once the workers are started
     for _ in range(200):
         if all(p.config.keys is None for p in workers.parties):
@@ -288,34 +297,59 @@ async def test_keys_reach_each_worker_config_and_nothing_else(
 async def test_keys_are_checked_by_the_data_owner_and_the_dealer(
     stack: Build, workers: FakeWorkers
 ) -> None:
+    """The dealer takes the model owner ↔ dealer key from the model owner and the data owner ↔
+    dealer key from the data owner (for the same job), and nothing else."""
     apps = stack()
     invitation = await valid_invitation(apps)
+    sid = invitation["session_id"]
     job = {
-        "session_id": invitation["session_id"],
+        "session_id": sid,
         "job": invitation["job"],
         "rendezvous": invitation["rendezvous"],
         "deadlines": invitation["deadlines"],
     }
+    mine = {"mo_dealer": "a" * 64}
+    digest = JobSpec.model_validate(invitation["job"]).digest().hex()
+    theirs = {"job_digest": digest, "key": "b" * 64}
     async with apps.client(DEALER, TOKENS["mo@dealer"]) as dealer:
         response = await dealer.post("/v1/sessions", json=job)
-        assert_error(response, 422, "ConfigError", "mo-dealer, do-dealer")
-        response = await dealer.post("/v1/sessions", json={**job, "keys": {"mo_dealer": "a" * 64}})
-        assert_error(response, 422, "ConfigError", "do-dealer")
+        assert_error(response, 422, "ConfigError", "mo-dealer")
         response = await dealer.post("/v1/sessions", json={**job, "keys": {"mo_dealer": "xyz"}})
         assert_error(response, 422, "ValidationError", "keys.mo_dealer")
-        full = SessionKeys.new().model_dump()
-        gloo = {**job, "keys": full, "job": {**job["job"], "transport": "gloo"}}
+        with_theirs = {**job, "keys": {**mine, "do_dealer": "c" * 64}}
+        response = await dealer.post("/v1/sessions", json=with_theirs)
+        assert_error(response, 422, "ConfigError", "only the data owner gives that one")
+        gloo = {**job, "keys": mine, "job": {**job["job"], "transport": "gloo"}}
         assert_error(
             await dealer.post("/v1/sessions", json=gloo), 422, "ValidationError", "transport"
         )
-        tfp = {**job, "keys": full, "job": {**job["job"], "provider": "TFP"}}
+        tfp = {**job, "keys": mine, "job": {**job["job"], "provider": "TFP"}}
         assert_error(await dealer.post("/v1/sessions", json=tfp), 403, "Forbidden", "TTP")
+        response = await dealer.post("/v1/sessions", json={**job, "keys": mine})
+        assert_error(response, 409, "Conflict", "no data owner has registered its key")
+        # a model owner cannot register the data owner's key in its place
+        response = await dealer.post(f"/v1/sessions/{sid}/data-owner", json=theirs)
+        assert_error(response, 403, "Forbidden", "only a data owner")
         assert (await dealer.get("/v1/sessions")).json() == []  # nothing recorded
-        response = await dealer.post("/v1/sessions", json={**job, "keys": full})
+    async with apps.client(DEALER, TOKENS["do@dealer"]) as dealer:
+        other = {**theirs, "job_digest": "0" * 64}
+        assert (
+            await dealer.post(f"/v1/sessions/{'e' * 32}/data-owner", json=other)
+        ).status_code == 201
+        assert (await dealer.post(f"/v1/sessions/{sid}/data-owner", json=theirs)).status_code == 201
+        response = await dealer.post(f"/v1/sessions/{sid}/data-owner", json=theirs)
+        assert_error(response, 409, "Conflict", "already has a data owner's key")  # first come
+        response = await dealer.post("/v1/sessions", json={**job, "keys": mine})
+        assert_error(response, 403, "Forbidden", "model owner's token")
+    async with apps.client(DEALER, TOKENS["mo@dealer"]) as dealer:
+        wrong_job = {**job, "session_id": "e" * 32, "keys": mine}
+        response = await dealer.post("/v1/sessions", json=wrong_job)
+        assert_error(response, 409, "Conflict", "accepted another job")
+        response = await dealer.post("/v1/sessions", json={**job, "keys": mine})
         assert response.status_code == 201, response.text
     await workers.started(1)
-    (config,) = workers.of("dealer")  # a key of another link is not passed on
-    assert config.keys == SessionKeys(mo_dealer=full["mo_dealer"], do_dealer=full["do_dealer"])
+    (config,) = workers.of("dealer")  # each key from the party of its link
+    assert config.keys == SessionKeys(mo_dealer=mine["mo_dealer"], do_dealer=theirs["key"])
 
 
 # --------------------------------------------------------------------------------------------
@@ -342,7 +376,7 @@ async def valid_invitation(
         },
         "rendezvous": "tcp://127.0.0.1:29999",
         "dealer_url": DEALER,
-        "keys": SessionKeys.new().model_dump(),
+        "keys": SessionKeys(mo_do="d" * 64).model_dump(),
         "deadlines": {"rendezvous_seconds": 5, "compute_seconds": 5},
     }
 
@@ -365,8 +399,11 @@ async def test_tampered_invitations_are_rejected_with_their_reason(
         "above the job's feature bound": tampered(base, {"feature_bound": bound / 2}),
         "has 64 features, the model 65": tampered(base, {"n_features": 65}),
         "only 2 classes": tampered(base, {"n_classes": 2}),
-        "no pre-shared key for the MPC link(s) mo-do, do-dealer": tampered(base, keys=None),
-        "link(s) do-dealer": tampered(base, keys={"mo_do": "b" * 64}),
+        "no pre-shared key for the MPC link(s) mo-do": tampered(base, keys=None),
+        "that key is the data owner's to make": tampered(
+            base, keys={"mo_do": "b" * 64, "do_dealer": "c" * 64}
+        ),
+        "is not one of model owner 'model-owner''s": tampered(base, rendezvous="tcp://evil.test:1"),
         "does not trust": tampered(base, dealer_url="http://evil.test"),
         "unknown dataset 'candidate_42'": tampered(
             base, {"candidates": [*cands, {"name": "candidate_42", "n_samples": 3}]}
@@ -387,7 +424,6 @@ async def test_tampered_invitations_are_rejected_with_their_reason(
         "keys.mo_do": tampered(base, keys={"mo_do": "not-hex", "do_dealer": "c" * 64}),
         "rendezvous": tampered(base, rendezvous="http://127.0.0.1:1"),
     }
-    apps.do.state.service.settings.allowed_dealers = [DEALER]
     async with apps.client(DO, TOKENS["mo@do"]) as do:
         for words, invitation in refused.items():
             reply = (await do.post("/v1/invitations", json=invitation)).json()
@@ -404,10 +440,12 @@ async def test_tampered_invitations_are_rejected_with_their_reason(
         reply = (await do.post("/v1/invitations", json=base)).json()
         assert reply == {"accepted": True, "reason": None}
     await workers.started(1)
-    (config,) = workers.of("data_owner")  # the key of a link it is not on is not passed on
-    assert config.keys == SessionKeys(
-        mo_do=base["keys"]["mo_do"], do_dealer=base["keys"]["do_dealer"]
+    (config,) = workers.of("data_owner")  # the owners' key, and its own key with the dealer
+    assert config.keys is not None and config.keys.mo_do == base["keys"]["mo_do"]
+    (registered,) = recorder(apps, "dealer.test").bodies(
+        "POST", f"/v1/sessions/{base['session_id']}/data-owner"
     )
+    assert config.keys.do_dealer == registered["key"]
     await ended(apps, base["session_id"])
 
 
@@ -874,7 +912,7 @@ async def test_a_token_refused_over_plain_http_fails_the_session_with_that_cause
     app = model_owner_app(
         ModelOwnerSettings(
             api_token=SecretStr(TOKENS["mo"]),
-            data_owner_token=SecretStr(TOKENS["mo@do"]),
+            data_owners={"do": {"url": "http://do.invalid:8001", "token": TOKENS["mo@do"]}},
             dealer_token=SecretStr(TOKENS["mo@dealer"]),
             train=digits_split.train,
             test=digits_split.test,
@@ -898,7 +936,14 @@ async def test_behind_nat_the_worker_binds_another_address_than_it_advertises(
     stack: Build, workers: FakeWorkers
 ) -> None:
     workers.mode = "hang"
-    apps = stack(mo={"advertise_host": "mo.example.org", "rendezvous_bind": "10.0.0.5"})
+    apps = stack(
+        mo={"advertise_host": "mo.example.org", "rendezvous_bind": "10.0.0.5"},
+        do={
+            "model_owners": {
+                "model-owner": {"token": TOKENS["mo@do"], "rendezvous_hosts": ["mo.example.org"]}
+            }
+        },
+    )
     view = await open_session(apps)
     assert view["state"] == "accepted" and view["rendezvous"].startswith("tcp://mo.example.org:")
     await workers.started(3)
@@ -908,3 +953,91 @@ async def test_behind_nat_the_worker_binds_another_address_than_it_advertises(
     async with apps.client(MO, TOKENS["mo"]) as c:
         assert (await c.post(f"/v1/sessions/{view['id']}/cancel")).status_code == 200
     await ended(apps, view["id"])
+
+
+# --------------------------------------------------------------------------------------------
+# Identity: a data owner cannot pose as the model owner at another (issue 12, finding 1)
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.anyio
+async def test_a_data_owner_cannot_pose_as_the_model_owner_at_another(
+    stack: Build, workers: FakeWorkers, tmp_path: Path, digits_split: ExampleSplit
+) -> None:
+    """Data owner A records what the model owner sends it (its token, an invitation) and replays
+    it at data owner B in the model owner's name, with a rendezvous on A's own host: B refuses
+    before any worker starts, because A never held a token B knows, and B connects and reports
+    only where it is configured to for that model owner."""
+    from data_owner.app import create_app as data_owner_app
+    from data_owner.settings import DataOwnerSettings
+
+    at_b = "model-owner-at-data-owner-b-0123456789"
+    apps = stack(
+        mo={
+            "data_owners": {
+                "data-owner": {"url": DO, "token": TOKENS["mo@do"]},
+                "bank": {"url": "http://do2.test", "token": at_b},
+            }
+        }
+    )
+    b_settings = DataOwnerSettings(
+        api_token=SecretStr("data-owner-b-operator-0123456789abcd"),
+        model_owners={
+            "model-owner": {
+                "token": at_b,
+                "callback_url": MO,
+                "rendezvous_hosts": ["127.0.0.1"],
+            }
+        },
+        dealers={"dealer": {"url": DEALER, "token": "data-owner-b-at-dealer-0123456789abc"}},
+        data_dir=apps.data_dir,
+        state_dir=tmp_path / "bank",
+    )
+    b_app = data_owner_app(b_settings, client=httpx.AsyncClient(transport=apps.router))
+    apps.router.apps["do2.test"] = Recorder(httpx.ASGITransport(app=b_app))  # type: ignore[assignment]
+    workers.mode = "hang"
+    # an ordinary session with A, whose invitation A records
+    view = await open_session(apps)
+    assert view["state"] == "accepted", view
+    (recorded,) = recorder(apps, "do.test").bodies("POST", "/v1/invitations")
+    forged = {**recorded, "session_id": uuid.uuid4().hex, "rendezvous": "tcp://do.test:29999"}
+    async with apps.client("http://do2.test", TOKENS["mo@do"]) as as_a:  # the token A was sent
+        response = await as_a.post("/v1/invitations", json=forged)
+        assert_error(response, 401, "Unauthorized")
+        assert_error(await as_a.get("/v1/datasets"), 401, "Unauthorized")
+    # even with B's own token for the model owner (say it leaked), A's host is not a rendezvous
+    # host B connects to for that model owner, and B would report only to its configured URL
+    async with apps.client("http://do2.test", at_b) as leaked:
+        reply = (await leaked.post("/v1/invitations", json=forged)).json()
+    assert reply["accepted"] is False and "'do.test' is not one of model owner" in reply["reason"]
+    assert [c.role for c in workers.configs].count("data_owner") == 1  # A's genuine one only
+    async with apps.client(MO, TOKENS["mo"]) as c:
+        assert (await c.post(f"/v1/sessions/{view['id']}/cancel")).status_code == 200
+    await ended(apps, view["id"])
+    await b_app.state.service.sessions.shutdown()
+
+
+@pytest.mark.anyio
+async def test_the_data_owner_reports_only_to_its_configured_callback(
+    stack: Build, workers: FakeWorkers
+) -> None:
+    """An invitation cannot name where the data owner POSTs (no SSRF): it has no such field, and
+    the end of a session is reported at the callback URL configured for that model owner."""
+    apps = stack()
+    base = await valid_invitation(apps)
+    async with apps.client(DO, TOKENS["mo@do"]) as do:
+        response = await do.post(
+            "/v1/invitations", json={**base, "callback_url": "http://169.254.169.254/latest"}
+        )
+    assert_error(response, 422, "ValidationError", "callback_url")
+    workers.mode = "fail"
+    view = await open_session(apps)
+    await ended(apps, view["id"])
+    reports = [
+        (m, p) for m, p, _ in recorder(apps, "dealer.test").requests if p.endswith("/cancel")
+    ]
+    assert reports  # the model owner told the dealer; the data owner told the model owner:
+    mo_view = await session_at(apps, MO, TOKENS["mo"], view["id"])
+    assert (
+        "the data owner's side failed" in (mo_view["reason"] or "") or mo_view["state"] == "failed"
+    )

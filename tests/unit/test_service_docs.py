@@ -6,7 +6,6 @@ import re
 from pathlib import Path
 
 import pytest
-from pydantic import SecretStr
 from pydantic_settings import BaseSettings
 
 from common.ml.examples import ExampleSplit
@@ -35,12 +34,7 @@ def schemas(
             )
         ),
         "data owner": data_owner_app(
-            DataOwnerSettings(
-                api_token=SecretStr("t"),
-                model_owner_tokens={"m": SecretStr("u")},
-                state_dir=tmp / "do",
-                data_dir=tmp / "data",
-            )
+            DataOwnerSettings(demo=True, state_dir=tmp / "do", data_dir=tmp / "data")
         ),
         "dealer": dealer_app(DealerSettings(demo=True, state_dir=tmp / "dealer")),
     }
