@@ -3,7 +3,7 @@
     from common.client import ModelOwnerClient
     with ModelOwnerClient("https://mo.example.org:8000", token, tls=ClientTLS(...)) as mo:
         results = mo.appraise(data_owner="https://do.example.org:8001", datasets=["c1", "c2"])
-        frame = results_frame(results)  # pandas, if installed
+        frame = results_frame(results)  # pandas (or library="polars"), if installed
 
 Every call returns the API's own models (:class:`SessionView`, :class:`CandidateResult`). Errors
 are the project's error tree: the service's refusal keeps its class name and detail, a transport
@@ -13,6 +13,7 @@ another machine (:class:`PlainHTTPRefused`) unless told to.
 
 from __future__ import annotations
 
+import importlib
 import ssl
 import time
 from collections.abc import Callable, Sequence
@@ -152,20 +153,17 @@ class ModelOwnerClient:
         on_progress: Callable[[SessionView], None] | None = None,
     ) -> list[CandidateResult]:
         """Open a session and follow it to its end; each candidate's result, or SessionEnded."""
-        body: dict[str, Any] = {
-            "data_owner_url": data_owner,
-            "datasets": list(datasets),
-            "method": method,
-            "reveal": reveal,
-            "params": {k: v for k, v in (params or {}).items() if v is not None},
-        }
-        optional = {
-            "threshold": threshold,
-            "direction": direction,
-            "reveal_to": reveal_to,  # else the model owner's MODEL_OWNER_REVEAL_TO
-            "noise_epsilon": noise_epsilon,
-        }
-        body.update({k: v for k, v in optional.items() if v is not None})
+        body = session_request(
+            data_owner=data_owner,
+            datasets=datasets,
+            method=method,
+            reveal=reveal,
+            threshold=threshold,
+            params=params,
+            direction=direction,
+            reveal_to=reveal_to,
+            noise_epsilon=noise_epsilon,
+        )
         view = self.open_session(body)
         if on_open is not None:
             on_open(view)
@@ -178,12 +176,68 @@ class ModelOwnerClient:
         return view.results
 
 
-def results_frame(results: Sequence[CandidateResult]) -> Any:
-    """The results as a pandas DataFrame (one row per candidate); needs pandas installed."""
+def session_request(
+    *,
+    data_owner: str,
+    datasets: Sequence[str],
+    method: str = "influence",
+    reveal: str = "score",
+    threshold: float | None = None,
+    params: dict[str, Any] | None = None,
+    direction: str | None = None,
+    reveal_to: str | None = None,
+    noise_epsilon: float | None = None,
+) -> dict[str, Any]:
+    """The body of ``POST /v1/sessions`` (:class:`SessionCreate`); ``None`` leaves a field to the
+    model owner's default."""
+    body: dict[str, Any] = {
+        "data_owner_url": data_owner,
+        "datasets": list(datasets),
+        "method": method,
+        "reveal": reveal,
+        "params": {k: v for k, v in (params or {}).items() if v is not None},
+    }
+    optional = {
+        "threshold": threshold,
+        "direction": direction,
+        "reveal_to": reveal_to,  # else the model owner's MODEL_OWNER_REVEAL_TO
+        "noise_epsilon": noise_epsilon,
+    }
+    body.update({k: v for k, v in optional.items() if v is not None})
+    return body
+
+
+def results_frame(results: Sequence[CandidateResult], library: str = "pandas") -> Any:
+    """The results as a data frame, one row per candidate and one column per
+    :class:`CandidateResult` field: a ``pandas.DataFrame``, or with ``library="polars"`` a
+    ``polars.DataFrame`` (``pip install 'data-appraisal[notebook]'`` installs both)."""
+    if library not in ("pandas", "polars"):
+        raise errors.ConfigError(f"library must be 'pandas' or 'polars', got {library!r}")
     try:
-        import pandas as pd
+        module = importlib.import_module(library)
     except ImportError:
         raise errors.ConfigError(
-            "results_frame needs pandas (pip install pandas); or use [r.model_dump() for r in ...]"
+            f"results_frame needs {library} (pip install {library}); or use "
+            "[r.model_dump() for r in results]"
         ) from None
-    return pd.DataFrame([r.model_dump() for r in results])
+    rows = [r.model_dump() for r in results]
+    if library == "polars":
+        schema = {name: _POLARS_TYPES[name] for name in CandidateResult.model_fields}
+        return module.DataFrame(rows, schema={k: getattr(module, v) for k, v in schema.items()})
+    import pandas as pd
+
+    return pd.DataFrame(rows, columns=list(CandidateResult.model_fields))
+
+
+# a fixed column type each, so that an empty or all-null column keeps its type
+_POLARS_TYPES = {
+    "candidate": "String",
+    "method": "String",
+    "score": "Float64",
+    "accept": "Boolean",
+    "seconds": "Float64",
+    "bytes_sent": "Int64",
+    "bytes_received": "Int64",
+    "rounds": "Int64",
+    "peak_rss_mb": "Float64",
+}

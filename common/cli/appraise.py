@@ -4,14 +4,11 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import sys
-from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, NoReturn
 
 import typer
-from rich.progress import Progress
 
 from common.cli.options import (
     BatchOpt,
@@ -28,34 +25,16 @@ from common.cli.options import (
     ThresholdOpt,
     value,
 )
-from common.cli.output import err_console, fail, progress_bar, results_table
+from common.cli.output import err_console, fail, results_table
+from common.cli.remote import ModelOwnerOpt, TlsCaOpt, TlsCertOpt, TlsKeyOpt, connect
+from common.cli.sessions import announce, follow_session, print_outcome
+from common.client import ModelOwnerClient, session_request
 from common.errors import AppraisalError
-
-TOKEN_VARS = ("DATA_APPRAISAL_TOKEN", "MODEL_OWNER_API_TOKEN")
-
-
-def _token() -> str:
-    for var in TOKEN_VARS:
-        if os.environ.get(var):
-            return os.environ[var]
-    fail(
-        "set DATA_APPRAISAL_TOKEN (or MODEL_OWNER_API_TOKEN) to the model owner's API token; it "
-        "is never a command-line option"
-    )
-
-
-def _session_progress(total: int, show: bool) -> tuple[Progress, Callable[[Any], None]]:
-    progress = progress_bar(show=show)
-    task = progress.add_task("negotiating", total=total)
-
-    def update(view: Any) -> None:
-        progress.update(task, completed=view.progress.done, description=view.state.value)
-
-    return progress, update
+from common.web.schemas import SessionState
 
 
 def appraise(
-    model_owner: Annotated[str, typer.Option(help="The model owner service's URL.")],
+    model_owner: ModelOwnerOpt,
     data_owner: Annotated[str, typer.Option(help="The data owner service's URL.")],
     dataset: Annotated[
         list[str], typer.Option(help="A data owner's dataset id; repeat for several.")
@@ -70,24 +49,17 @@ def appraise(
     reveal_to: RevealToOpt = None,
     noise_epsilon: NoiseOpt = None,
     json_output: JsonOpt = False,
-    tls_ca: Annotated[
-        Path | None,
+    cancel_on_interrupt: Annotated[
+        bool,
         typer.Option(
-            help="CA that the model owner's certificate must chain to (default: the system's).",
-            envvar="DATA_APPRAISAL_TLS_CA",
+            "--cancel-on-interrupt",
+            help="On Ctrl-C cancel the session without asking (else it asks on a terminal, and "
+            "leaves the session running, saying how to follow or cancel it, elsewhere).",
         ),
-    ] = None,
-    tls_cert: Annotated[
-        Path | None,
-        typer.Option(
-            help="Client certificate, for a model owner that requires mutual TLS.",
-            envvar="DATA_APPRAISAL_TLS_CERT",
-        ),
-    ] = None,
-    tls_key: Annotated[
-        Path | None,
-        typer.Option(help="The client certificate's key file.", envvar="DATA_APPRAISAL_TLS_KEY"),
-    ] = None,
+    ] = False,
+    tls_ca: TlsCaOpt = None,
+    tls_cert: TlsCertOpt = None,
+    tls_key: TlsKeyOpt = None,
 ) -> None:
     """Open an appraisal session on a model owner service and follow it to its result.
 
@@ -96,38 +68,60 @@ def appraise(
     and --json show the model owner's worker's view: its score or bit, and the bytes it sent and
     received.
     """
-    from common.client import INSECURE_HTTP_VAR, ModelOwnerClient
-    from common.web.tls import client_context
-
-    token = _token()
-    insecure = os.environ.get(INSECURE_HTTP_VAR, "").lower() in ("1", "true", "yes")
-    progress, update = _session_progress(len(dataset), not json_output and err_console.is_terminal)
-    try:
-        verify = client_context(
-            tls_ca, tls_cert, tls_key, names=("--tls-ca", "--tls-cert", "--tls-key")
-        )
-        with (
-            progress,
-            ModelOwnerClient(model_owner, token, tls=verify, insecure_http=insecure) as mo,
-        ):
-            results = mo.appraise(
-                data_owner=data_owner,
-                datasets=dataset,
-                method=method.value,
-                reveal=reveal.value,
-                threshold=threshold,
-                params={"steps": steps, "lr": lr, "batch_size": batch_size},
-                direction=value(direction),
-                reveal_to=value(reveal_to),
-                noise_epsilon=noise_epsilon,
-                on_progress=update,
+    body = session_request(
+        data_owner=data_owner,
+        datasets=dataset,
+        method=method.value,
+        reveal=reveal.value,
+        threshold=threshold,
+        params={"steps": steps, "lr": lr, "batch_size": batch_size},
+        direction=value(direction),
+        reveal_to=value(reveal_to),
+        noise_epsilon=noise_epsilon,
+    )
+    show = not json_output and err_console.is_terminal
+    with connect(model_owner, tls_ca, tls_cert, tls_key) as client:
+        try:
+            view = client.open_session(body)
+        except AppraisalError as exc:
+            fail(str(exc))
+        except KeyboardInterrupt:
+            err_console.print(
+                "interrupted while the model owner negotiated; `data-appraisal sessions list` "
+                "shows whether it opened a session"
             )
-    except AppraisalError as exc:
-        fail(str(exc))
-    if json_output:
-        sys.stdout.write(json.dumps([r.to_json() for r in results]) + "\n")
-        return
-    results_table(f"{method.value} appraisal ({reveal.value} reveal)", results)
+            raise typer.Exit(130) from None
+        announce(view)
+        try:
+            view = follow_session(client, view, show=show)
+        except AppraisalError as exc:
+            fail(str(exc))
+        except KeyboardInterrupt:
+            _interrupted(client, view.id, cancel=cancel_on_interrupt)
+    print_outcome(view, json_output=json_output)
+
+
+def _interrupted(client: ModelOwnerClient, session_id: str, *, cancel: bool) -> NoReturn:
+    """Ctrl-C while following: cancel (asked on a terminal), or say how to find the session."""
+    if not cancel and sys.stdin.isatty():
+        try:
+            cancel = typer.confirm(f"\ncancel session {session_id}?", default=True, err=True)
+        except (typer.Abort, KeyboardInterrupt, EOFError):
+            cancel = False
+    if cancel:
+        try:
+            view = client.cancel(session_id, "cancelled by the operator (interrupted)")
+        except AppraisalError as exc:
+            fail(f"cancelling session {session_id} failed: {exc}")
+        err_console.print(f"session {session_id} {view.state.value}", highlight=False)
+    else:
+        err_console.print(
+            f"session {session_id} goes on: follow it with `data-appraisal sessions follow "
+            f"{session_id}`, cancel it with `data-appraisal sessions cancel {session_id}`",
+            highlight=False,
+            soft_wrap=True,
+        )
+    raise typer.Exit(130)
 
 
 def demo(
@@ -148,7 +142,7 @@ def demo(
     import tempfile
 
     from common.cli.stack import local_stack
-    from common.client import ModelOwnerClient
+    from common.client import ModelOwnerClient, session_request
     from common.methods import METHODS
     from common.ml.examples import write_example_data
 
@@ -168,17 +162,17 @@ def demo(
                 )
             )
             ids = [Path(c).stem for c in split.candidates]
-            progress, update = _session_progress(len(ids), show)
             mo = services.model_owner
-            with progress, ModelOwnerClient(mo.url, mo.token, tls=mo.tls) as client:
-                results = client.appraise(
-                    data_owner=services.data_owner.url,
-                    datasets=ids,
-                    method=method.value,
-                    on_progress=update,
+            with ModelOwnerClient(mo.url, mo.token, tls=mo.tls) as client:
+                body = session_request(
+                    data_owner=services.data_owner.url, datasets=ids, method=method.value
                 )
+                view = follow_session(client, client.open_session(body), show=show)
         except AppraisalError as exc:
             fail(str(exc))
+    if view.state is not SessionState.COMPLETED:
+        print_outcome(view, json_output=json_output)  # the reason, and exit status 1
+    results = view.results
     higher = METHODS[method.value].better == "higher"
     ranked = sorted(results, key=lambda r: -(r.score or 0.0) if higher else (r.score or 0.0))
     noise = {

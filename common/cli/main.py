@@ -7,7 +7,7 @@ import sys
 
 import typer
 
-from common.cli import appraise, files, local, serve
+from common.cli import appraise, files, local, serve, sessions
 from common.cli.output import DEBUG_VAR, err_console
 from common.experiments.cli import app as experiment_app
 
@@ -24,6 +24,7 @@ app = typer.Typer(
 app.command()(local.local)
 app.command()(appraise.appraise)
 app.command()(appraise.demo)
+app.add_typer(sessions.app, name="sessions")
 app.command("example-data")(files.example_data)
 app.command()(files.certs)
 for _name in serve.SERVICES:

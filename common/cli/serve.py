@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -54,7 +53,7 @@ SERVICES: dict[str, ServiceCommand] = {
 
 
 def serve(name: str, host: str | None, port: int | None, demo: bool, log_level: str) -> None:
-    from common.web import server
+    from common.web import logs, server
     from common.web.tls import uvicorn_ssl_kwargs
 
     overrides: dict[str, object] = {}
@@ -64,11 +63,11 @@ def serve(name: str, host: str | None, port: int | None, demo: bool, log_level: 
         overrides["port"] = port
     if demo:
         overrides["demo"] = True
-    logging.basicConfig(
-        level=log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s"
-    )
     try:
         settings, build = SERVICES[name].build(overrides)
+        logs.configure(
+            name, level=log_level, fmt=settings.log_format, access_log=settings.access_log
+        )
         tls = uvicorn_ssl_kwargs(settings)  # TLS files and the plain-HTTP policy, before training
         app = build()
     except AppraisalError as exc:

@@ -77,6 +77,11 @@ class WorkerProgress:
     total: int
     started: int
     results: tuple[dict[str, Any], ...] = ()
+    step: int = 0
+    """Steps done within the candidate under way (its ``step`` events; 0 for a method without
+    steps, or before the first)."""
+    steps: int = 0
+    """Steps the candidate under way takes in all (0: the method reports none)."""
 
     @property
     def done(self) -> int:
@@ -100,7 +105,7 @@ def read_progress(path: Path) -> WorkerProgress | None:
     except OSError:
         return None
     total: int | None = None
-    started = 0
+    started = step = steps = 0
     results: list[dict[str, Any]] = []
     for line in lines:
         if not line.endswith("\n"):
@@ -111,9 +116,15 @@ def read_progress(path: Path) -> WorkerProgress | None:
             total = int(event["total"])
         elif kind == "started":
             started = max(started, int(event["index"]) + 1)
+            step = steps = 0
+        elif kind == "step" and int(event["index"]) == started - 1:
+            step, steps = int(event["done"]), int(event["total"])
         elif kind == "result":
             results.append(dict(event["result"]))
-    return None if total is None else WorkerProgress(total, started, tuple(results))
+            step = steps = 0
+    if total is None:
+        return None
+    return WorkerProgress(total, started, tuple(results), step, steps)
 
 
 class _ForkedWorker:

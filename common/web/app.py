@@ -15,9 +15,9 @@ from fastapi import APIRouter, FastAPI
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from common.errors import PayloadTooLarge
+from common.web.docs import install_docs, is_open
 from common.web.responses import error_response, install_error_handlers
 from common.web.routes import VERSION, health_router, sessions_router
-from common.web.schemas import API_PREFIX
 from common.web.security import identify
 
 
@@ -63,20 +63,19 @@ class BodyLimit:
 class Authenticate:
     """Answer 401 to a request without a token this service knows, before its body is read or
     parsed (a malformed body from a stranger gets 401, not 422). Which identity may do what is
-    still each route's dependency; only ``OPEN_PATHS`` need no token."""
-
-    OPEN_PATHS = frozenset({f"{API_PREFIX}/health"})
+    still each route's dependency; only the health check and the docs (:func:`docs.is_open`)
+    need no token."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] in self.OPEN_PATHS:
+        service = scope["app"].state.service if scope["type"] == "http" else None
+        if service is None or is_open(scope["path"], service.settings.docs):
             await self.app(scope, receive, send)
             return
         headers = dict(scope.get("headers") or [])
         scheme, _, token = headers.get(b"authorization", b"").decode("latin-1").partition(" ")
-        service = scope["app"].state.service
         if scheme.lower() != "bearer" or not token:
             detail = "send the API token as 'Authorization: Bearer <token>'"
         elif identify(service.identities(), token.strip()) is None:
@@ -105,7 +104,7 @@ def create_service_app(
         if close is not None:
             await close()
 
-    # the schema is served behind the token like every route but health (no public /docs)
+    # the schema and the docs page are this project's own routes (common/web/docs.py)
     app = FastAPI(
         title=title,
         description=description,
@@ -118,6 +117,7 @@ def create_service_app(
     install_error_handlers(app)
     app.add_middleware(BodyLimit, limit=service.settings.max_request_bytes, overrides=upload_limits)
     app.add_middleware(Authenticate)  # the outermost: before the body is read
+    install_docs(app, service.settings.docs)
     app.include_router(health_router)
     app.include_router(sessions_router)
     for router in routers:

@@ -1,15 +1,18 @@
-"""The routes every service has: health, its OpenAPI schema, and its sessions (list, get, cancel)."""
+"""The routes every service has: health, its OpenAPI schema, its metrics, and its sessions (list,
+get, cancel)."""
 
 from __future__ import annotations
 
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request
+from fastapi.responses import PlainTextResponse
 
 from common.errors import NotFound
+from common.web.metrics import CONTENT_TYPE, exposition
 from common.web.responses import responses
 from common.web.schemas import API_PREFIX, CancelRequest, Health, SessionState, SessionView
-from common.web.security import Caller
+from common.web.security import Caller, Operator, SchemaReader
 from common.web.sessions import SessionManager
 from common.web.settings import OPERATOR
 
@@ -49,9 +52,26 @@ async def health(request: Request) -> Health:
     return Health(service=request.app.title, version=VERSION)
 
 
-@health_router.get("/openapi.json", summary="This API's OpenAPI schema", responses=responses(401))
-async def openapi(request: Request, who: Caller) -> dict[str, Any]:
+@health_router.get(
+    "/openapi.json",
+    summary="This API's OpenAPI schema (public only with DOCS=public; the page: /v1/docs)",
+    responses=responses(401),
+)
+async def openapi(request: Request, who: SchemaReader) -> dict[str, Any]:
     return openapi_schema(request.app)
+
+
+@health_router.get(
+    "/metrics",
+    summary="Sessions by state, MPC seconds and bytes (Prometheus text format; operator only)",
+    response_class=PlainTextResponse,
+    responses={**responses(401, 403), 200: {"content": {CONTENT_TYPE: {}}}},
+)
+async def metrics(request: Request, manager: Manager, who: Operator) -> PlainTextResponse:
+    text = exposition(
+        manager.store, service=request.app.title, version=VERSION, live=len(manager.running())
+    )
+    return PlainTextResponse(text, media_type=CONTENT_TYPE)
 
 
 sessions_router = APIRouter(prefix=f"{API_PREFIX}/sessions", tags=["sessions"])

@@ -283,8 +283,14 @@ TERMINAL = frozenset(
 
 
 class Progress(BaseModel):
-    done: int = 0
-    total: int = 0
+    done: int = Field(default=0, description="candidates finished")
+    total: int = Field(default=0, description="candidates in the session")
+    step: int = Field(
+        default=0, description="steps done within the candidate under way (fine-tuning, chunks)"
+    )
+    steps: int = Field(
+        default=0, description="steps the candidate under way takes (0: the method reports none)"
+    )
 
 
 class SessionView(BaseModel):

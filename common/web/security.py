@@ -75,6 +75,20 @@ def check_certificate(request: Request, identity: str, credential: Credential) -
 Caller = Annotated[str, Depends(authenticate)]
 
 
+async def schema_reader(
+    request: Request,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> str:
+    """Who may read the API's description: anyone when the service's docs are public (its
+    ``DOCS=public`` setting), else any caller with a valid token."""
+    if request.app.state.service.settings.docs == "public":
+        return "public"
+    return await authenticate(request, credentials)
+
+
+SchemaReader = Annotated[str, Depends(schema_reader)]
+
+
 async def operator(who: Caller) -> str:
     if who != OPERATOR:
         raise Forbidden("only this service's operator token may do this")

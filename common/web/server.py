@@ -111,6 +111,8 @@ def serve(app: Any, settings: ServiceSettings, tls: dict[str, Any], *, log_level
         host=settings.host,
         port=settings.port,
         log_level=log_level.lower(),
+        log_config=None,  # the logging common.web.logs.configure set up
+        access_log=settings.access_log != "off",
         http=protocol,
         loop="asyncio",
         limit_concurrency=settings.max_connections,

@@ -133,7 +133,12 @@ class SessionManager:
     def _progressed(self, session_id: str, last: list[WorkerProgress]) -> Callable[..., None]:
         def record(role: str, progress: WorkerProgress) -> None:
             fields: dict[str, Any] = {
-                "progress": Progress(done=progress.done, total=progress.total),
+                "progress": Progress(
+                    done=progress.done,
+                    total=progress.total,
+                    step=progress.step,
+                    steps=progress.steps,
+                ),
                 "charged": progress.started,
             }
             if not last or len(progress.results) != len(last[0].results):

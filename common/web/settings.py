@@ -64,6 +64,10 @@ class ServiceSettings(BaseSettings):
     tls_ca: Path | None = None  # unset: peers are verified against the system's trust store
     tls_client_auth: Literal["required", "none"] = "required"  # mutual TLS, or bearer over TLS
     insecure_http: bool = False  # allow plain HTTP off loopback (serving and calling peers)
+    # operations (common/web/logs.py, common/web/metrics.py, common/web/docs.py)
+    log_format: Literal["json", "text"] = "json"  # one JSON object per line, or text
+    access_log: Literal["changes", "all", "off"] = "changes"  # "changes": no line per poll
+    docs: Literal["token", "public", "off"] = "token"  # /v1/docs: the schema behind the token
 
     secret_fields: ClassVar[tuple[str, ...]] = ("api_token",)
 

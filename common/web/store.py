@@ -15,9 +15,11 @@ queries, and the durability settings in plain sight.
 from __future__ import annotations
 
 import json
+import logging
 import sqlite3
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +47,22 @@ def check_transition(current: SessionState, new: SessionState) -> None:
 
 
 SCHEMA_VERSION = 2
+log = logging.getLogger("data_appraisal.sessions")
+
+
+@dataclass(frozen=True)
+class StoreTotals:
+    """What :meth:`SessionStore.totals` counts."""
+
+    sessions: dict[SessionState, int]  # every state, zero included
+    results: int  # candidate results stored (revealed)
+    mpc_seconds: float  # their MPC seconds, summed
+    bytes_sent: int  # by this party's workers
+    bytes_received: int
+
+
+_UNHAPPY = frozenset({SessionState.FAILED, SessionState.EXPIRED})  # logged as warnings
+
 _TABLE = """
 CREATE TABLE IF NOT EXISTS sessions (
     id TEXT PRIMARY KEY,
@@ -192,6 +210,15 @@ class SessionStore:
                 )
             except sqlite3.IntegrityError:
                 raise Conflict(f"a session with id {view.id} already exists") from None
+        log.info(
+            "session %s %s (%s on %d candidates, with %s)",
+            view.id,
+            view.state.value,
+            view.method,
+            len(view.datasets),
+            view.counterpart,
+            extra={"session": view.id, "role": view.role, "state": view.state.value},
+        )
         return view
 
     def get(self, session_id: str) -> SessionView:
@@ -211,6 +238,30 @@ class SessionStore:
             ).fetchall()
         return [self._view(r) for r in rows]
 
+    def totals(self) -> StoreTotals:
+        """Sessions by state, and what their results cost (for ``/metrics``): one query, over
+        every session this store keeps."""
+        with self._lock:
+            states = self._db.execute(
+                "SELECT state, COUNT(*) AS n FROM sessions GROUP BY state"
+            ).fetchall()
+            row = self._db.execute(
+                "SELECT COUNT(r.value) AS n, "
+                "TOTAL(json_extract(r.value, '$.seconds')) AS seconds, "
+                "TOTAL(json_extract(r.value, '$.bytes_sent')) AS sent, "
+                "TOTAL(json_extract(r.value, '$.bytes_received')) AS received "
+                "FROM sessions, json_each(sessions.results) AS r"
+            ).fetchone()
+        by_state = {state: 0 for state in SessionState}
+        by_state.update({SessionState(r["state"]): int(r["n"]) for r in states})
+        return StoreTotals(
+            sessions=by_state,
+            results=int(row["n"]),
+            mpc_seconds=float(row["seconds"]),
+            bytes_sent=int(row["sent"]),
+            bytes_received=int(row["received"]),
+        )
+
     def advance(self, session_id: str, state: SessionState, **data: Any) -> SessionView:
         """Move a session to ``state`` (see :data:`TRANSITIONS`), with ``reason`` and any data
         fields of :meth:`record`. A session that already ended is left as it is (whoever ended it
@@ -222,10 +273,14 @@ class SessionStore:
             if row is None:
                 raise NotFound(f"no session {session_id!r}; GET /v1/sessions lists them")
             current = SessionState(row["state"])
-            if not current.terminal:
+            moved = not current.terminal
+            if moved:
                 check_transition(current, state)
                 self._write(session_id, {"state": state.value, **self._encode(data)})
-        return self.get(session_id)
+        view = self.get(session_id)
+        if moved and state is not current:  # one line per transition, successes included
+            _log_transition(view, current)
+        return view
 
     def record(self, session_id: str, **data: Any) -> SessionView:
         """Store a live session's data: ``progress``, ``results``, ``charged``, ``rendezvous``,
@@ -314,3 +369,22 @@ class SessionStore:
                 reason="the service stopped while this session was live; its worker stopped with it",
             )
         return live
+
+
+def _log_transition(view: SessionView, previous: SessionState) -> None:
+    extra: dict[str, Any] = {
+        "session": view.id,
+        "role": view.role,
+        "state": view.state.value,
+        "previous": previous.value,
+    }
+    text = f"session {view.id} {previous.value} -> {view.state.value}"
+    if view.state.terminal:
+        extra["results"], extra["charged"] = len(view.results), view.charged
+        extra["mpc_seconds"] = round(sum(r.seconds for r in view.results), 3)
+        text += f" ({len(view.results)}/{len(view.datasets)} results)"
+    if view.reason and view.state is not SessionState.COMPLETED:
+        extra["reason"] = view.reason
+        text += f": {view.reason}"
+    level = logging.WARNING if view.state in _UNHAPPY else logging.INFO
+    log.log(level, text, extra=extra)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -171,6 +172,15 @@ def test_appraise_command_prints_the_same_shape_as_local(stack: Stack) -> None:
         "peak_rss_mb",
     }
     assert rows[0]["score"] < rows[1]["score"]  # the clean candidate is appraised better
+    # the model owner's log: JSON lines, this session's transitions, no line per poll
+    lines = [json.loads(line) for line in stack.model_owner.log_path.read_text().splitlines()]
+    assert {line["service"] for line in lines} == {"model-owner"}
+    session_id = done.stderr.split()[1]  # "session <id> accepted ..." comes first
+    ours = [line for line in lines if line.get("session") == session_id]
+    assert [line["state"] for line in ours] == ["proposed", "accepted", "running", "completed"]
+    assert all(line["role"] == "model_owner" for line in ours)
+    polls = [line for line in lines if f"GET /v1/sessions/{session_id}" in line["message"]]
+    assert polls == [] and any('"POST /v1/sessions' in line["message"] for line in lines)
     # a refused session is an error line naming the cause, not a traceback
     bad = subprocess.run(
         [*command[:-4], "--dataset", "candidate_99"],
@@ -191,6 +201,109 @@ def test_appraise_command_prints_the_same_shape_as_local(stack: Stack) -> None:
 
 
 LONG = {"method": "finetune", "params": {"steps": 400, "lr": 0.1}}  # minutes if not stopped
+
+
+def cli_env(stack: Stack) -> dict[str, str]:
+    return {
+        **os.environ,
+        **stack.model_owner.client_env(),
+        "DATA_APPRAISAL_TOKEN": stack.model_owner.token,
+        "DATA_APPRAISAL_MODEL_OWNER": stack.model_owner.url,
+    }
+
+
+def cli(stack: Stack, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "common.cli", *args],
+        env=cli_env(stack),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=ROOT,
+    )
+
+
+def interrupted_appraise(stack: Stack, *flags: str) -> tuple[str, int, str]:
+    """Start ``appraise`` on a long session, press Ctrl-C once it is running; (id, status, stderr)."""
+    command = [sys.executable, "-m", "common.cli", "appraise", "--data-owner", stack.data_owner.url]
+    command += ["--dataset", PAIR[0], "--method", "finetune", "--steps", "400", *flags]
+    with subprocess.Popen(
+        command, env=cli_env(stack), stderr=subprocess.PIPE, text=True, cwd=ROOT
+    ) as process:
+        assert process.stderr is not None
+        first = process.stderr.readline()  # the session id comes first
+        assert first.startswith("session "), first
+        session_id = first.split()[1]
+        wait_for(stack.model_owner, session_id, {"running"}, 60)
+        process.send_signal(signal.SIGINT)
+        rest = process.stderr.read()
+        return session_id, process.wait(timeout=30), rest
+
+
+def test_an_interrupted_appraise_leaves_a_session_the_cli_can_list_show_follow_and_cancel(
+    stack: Stack,
+) -> None:
+    session_id, status, stderr = interrupted_appraise(stack)
+    assert status == 130
+    assert f"sessions cancel {session_id}" in stderr and "Traceback" not in stderr  # not orphaned
+    listed = cli(stack, "sessions", "list", "--json")
+    assert listed.returncode == 0, listed.stderr
+    (ours,) = [v for v in json.loads(listed.stdout) if v["id"] == session_id]
+    assert ours["state"] == "running"
+    table = cli(stack, "sessions", "list", "--state", "running")
+    assert session_id in table.stdout and "finetune" in table.stdout
+    shown = cli(stack, "sessions", "show", session_id)
+    assert shown.returncode == 0 and "400 steps" in shown.stdout, shown
+    cancelled = cli(stack, "sessions", "cancel", session_id, "--reason", "enough")
+    assert cancelled.returncode == 0 and "cancelled" in cancelled.stderr, cancelled
+    assert get(stack.model_owner, session_id)["state"] == "cancelled"
+    followed = cli(stack, "sessions", "follow", session_id)
+    assert (
+        followed.returncode == 1 and "cancelled" in followed.stderr and "enough" in followed.stderr
+    )
+    unknown = cli(stack, "sessions", "show", "f" * 32)
+    assert unknown.returncode == 1 and "404" in unknown.stderr and "Traceback" not in unknown.stderr
+
+    # --cancel-on-interrupt cancels at once, and the workers stop
+    session_id, status, stderr = interrupted_appraise(stack, "--cancel-on-interrupt")
+    assert status == 130 and f"session {session_id} cancelled" in stderr, stderr
+    assert get(stack.model_owner, session_id)["state"] == "cancelled"
+    end = time.monotonic() + 15
+    while worker_pids() and time.monotonic() < end:
+        time.sleep(0.2)
+    assert worker_pids() == []
+
+    # follow prints the results of a session that completes
+    view = open_session(stack, method="gradient-norm")
+    followed = cli(stack, "sessions", "follow", view["id"], "--json")
+    assert followed.returncode == 0, followed.stderr
+    assert [r["candidate"] for r in json.loads(followed.stdout)] == list(PAIR)
+
+
+def test_the_client_example_in_the_docs_runs(stack: Stack) -> None:
+    """docs/client.md's example, pointed at this stack, prints a frame of both candidates."""
+    text = (ROOT / "docs" / "client.md").read_text()
+    (code,) = re.findall(r"```python\n(.*?)```", text, flags=re.S)
+    assert stack.pki is not None
+    for example, ours in {
+        "https://mo.example.org:8000": stack.model_owner.url,
+        "https://data.acme.org:8001": stack.data_owner.url,
+        'Path("tls")': f"Path({str(stack.pki.directory)!r})",
+    }.items():
+        assert example in code
+        code = code.replace(example, ours)
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        env={**os.environ, "DATA_APPRAISAL_TOKEN": stack.model_owner.token},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=ROOT,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("session ")
+    assert re.search(r"candidate_01\s+-0\.\d+", done.stdout), done.stdout
+    assert "candidate_10" in done.stdout and "'completed'" in done.stdout
 
 
 def test_cancel_by_the_data_owner_stops_every_worker(stack: Stack) -> None:

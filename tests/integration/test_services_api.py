@@ -497,7 +497,7 @@ async def test_session_runs_real_mpc_and_both_sides_store_the_score(
     assert view["state"] == "accepted", view
     view = await finished(apps, MO, TOKENS["mo"], view["id"])
     assert view["state"] == "completed", view["reason"]
-    assert view["progress"] == {"done": 2, "total": 2}
+    assert view["progress"] == {"done": 2, "total": 2, "step": 0, "steps": 0}  # influence: no steps
     theirs = await finished(apps, DO, TOKENS["do"], view["id"])
     dealer = await finished(apps, DEALER, TOKENS["dealer"], view["id"])
     assert theirs["state"] == "completed" and dealer["state"] == "completed"
