@@ -13,7 +13,7 @@ LOCK   := requirements/lock.txt
 # plain requirement. `make TORCH_INDEX_URL=` always uses the plain requirement.
 TORCH_INDEX_URL ?= https://download.pytorch.org/whl/cpu
 
-.PHONY: install demo test lint lock bench clean
+.PHONY: install demo test lint lock bench clean compose-test
 
 $(STAMP): pyproject.toml $(LOCK) requirements/crypten.txt Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -51,6 +51,12 @@ lock:
 	    --output-file $(LOCK) pyproject.toml
 	sed -i -E 's/^(torch==[^+ ]+)\+[a-z0-9.]+/\1/' $(LOCK)
 	@echo "$(LOCK) written; the next make install (or make test) installs it"
+
+# docker-compose.yml for real (a Docker engine and Compose v1 or v2): build the image, bring the
+# stack up, check the demo appraisal, take it down (tests/e2e/compose_demo.py). torch comes from a
+# local CPU wheel if TORCH_WHEEL or pip's find-links has one, else from PyTorch's CPU index.
+compose-test: $(STAMP)
+	$(BIN)/python -m tests.e2e.compose_demo
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_mpc.py

@@ -26,7 +26,7 @@ from common import errors
 from common.errors import AppraisalError, PeerUnavailable, SessionEnded
 from common.protocol import CandidateResult
 from common.web.schemas import API_PREFIX, SessionState, SessionView
-from common.web.tls import ClientTLS, refuse_plain_http
+from common.web.tls import ClientTLS, explain_transport_error, refuse_plain_http
 
 INSECURE_HTTP_VAR = "DATA_APPRAISAL_INSECURE_HTTP"  # lets the client send its token in clear
 
@@ -65,6 +65,8 @@ class ModelOwnerClient:
             verify = tls.context()
         elif isinstance(tls, ssl.SSLContext):
             verify = tls
+        # kept to explain a failed connection (explain_transport_error)
+        self._tls = verify if isinstance(verify, ssl.SSLContext) else ssl.create_default_context()
         self._http = httpx.Client(
             base_url=self.url,
             headers={"Authorization": f"Bearer {token}"},
@@ -85,8 +87,9 @@ class ModelOwnerClient:
         try:
             response = self._http.request(method, f"{API_PREFIX}{path}", **kw)
         except httpx.HTTPError as exc:
+            detail = explain_transport_error(exc, self.url, self._tls)
             raise PeerUnavailable(
-                f"the model owner at {self.url} did not answer: {type(exc).__name__}: {exc}"
+                f"the model owner at {self.url} did not answer: {detail}"
             ) from None
         if response.status_code != ok:
             raise _service_error(response, self.url)

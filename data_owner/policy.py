@@ -17,6 +17,7 @@ from urllib.parse import urlsplit
 from common.protocol import SessionKeys
 from common.web.schemas import Invitation
 from common.web.store import SessionStore
+from common.web.tls import is_loopback
 from data_owner.registry import Registry
 from data_owner.settings import DataOwnerSettings
 
@@ -41,6 +42,12 @@ def _sender(r: Review) -> str | None:
     return None
 
 
+_LOOPBACK_HINT = (
+    "; it is a loopback address, which only reaches the model owner when both run on one host: "
+    "the model owner must set MODEL_OWNER_ADVERTISE_HOST to an address this host can reach"
+)
+
+
 def _endpoints(r: Review) -> str | None:
     """The data owner connects and calls only where it is configured to, whatever the invitation
     says: its worker to a rendezvous host of this model owner's, and a dealer of its own list."""
@@ -52,6 +59,7 @@ def _endpoints(r: Review) -> str | None:
             f"the rendezvous host {host!r} is not one of model owner {r.who!r}'s "
             f"(DATA_OWNER_MODEL_OWNERS[{r.who!r}].rendezvous_hosts: {configured}): this data "
             "owner's worker connects only to hosts configured for that model owner"
+            + (_LOOPBACK_HINT if is_loopback(host) else "")
         )
     if r.invitation.job.provider == "TTP" and r.settings.dealer(r.invitation.dealer_url) is None:
         known = ", ".join(f"{n} ({d.url})" for n, d in r.settings.dealers.items()) or "none"

@@ -26,7 +26,7 @@ app.command()(appraise.appraise)
 app.command()(appraise.demo)
 app.add_typer(sessions.app, name="sessions")
 app.command("example-data")(files.example_data)
-app.command()(files.certs)
+app.add_typer(files.certs_app, name="certs")
 for _name in serve.SERVICES:
     app.add_typer(serve.serve_command(_name), name=_name)
 app.add_typer(experiment_app, name="experiment")

@@ -405,9 +405,10 @@ async def supervise(
                 err = first.error()
                 timed_out = err is not None and err["type"] == "PeerTimeout"
                 outcome: Outcome = "expired" if timed_out and finish_by is None else "failed"
-                return report(
-                    outcome, f"the {first.role.replace('_', ' ')} worker failed: {first.failure()}"
-                )
+                reason = f"the {first.role.replace('_', ' ')} worker failed: {first.failure()}"
+                if outcome == "expired":
+                    reason += rendezvous_hint(first.config)
+                return report(outcome, reason)
             if all(code == 0 for code in codes.values()):
                 return report("completed", "")
             if cancel is not None and cancel.event.is_set():
@@ -437,6 +438,32 @@ async def supervise(
             await asyncio.sleep(POLL_SECONDS)
     finally:
         await asyncio.to_thread(stop_parties, parties)
+
+
+def rendezvous_hint(config: PartyConfig) -> str:
+    """What to check when a party timed out before every party had joined the rendezvous."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(config.rendezvous)
+    host, where = parts.hostname or "", parts.netloc
+    loopback = host == "localhost" or host.startswith("127.") or host == "::1"
+    if loopback and config.role == "model_owner":
+        return (
+            f"; the rendezvous {where} is a loopback address, which workers on other hosts cannot "
+            "reach: if they run elsewhere, set MODEL_OWNER_ADVERTISE_HOST to this host's address "
+            "on their network (and MODEL_OWNER_RENDEZVOUS_BIND if that address is not local, "
+            "behind NAT)"
+        )
+    if loopback:
+        return (
+            f"; the model owner advertised the rendezvous {where}, a loopback address: unless it "
+            "runs on this host, this worker reached its own host, not the model owner's (the "
+            "model owner must set MODEL_OWNER_ADVERTISE_HOST to an address this host can reach)"
+        )
+    return (
+        f"; check that every worker can reach the model owner's rendezvous {where} "
+        "(MODEL_OWNER_ADVERTISE_HOST, and MODEL_OWNER_RENDEZVOUS_PORTS open in its firewall)"
+    )
 
 
 @contextlib.contextmanager

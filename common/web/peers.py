@@ -10,6 +10,7 @@ from pydantic import SecretStr
 
 from common.errors import PeerUnavailable
 from common.web.schemas import API_PREFIX, SessionState, SessionView
+from common.web.tls import explain_peer_error
 
 log = logging.getLogger("data_appraisal.web")
 
@@ -26,7 +27,8 @@ async def peer_call(
             method, url, json=body, headers={"Authorization": f"Bearer {secret}"}
         )
     except httpx.HTTPError as exc:
-        raise PeerUnavailable(f"{url} did not answer: {type(exc).__name__}: {exc}") from None
+        detail = await explain_peer_error(http, exc, url)
+        raise PeerUnavailable(f"{url} did not answer: {detail}") from None
 
 
 def peer_detail(response: httpx.Response) -> str:
