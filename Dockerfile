@@ -75,5 +75,10 @@ RUN useradd --create-home --uid 10001 --user-group appraisal \
 USER appraisal
 WORKDIR /home/appraisal
 
+# The service this container serves (PID 1's `data-appraisal <service> serve`) answers its health
+# route on this host, with its own port, CA and certificate; one-shot containers pass.
+HEALTHCHECK --interval=10s --timeout=10s --start-period=60s --retries=6 \
+    CMD ["data-appraisal", "health"]
+
 ENTRYPOINT ["data-appraisal"]
 CMD ["--help"]

@@ -7,7 +7,7 @@ import sys
 
 import typer
 
-from common.cli import appraise, files, local, serve, sessions
+from common.cli import appraise, files, health, local, serve, sessions
 from common.cli.output import DEBUG_VAR, err_console
 from common.experiments.cli import app as experiment_app
 
@@ -29,6 +29,7 @@ app.command("example-data")(files.example_data)
 app.add_typer(files.certs_app, name="certs")
 for _name in serve.SERVICES:
     app.add_typer(serve.serve_command(_name), name=_name)
+app.command()(health.health)
 app.add_typer(experiment_app, name="experiment")
 
 

@@ -26,6 +26,7 @@ import argparse
 import glob
 import json
 import os
+import re
 import secrets
 import shutil
 import subprocess
@@ -46,12 +47,9 @@ COMPOSE_FILE = ROOT / "docker-compose.yml"
 WHEELS = ROOT / "wheels"  # git-ignored; the Dockerfile's TORCH_WHEEL_DIR
 TORCH_WHEEL = "torch-2.13.0+cpu-*.whl"
 SERVERS = ("dealer", "data-owner", "model-owner")
-TOKENS = (
-    "MODEL_OWNER_API_TOKEN",
-    "DATA_OWNER_API_TOKEN",
-    "DEALER_API_TOKEN",
-    "MODEL_OWNER_DATA_OWNER_TOKEN",
-    "MODEL_OWNER_DEALER_TOKEN",
+# the tokens .env.example asks for, each given a fresh secret (one list, so they cannot drift)
+TOKENS = tuple(
+    re.findall(r"^([A-Z_]+_TOKEN)=$", (ROOT / ".env.example").read_text(), flags=re.MULTILINE)
 )
 HOST_PORTS = ("MODEL_OWNER_HOST_PORT", "DATA_OWNER_HOST_PORT", "DEALER_HOST_PORT")
 APPRAISE_SECONDS = 900.0

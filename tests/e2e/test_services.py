@@ -29,7 +29,10 @@ from common.cli.stack import (
 )
 from common.ml.examples import ExampleSplit
 from common.runtime.local import plaintext_scores, run_local
+from common.runtime.supervisor import free_port
 from tests.conftest import worker_pids
+
+PREFIXES = ("MODEL_OWNER_", "DATA_OWNER_", "DEALER_")
 
 pytestmark = pytest.mark.mpc
 PAIR = ("candidate_01", "candidate_10")
@@ -304,6 +307,34 @@ def test_the_client_example_in_the_docs_runs(stack: Stack) -> None:
     assert done.stdout.startswith("session ")
     assert re.search(r"candidate_01\s+-0\.\d+", done.stdout), done.stdout
     assert "candidate_10" in done.stdout and "'completed'" in done.stdout
+
+
+def test_the_health_command_checks_each_running_service(stack: Stack) -> None:
+    """`data-appraisal health SERVICE` (the image's HEALTHCHECK) asks that service on this host
+    with the service's own settings: its port, CA and certificate (mutual TLS)."""
+    for service in (stack.model_owner, stack.data_owner, stack.dealer):
+        port = service.url.rsplit(":", 1)[1]
+        env = {k: v for k, v in os.environ.items() if not k.startswith(PREFIXES)}
+        done = subprocess.run(
+            [sys.executable, "-m", "common.cli", "health", service.name, "--port", port],
+            env={**env, **service.env},
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert done.returncode == 0, done.stderr
+        assert f"https://127.0.0.1:{port}/v1/health" in done.stdout, done.stdout
+    # a service that is not there fails the check, saying where it asked
+    free = str(free_port())
+    done = subprocess.run(
+        [sys.executable, "-m", "common.cli", "health", "dealer", "--port", free],
+        env={**env, **stack.dealer.env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 1, done.stdout
+    assert f"dealer at https://127.0.0.1:{free}/v1/health: no answer" in done.stderr, done.stderr
 
 
 def test_cancel_by_the_data_owner_stops_every_worker(stack: Stack) -> None:

@@ -523,3 +523,18 @@ def test_compose_config_accepts_the_file_and_requires_every_token() -> None:
     for name in required:
         missing = config({n: fake(n) for n in required if n != name})
         assert missing.returncode != 0 and name in missing.stderr, (name, missing.stderr)
+
+
+def test_the_image_healthcheck_finds_the_service_pid_1_serves() -> None:
+    """The Dockerfile's HEALTHCHECK runs `data-appraisal health`, which reads PID 1's command line."""
+    from common.cli.health import served_by
+
+    assert re.search(
+        r'HEALTHCHECK .*\n\s+CMD \["data-appraisal", "health"\]', DOCKERFILE.read_text()
+    ), "the image's HEALTHCHECK"
+    argv = ["/opt/venv/bin/python", "/opt/venv/bin/data-appraisal", "data-owner", "serve"]
+    assert served_by([*argv, "--host", "0.0.0.0", "--port", "9001"]) == ("data-owner", 9001)
+    assert served_by([*argv, "--port=9002"]) == ("data-owner", 9002)
+    assert served_by(argv) == ("data-owner", None)
+    assert served_by(["data-appraisal", "appraise", "--dataset", "serve"]) is None
+    assert served_by(["data-appraisal", "certs", "--out", "/tls"]) is None
