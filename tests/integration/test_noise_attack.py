@@ -146,3 +146,50 @@ def _defaults() -> dict[str, object]:
         for name, field in JobSpec.model_fields.items()
         if not field.is_required()
     }
+
+
+def test_an_influence_statistic_beyond_the_range_is_refused_by_the_model_owners_worker(
+    digits_split: ExampleSplit, tmp_path
+) -> None:
+    """Without noise v is the model owner's secret, so the public metadata cannot bound S; its
+    worker checks S ≤ n·2·√(d·B²+1)·max‖v_j‖ against 2²⁷ with its own v before the rendezvous.
+    A model whose v is 10⁵ times too large fails the session there, naming the sizes."""
+    import numpy as np
+
+    fields = {**_fields(digits_split), "v_bound": None}
+    train, test = load_dataset(digits_split.train), load_dataset(digits_split.test)
+    state = prepare_model_owner(train.X, train.y, test.X, test.y, n_classes=10, l2=1.0)
+    path = tmp_path / "state.npz"
+    np.savez(path, theta=state.theta, v=state.v * 1e5, test_loss=state.test_loss)
+    job = JobSpec(**fields)  # valid: nothing public bounds S
+    rendezvous = f"tcp://127.0.0.1:{free_port()}"
+    keys = SessionKeys.new()
+    inputs = {
+        "model_owner": {
+            "train": str(digits_split.train),
+            "test": str(digits_split.test),
+            "state": str(path),
+        },
+        "data_owner": {"candidates": [str(digits_split.candidates[0])]},
+        "dealer": {},
+    }
+    with private_workdir() as work:
+        configs = [
+            party_config(
+                role,
+                job=job,
+                rendezvous=rendezvous,
+                workdir=work,
+                timeout=30,
+                session_id="range-check",
+                keys=keys.for_role(role),
+                **extra,
+            )
+            for role, extra in inputs.items()
+        ]
+        report = supervised(configs, work)
+    assert report.outcome == "failed", report
+    assert "the model owner worker failed" in report.reason, report.reason
+    for words in ("influence statistic S", "n = 130", "above 2²⁷"):
+        assert words in report.reason, report.reason
+    assert not report.results.get("data_owner", {}).get("results"), report.results
