@@ -20,7 +20,8 @@ from scipy.stats import spearmanr
 from common.ml.data import load_dataset
 from common.ml.examples import write_example_data
 from common.ml.model import feature_bound, prepare_model_owner, v_bound
-from common.mpc.statistics import Shapes, influence_sensitivity
+from common.mpc.noise import influence_sensitivity
+from common.mpc.statistics import Shapes
 from common.runtime.local import run_local
 
 

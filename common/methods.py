@@ -57,6 +57,11 @@ def gradient_norm_scale(n_candidate: int) -> int:
     return math.ceil(math.sqrt(n_candidate))
 
 
+def _square(x: float) -> float:
+    """x², inf beyond the floats (``x ** 2`` raises OverflowError there, e.g. for τ = 1e308)."""
+    return x * x
+
+
 METHODS: dict[str, Method] = {
     m.name: m
     for m in (
@@ -80,8 +85,8 @@ METHODS: dict[str, Method] = {
             to_score=lambda stat, sizes: (
                 gradient_norm_scale(sizes.n_candidate) * math.sqrt(max(stat, 0.0))
             ),
-            to_statistic=lambda tau, sizes: (
-                (max(tau, 0.0) / gradient_norm_scale(sizes.n_candidate)) ** 2
+            to_statistic=lambda tau, sizes: _square(
+                max(tau, 0.0) / gradient_norm_scale(sizes.n_candidate)
             ),
             increasing=True,
             needs_test_set=False,

@@ -36,9 +36,24 @@ Provider = Literal["TTP", "TFP"]
 MAX_CANDIDATES = 100  # candidates in one session
 MAX_STEPS = 10_000  # fine-tuning steps
 MAX_LR = 1e6
-# The largest |statistic| a threshold may map to. CrypTen's int64 ring with 16 fractional bits holds
-# |x| < 2⁴⁷; a comparison subtracts two such values, so both stay below 2⁴⁰ with room to spare.
+MAX_POWER = 64  # the feature bound and v_bound are powers of two in [2⁻⁶⁴, 2⁶⁴]
+
+# -- fixed-point ranges (docs/threat-model.md, "Ranges") ------------------------------------------
+# CrypTen encodes a real x as the int64 round(x·2¹⁶): the ring holds |x| < 2⁴⁷ real units.
+RING_LIMIT = 2.0**47
+# The largest |statistic| that may be opened or compared, and the largest |τ| mapped to the
+# statistic: a comparison subtracts two such values (and the noise, below), so everything stays
+# below 2⁴² ≪ 2⁴⁷.
 MAX_STATISTIC = 2.0**40
+# The largest |value| of a product of two shared values before its truncation: a Beaver product
+# carries 32 fractional bits, so it wraps at 2⁶³/2³² = 2³¹ real units. Bounds derived from the
+# public metadata must stay 16 times below that.
+MAX_PRODUCT = 2.0**27
+# The data owner's Laplace draw η ~ Laplace(b) is clamped at ±NOISE_CLAMP·b, and that clamp must
+# stay below MAX_NOISE real units: statistic + noise then cannot leave the ring, and no float→int
+# cast can saturate. P(|η| > 32·b) = e⁻³² ≈ 1.3e-14 is the clamp's mass (δ below).
+NOISE_CLAMP = 32.0
+MAX_NOISE = 2.0**40
 
 _ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$"
 
@@ -167,7 +182,33 @@ class CandidateMeta(Strict):
 
 
 def _power_of_two(value: float) -> bool:
-    return math.isfinite(value) and value > 0 and math.log2(value) % 1 == 0
+    return (
+        math.isfinite(value) and value > 0 and math.log2(value) % 1 == 0
+    ) and -MAX_POWER <= math.log2(value) <= MAX_POWER
+
+
+def row_norm_bound(n_features: int, feature_bound: float) -> float:
+    """max ‖x̃‖₂ over rows x̃ = [x, 1] with every |x_i| ≤ B: √(d·B² + 1)."""
+    return math.sqrt(n_features * feature_bound**2 + 1.0)
+
+
+def influence_term_bound(n_features: int, feature_bound: float, v_norm: float) -> float:
+    """max |∇L_aᵀ v| over one candidate sample, for max_j ‖v_j‖₂ ≤ ``v_norm``:
+    |Σ_j (p_aj − y_aj)(x̃_a · v_j)| ≤ ‖p_a − y_a‖₁ · max_j |x̃_a · v_j| ≤ 2 · ‖x̃_a‖₂ · v_norm."""
+    return 2.0 * row_norm_bound(n_features, feature_bound) * v_norm
+
+
+def influence_sensitivity(n_features: int, feature_bound: float, v_bound: float) -> float:
+    """Δ: how much S = Σ_a ∇L_aᵀ v can change when one candidate sample is replaced by any other
+    (one term removed, one added: twice the term bound), Δ = 4·√(d·B² + 1)·V."""
+    return 2.0 * influence_term_bound(n_features, feature_bound, v_bound)
+
+
+def noise_delta(epsilon: float) -> float:
+    """δ of one noisy release: clamping the Laplace draw at ±NOISE_CLAMP·b moves probability
+    e^(−NOISE_CLAMP) (its total-variation distance from the unclamped mechanism), so an ε-DP
+    Laplace release becomes (ε, (1 + e^ε)·e^(−NOISE_CLAMP))-DP."""
+    return (1.0 + math.exp(min(epsilon, 700.0))) * math.exp(-NOISE_CLAMP)
 
 
 class JobSpec(Strict):
@@ -180,7 +221,7 @@ class JobSpec(Strict):
     n_train: int = Field(default=0, ge=0)
     n_test: int = Field(default=0, ge=0)
     feature_bound: float = Field(
-        default=1.0, description="the agreed bound on every |x|, a power of two"
+        default=1.0, description="the agreed bound on every |x|, a power of two in [2⁻⁶⁴, 2⁶⁴]"
     )
     l2: float = Field(default=1.0, gt=0, allow_inf_nan=False)
     steps: int = Field(default=16, ge=1, le=MAX_STEPS)
@@ -201,7 +242,9 @@ class JobSpec(Strict):
         gt=0,
         allow_inf_nan=False,
         description="influence only: the data owner adds Laplace noise to each released "
-        "statistic so that each release is ε-differentially private for one candidate sample",
+        "statistic so that each release is (ε, δ)-differentially private for one candidate "
+        "sample (δ from clamping the noise, docs/threat-model.md); an ε so small that the noise "
+        "could leave the fixed-point range is refused",
     )
     v_bound: float | None = Field(
         default=None,
@@ -213,7 +256,9 @@ class JobSpec(Strict):
     @classmethod
     def _bound_is_a_power_of_two(cls, value: float) -> float:
         if not _power_of_two(value):
-            raise ValueError(f"the feature bound must be a power of two, got {value!r}")
+            raise ValueError(
+                f"the feature bound must be a power of two between 2⁻⁶⁴ and 2⁶⁴, got {value!r}"
+            )
         return value
 
     @model_validator(mode="after")
@@ -239,8 +284,31 @@ class JobSpec(Strict):
         if self.noise_epsilon is not None and self.v_bound is None:
             raise ValueError("v_bound: noise_epsilon needs the model owner's public bound")
         if self.v_bound is not None and not _power_of_two(self.v_bound):
-            raise ValueError(f"v_bound must be a power of two, got {self.v_bound!r}")
+            raise ValueError(
+                f"v_bound must be a power of two between 2⁻⁶⁴ and 2⁶⁴, got {self.v_bound!r}"
+            )
+        problem = noise_problem(self) or range_problem(self, self.v_bound)
+        if problem is not None:
+            raise ValueError(problem)
         return self
+
+    def noise_sensitivity(self) -> float | None:
+        """Δ of the influence statistic from the public metadata (None: the job has no noise)."""
+        if self.noise_epsilon is None or self.v_bound is None:
+            return None
+        return influence_sensitivity(self.n_features, self.feature_bound, self.v_bound)
+
+    def noise_scale(self) -> float | None:
+        """b = Δ/ε, the scale of the data owner's Laplace draw (None: the job has no noise)."""
+        sensitivity = self.noise_sensitivity()
+        if sensitivity is None or self.noise_epsilon is None:
+            return None
+        return sensitivity / self.noise_epsilon
+
+    def min_noise_epsilon(self) -> float | None:
+        """The smallest ε whose clamped noise, NOISE_CLAMP·Δ/ε, stays below MAX_NOISE."""
+        sensitivity = self.noise_sensitivity()
+        return None if sensitivity is None else NOISE_CLAMP * sensitivity / MAX_NOISE
 
     def digest(self) -> bytes:
         """SHA-256 of the job: every MPC link's handshake binds it (a tampered or mismatched job
@@ -268,6 +336,116 @@ def request_problem(
     return None
 
 
+def noise_problem(job: JobSpec) -> str | None:
+    """Why the job's noise could leave the fixed-point range (None: it cannot, or there is none).
+
+    The noise b = Δ/ε is clamped at ±NOISE_CLAMP·b, which must stay below MAX_NOISE = 2⁴⁰ real
+    units: so ε ≥ NOISE_CLAMP·Δ/2⁴⁰. A smaller ε once overflowed int64 when encoded, and the
+    constant it saturated to could be subtracted from the released score (the noise was gone).
+    """
+    minimum = job.min_noise_epsilon()
+    if minimum is None or job.noise_epsilon is None or job.noise_epsilon >= minimum:
+        return None
+    sensitivity = job.noise_sensitivity()
+    return (
+        f"noise_epsilon: ε = {job.noise_epsilon:g} is below the smallest ε this job can add "
+        f"noise for, {minimum:.3g}: the Laplace scale Δ/ε (Δ = {sensitivity:.4g} from "
+        f"n_features {job.n_features}, feature_bound {job.feature_bound:g} and v_bound "
+        f"{job.v_bound:g}), clamped at {NOISE_CLAMP:g} scales, must stay below 2⁴⁰ so that the "
+        "statistic plus noise stays inside the fixed-point ring (|x| < 2⁴⁷)"
+    )
+
+
+def _batch_sizes(n: int, batch_size: int | None) -> tuple[int, int]:
+    """(largest, smallest) batch of :func:`common.ml.model.minibatches` over ``n`` rows."""
+    if batch_size is None or batch_size >= n:
+        return n, n
+    return batch_size, (n % batch_size) or batch_size
+
+
+def range_problem(job: JobSpec, v_norm: float | None = None) -> str | None:
+    """Why a value of the job's MPC computation could leave the fixed-point range, from the public
+    metadata alone (None: it cannot). Checked before any MPC starts, by every party.
+
+    ``v_norm`` bounds max_j ‖v_j‖₂ (influence): the public v_bound when the job has one, else the
+    model owner's own max_j ‖v_j‖₂ (its worker checks it before the rendezvous). Each bound below
+    is a worst case over every input the metadata allows (every |x| at the feature bound, every
+    residual aligned); :data:`MAX_PRODUCT` is 2³¹/16, :data:`MAX_STATISTIC` 2⁴⁰.
+    """
+    d, B = job.n_features, job.feature_bound
+    rows = row_norm_bound(d, B)
+    for candidate in job.candidates:
+        n = candidate.n_samples
+        where = f"candidate {candidate.name!r} (n = {n}, n_features = {d}, feature_bound = {B:g}"
+        if job.method == "influence" and v_norm is not None:
+            # S = Σ_a ∇L_aᵀ v is formed as a product of two shared values (the scaled sum and the
+            # model owner's private scale), so |S| itself must stay below MAX_PRODUCT.
+            bound = n * influence_term_bound(d, B, v_norm)
+            if bound > MAX_PRODUCT:
+                return (
+                    f"candidates: the influence statistic S = Σ ∇Lᵀv of {where}, "
+                    f"max‖v_j‖ ≤ {v_norm:g}) can reach n·2·√(d·B²+1)·max‖v_j‖ = {bound:.3g}, "
+                    f"above 2²⁷ (16 times below 2³¹, where its product under MPC wraps); "
+                    "appraise a smaller candidate, or scale the features down"
+                )
+        elif job.method == "gradient-norm":
+            # entries of X'ᵀR (normalised rows) and of the squares of X'ᵀR/s are at most n;
+            # q = ‖Σ∇L‖²/s² ≤ 2n·(d·B² + 1), and before the B² rescaling ≤ 2n·(d + 1)
+            bound = 2.0 * n * max(rows**2, d + 1.0)
+            if n > MAX_PRODUCT or bound > MAX_STATISTIC:
+                return (
+                    f"candidates: the gradient-norm statistic of {where}) can reach "
+                    f"2n·(d·B²+1) = {bound:.3g} (limit 2⁴⁰), and its products n = {n} "
+                    "(limit 2²⁷ = 2³¹/16); appraise a smaller candidate"
+                )
+        elif job.method == "finetune":
+            problem = _finetune_problem(job, n, where)
+            if problem is not None:
+                return problem
+    return None
+
+
+def _finetune_problem(job: JobSpec, n_candidate: int, where: str) -> str | None:
+    n = job.n_train + n_candidate
+    largest, smallest = _batch_sizes(n, job.batch_size)
+    d, B = job.n_features, job.feature_bound
+    if largest > MAX_PRODUCT or job.n_test > MAX_PRODUCT:
+        return (
+            f"candidates: fine-tuning with {where}) sums {largest} rows of a batch and "
+            f"{job.n_test} test rows in one product; the limit is 2²⁷ (16 times below 2³¹, "
+            "where a product under MPC wraps)"
+        )
+    if job.lr * job.l2 > smallest:
+        return (
+            f"lr: the weight decay multiplies θ by 1 − 2·lr·l2/|batch| each step; with lr = "
+            f"{job.lr:g}, l2 = {job.l2:g} and a batch of {smallest} rows that factor is below −1, "
+            "so θ grows without bound and leaves the fixed-point range; keep lr·l2 ≤ the "
+            "smallest batch"
+        )
+    # each step moves every normalised feature weight by ≤ lr·B² and the bias by ≤ lr, so a
+    # logit of a row within the feature bound by ≤ lr·(d·B² + 1)
+    drift = job.steps * job.lr * (d * B * B + 1.0)
+    if drift > MAX_PRODUCT:
+        return (
+            f"steps: {job.steps} fine-tuning steps with lr = {job.lr:g} can move a logit of a "
+            f"row of {where}) by steps·lr·(d·B²+1) = {drift:.3g}, above 2²⁷ (16 times below "
+            "2³¹, where its products under MPC wrap); use fewer steps or a smaller lr"
+        )
+    return None
+
+
+def model_owner_problem(job: JobSpec, v_norm: float) -> str | None:
+    """The model owner's own check of its private v against the job, before any MPC starts:
+    v within the public v_bound (else the noise would be too small for the promised ε), and the
+    influence statistic inside the fixed-point range for its actual max_j ‖v_j‖₂ = ``v_norm``."""
+    if job.v_bound is not None and v_norm > job.v_bound:
+        return (
+            f"the model's max_j ‖v_j‖ is {v_norm:g}, above the agreed bound v_bound "
+            f"{job.v_bound:g}: the noise would be too small for the promised ε"
+        )
+    return range_problem(job, v_norm) if job.method == "influence" else None
+
+
 def threshold_presence_problem(reveal: str, threshold: float | None) -> str | None:
     """τ is needed exactly in threshold mode."""
     if reveal == "threshold" and threshold is None:
@@ -285,14 +463,20 @@ def threshold_problem(job: JobSpec, threshold: float | None) -> str | None:
         return problem
     if not math.isfinite(threshold):
         return f"threshold: τ must be a finite number, got {threshold!r}"
-    transform = METHODS[job.method].to_statistic
+    method = METHODS[job.method]
     for index, candidate in enumerate(job.candidates):
-        statistic = transform(threshold, job.sizes(index))
-        if abs(statistic) >= MAX_STATISTIC:
+        sizes = job.sizes(index)
+        statistic = method.to_statistic(threshold, sizes)
+        if not abs(statistic) < MAX_STATISTIC:  # inf and nan too
+            lo, hi = sorted(
+                (method.to_score(-MAX_STATISTIC, sizes), method.to_score(MAX_STATISTIC, sizes))
+            )
+            allowed = f"at most {hi:.6g}" if threshold > hi else f"at least {lo:.6g}"
             return (
-                f"threshold: τ = {threshold:g} maps to the statistic {statistic:.3g} for candidate "
-                f"{candidate.name!r}, beyond what the fixed-point comparison represents "
-                f"(|statistic| < 2⁴⁰); no score of this method can be that far out"
+                f"threshold: τ = {threshold:g} is outside the range the fixed-point comparison "
+                f"represents for candidate {candidate.name!r} (n = {candidate.n_samples}): its "
+                f"statistic must stay within ±2⁴⁰, so τ must be {allowed}; no score of this "
+                "method can be that far out"
             )
     return None
 

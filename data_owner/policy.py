@@ -98,6 +98,12 @@ def _reveal(r: Review) -> str | None:
             "the data owner's policy requires to see every revealed result (reveal_to 'both'), so "
             f"that it can audit what is revealed about its data; the job has {job.reveal_to!r}"
         )
+    epsilon = job.noise_epsilon
+    if epsilon is not None and epsilon < settings.min_noise_epsilon:
+        return (
+            f"the data owner's policy refuses noise with ε = {epsilon:g}, below its minimum "
+            f"{settings.min_noise_epsilon:g} (DATA_OWNER_MIN_NOISE_EPSILON)"
+        )
     if settings.max_noise_epsilon is not None:
         required = (
             f"the data owner's policy requires calibrated noise with ε ≤ "

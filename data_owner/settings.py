@@ -12,6 +12,10 @@ from pydantic_settings import SettingsConfigDict
 from common.methods import METHOD_NAMES
 from common.web.settings import OPERATOR, Credential, ServiceSettings
 
+MIN_NOISE_EPSILON = 1e-3
+"""The default smallest ε a data owner accepts: with less, the noise's scale Δ/ε exceeds a
+thousand times the largest change one sample can make, so every score is noise."""
+
 
 class ModelOwnerPeer(Credential):
     """A model owner this data owner serves (DATA_OWNER_MODEL_OWNERS, by its name)."""
@@ -76,6 +80,9 @@ class DataOwnerSettings(ServiceSettings):
     allow_insecure_tfp: bool = False  # accept provider TFP (the model owner can read the data)
     require_reveal_to_both: bool = False  # refuse sessions whose results this side would not see
     max_noise_epsilon: float | None = Field(default=None, gt=0)  # require noise with ε ≤ this
+    # refuse noise with ε below this: the noise would drown every score, and an extreme ε is how a
+    # model owner once made the noise overflow (the contract refuses what could leave the ring)
+    min_noise_epsilon: float = Field(default=MIN_NOISE_EPSILON, gt=0, allow_inf_nan=False)
     max_upload_bytes: int = 200_000_000
 
     @field_validator("allowed_methods")
@@ -87,6 +94,15 @@ class DataOwnerSettings(ServiceSettings):
                 f"unknown methods {unknown}; the methods are {', '.join(METHOD_NAMES)}"
             )
         return value
+
+    @model_validator(mode="after")
+    def _noise_range(self) -> DataOwnerSettings:
+        if self.max_noise_epsilon is not None and self.max_noise_epsilon < self.min_noise_epsilon:
+            raise ValueError(
+                f"max_noise_epsilon {self.max_noise_epsilon:g} is below min_noise_epsilon "
+                f"{self.min_noise_epsilon:g}: no ε would be accepted"
+            )
+        return self
 
     def identities(self) -> dict[str, Credential]:
         return {OPERATOR: Credential(token=self.api_token), **self.model_owners}

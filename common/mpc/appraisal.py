@@ -15,13 +15,12 @@ import numpy as np
 from common.errors import ConfigError
 from common.methods import METHODS
 from common.mpc.fixedpoint import DATA_OWNER, MODEL_OWNER, reveal_float, share
+from common.mpc.noise import influence_sensitivity, laplace
 from common.mpc.statistics import (
     STATISTICS,
     DataOwnerInputs,
     ModelOwnerInputs,
     Shapes,
-    influence_sensitivity,
-    laplace,
 )
 from common.protocol import JobSpec
 

@@ -9,7 +9,6 @@ and the method's public transform (:mod:`common.methods`) turns it into the scor
 from __future__ import annotations
 
 import math
-import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -164,26 +163,6 @@ def influence_statistic(
     R = softmax(Z) - Y  # entries in [−1, 1]
     s_scaled = (R * U).sum()  # ≤ 8·n·k in magnitude
     return s_scaled * c_shared
-
-
-def influence_sensitivity(shapes: Shapes, v_bound: float) -> float:
-    """How much S = Σ_a ∇L_aᵀ v can change when one candidate sample is replaced by another.
-
-    |∇L_aᵀ v| = |Σ_j (p_aj − y_aj)(x̃_a · v_j)| ≤ ‖p_a − y_a‖₁ · max_j |x̃_a · v_j|
-    ≤ 2 · ‖x̃_a‖₂ · max_j ‖v_j‖₂, with x̃ = [x, 1] and |x_i| ≤ B, so ‖x̃‖₂ ≤ √(d B² + 1).
-    Replacing one sample removes one term and adds another: twice that bound.
-    """
-    row_norm = math.sqrt(shapes.n_features * shapes.feature_bound**2 + 1.0)
-    return 2.0 * 2.0 * row_norm * v_bound
-
-
-def laplace(scale: float) -> float:
-    """One draw of Laplace(0, scale) from the operating system's generator (difference of two
-    exponentials). Floating-point caveats of textbook Laplace sampling apply (docs/threat-model.md).
-    """
-    u1 = (secrets.randbits(53) + 0.5) / 2.0**53
-    u2 = (secrets.randbits(53) + 0.5) / 2.0**53
-    return scale * (math.log(u1) - math.log(u2))
 
 
 def gradient_norm_statistic(

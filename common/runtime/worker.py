@@ -37,7 +37,7 @@ import numpy as np
 from pydantic import ValidationError
 
 from common.errors import ConfigError, DataError
-from common.protocol import RANKS, CandidateResult, JobSpec, link_name
+from common.protocol import RANKS, CandidateResult, JobSpec, link_name, model_owner_problem
 from common.runtime.config import CONFIG_ENV, PartyConfig
 
 if TYPE_CHECKING:
@@ -187,13 +187,10 @@ def _load_model_owner(config: PartyConfig) -> ModelOwnerInputs:
             gap,
             MAX_LOGIT_GAP,
         )
-    if job.v_bound is not None:
-        largest = float(np.linalg.norm(state.v, axis=0).max())
-        if largest > job.v_bound:
-            raise ConfigError(
-                f"the model's max_j ‖v_j‖ is {largest:g}, above the agreed bound v_bound "
-                f"{job.v_bound:g}: the noise would be too small for the promised ε"
-            )
+    # v within the agreed v_bound, and the statistic in range for this v (before the rendezvous)
+    problem = model_owner_problem(job, float(np.linalg.norm(state.v, axis=0).max()))
+    if problem is not None:
+        raise ConfigError(problem)
     return ModelOwnerInputs(
         theta=state.theta,
         v=state.v,

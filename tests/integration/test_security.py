@@ -154,7 +154,8 @@ def test_noise_is_added_under_mpc_with_the_stated_scale(digits_split) -> None:
 
     from common.ml.data import load_dataset
     from common.ml.model import feature_bound, prepare_model_owner, v_bound
-    from common.mpc.statistics import Shapes, influence_sensitivity
+    from common.mpc.noise import influence_sensitivity
+    from common.mpc.statistics import Shapes
     from common.runtime.local import run_local
 
     cand = digits_split.candidates[0]

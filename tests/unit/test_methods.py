@@ -69,3 +69,13 @@ def test_the_threshold_bit_compares_the_statistic_in_the_right_direction(
 def test_an_unknown_method_names_the_choices() -> None:
     with pytest.raises(ConfigError, match="influence, gradient-norm, finetune"):
         method("magic")
+
+
+@pytest.mark.parametrize("name", METHOD_NAMES)
+def test_an_extreme_threshold_maps_to_an_infinite_statistic_not_an_exception(name: str) -> None:
+    """τ = 1e308: (τ/s)² overflowed with OverflowError (a 500); now it is ±inf, which
+    common.protocol.threshold_problem refuses naming τ and its range."""
+    import math
+
+    statistic = METHODS[name].to_statistic(1e308, SIZES)
+    assert math.isinf(statistic) or abs(statistic) > 1e300

@@ -626,6 +626,18 @@ def test_budget_settings_load_from_the_environment(
     with pytest.raises(ValidationError, match="max_noise_epsilon"):
         DataOwnerSettings()
     monkeypatch.delenv("DATA_OWNER_MAX_NOISE_EPSILON")
+    assert settings.min_noise_epsilon == 1e-3  # the default minimum applies to every noisy job
+    monkeypatch.setenv("DATA_OWNER_MIN_NOISE_EPSILON", "0.25")
+    assert DataOwnerSettings().min_noise_epsilon == 0.25
+    monkeypatch.setenv("DATA_OWNER_MAX_NOISE_EPSILON", "0.1")  # no ε could pass both
+    with pytest.raises(ValidationError, match=r"max_noise_epsilon 0\.1 is below min_noise_epsilon"):
+        DataOwnerSettings()
+    monkeypatch.delenv("DATA_OWNER_MAX_NOISE_EPSILON")
+    for bad in ("0", "-1", "nan"):
+        monkeypatch.setenv("DATA_OWNER_MIN_NOISE_EPSILON", bad)
+        with pytest.raises(ValidationError, match="min_noise_epsilon"):
+            DataOwnerSettings()
+    monkeypatch.delenv("DATA_OWNER_MIN_NOISE_EPSILON")
     monkeypatch.setenv("DATA_OWNER_BUDGETS", '{"acme": {"session": 1}}')  # a typo is refused
     with pytest.raises(ValidationError, match="session"):
         DataOwnerSettings()
@@ -715,6 +727,33 @@ async def test_max_noise_epsilon_requires_noise_and_epsilon_spent_is_counted(
         response = await do.post("/v1/invitations", content=infinite, headers=headers)
         assert_error(response, 422, "ValidationError", "v_bound must be a power of two")
     assert len(workers.of("data_owner")) == 2  # the two accepted sessions only
+
+
+@pytest.mark.anyio
+async def test_a_tiny_epsilon_is_refused_by_the_contract_and_by_the_data_owners_minimum(
+    stack: Build, workers: FakeWorkers
+) -> None:
+    """Finding 2 at the services: ε = 1e-15 (which MAX_NOISE_EPSILON=1 let through) is refused by
+    the model owner's own contract, by the data owner's parsing of an invitation sent directly,
+    and an ε that fits the ring but is below DATA_OWNER_MIN_NOISE_EPSILON by the policy."""
+    apps = stack(do={"max_noise_epsilon": 1.0, "min_noise_epsilon": 0.01})
+    view = await open_session(apps, noise_epsilon=1e-15)
+    assert view["state"] == "rejected", view
+    for words in ("noise_epsilon", "ε = 1e-15 is below the smallest ε", "below 2⁴⁰"):
+        assert words in view["reason"], view["reason"]
+
+    base = tampered(await valid_invitation(apps), {"noise_epsilon": 0.5, "v_bound": 4.0})
+    async with apps.client(DO, TOKENS["mo@do"]) as do:
+        response = await do.post("/v1/invitations", json=tampered(base, {"noise_epsilon": 1e-15}))
+        assert_error(response, 422, "ValidationError", "noise_epsilon", "ε = 1e-15 is below")
+
+    view = await open_session(apps, noise_epsilon=0.001)  # fits the ring, below the policy's
+    assert view["state"] == "rejected", view
+    for words in ("refuses noise with ε = 0.001", "below its minimum 0.01", "MIN_NOISE_EPSILON"):
+        assert words in view["reason"], view["reason"]
+    assert workers.configs == []
+    mine = (await budget(apps, TOKENS["mo@do"])).json()
+    assert mine["epsilon_spent"] == 0.0 and mine["sessions"]["used"] == 0  # refusals are free
 
 
 def test_the_appraise_client_sends_noise_epsilon(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -3,6 +3,8 @@ inconsistent or out-of-range combination, naming the field."""
 
 from __future__ import annotations
 
+import math
+import re
 from pathlib import Path
 from typing import Any
 
@@ -10,11 +12,18 @@ import pytest
 from pydantic import ValidationError
 
 from common.protocol import (
+    MAX_NOISE,
+    MAX_PRODUCT,
     MAX_STATISTIC,
+    NOISE_CLAMP,
+    RING_LIMIT,
     CandidateMeta,
     CandidateResult,
     JobSpec,
     SessionKeys,
+    influence_sensitivity,
+    model_owner_problem,
+    noise_delta,
     threshold_problem,
 )
 from common.runtime.config import PartyConfig
@@ -73,10 +82,158 @@ def test_threshold_must_fit_the_reveal_mode_and_the_fixed_point_range() -> None:
     assert "finite" in str(threshold_problem(threshold, float("nan")))
     # influence's statistic is −τ·n: 1e308 cannot be compared under MPC (it was a wrong bit)
     problem = threshold_problem(threshold, 1e308)
-    assert problem is not None and "beyond what the fixed-point comparison represents" in problem
+    assert problem is not None and "τ = 1e+308 is outside the range" in problem
+    assert "±2⁴⁰, so τ must be at most 2.19902e+11" in problem  # 2⁴⁰/5, n = 5
     edge = MAX_STATISTIC / 5  # n = 5
     assert threshold_problem(threshold, edge * 0.99) is None
     assert threshold_problem(threshold, edge * 1.01) is not None
+    assert "τ must be at least -2.19902e+11" in str(threshold_problem(threshold, -1e308))
+
+
+@pytest.mark.parametrize("method", ["influence", "gradient-norm", "finetune"])
+@pytest.mark.parametrize("tau", [1e308, -1e308, 1.7976931348623157e308])
+def test_an_extreme_threshold_is_an_error_for_every_method(method: str, tau: float) -> None:
+    """Finding 6: τ = 1e308 gave a wrong bit; gradient norm's (τ/s)² even raised OverflowError."""
+    job = JobSpec(**{**BASE, "method": method}, reveal="threshold")
+    problem = threshold_problem(job, tau)
+    if method == "gradient-norm" and tau < 0:  # every norm is above a negative τ: statistic 0
+        assert problem is None
+        return
+    assert problem is not None and "outside the range the fixed-point comparison represents" in (
+        problem
+    )
+
+
+def _noisy(**changes: Any) -> JobSpec:
+    return JobSpec(**{**BASE, "noise_epsilon": 1.0, "v_bound": 2.0, **changes})
+
+
+def test_a_tiny_epsilon_is_refused_naming_epsilon_and_the_minimum() -> None:
+    """Finding 2: ε = 1e-15 made the noise overflow int64 (the noise became a constant)."""
+    job = _noisy()
+    sensitivity = influence_sensitivity(4, 1.0, 2.0)
+    assert sensitivity == pytest.approx(4 * math.sqrt(5) * 2)
+    minimum = job.min_noise_epsilon()
+    assert minimum == pytest.approx(NOISE_CLAMP * sensitivity / MAX_NOISE)
+    with pytest.raises(ValidationError) as info:
+        _noisy(noise_epsilon=1e-15)
+    message = str(info.value)
+    assert "noise_epsilon: ε = 1e-15 is below the smallest ε this job can add noise for" in message
+    assert f"{minimum:.3g}" in message and "below 2⁴⁰" in message
+    # the edge: the clamp NOISE_CLAMP·Δ/ε just fits, or just does not
+    assert minimum is not None
+    _noisy(noise_epsilon=minimum * 1.0001)
+    with pytest.raises(ValidationError, match="below the smallest ε"):
+        _noisy(noise_epsilon=minimum * 0.9999)
+    # the noise's bound in the ring: clamp ≤ 2⁴⁰, statistic ≤ 2²⁷, τ ≤ 2⁴⁰: far inside 2⁴⁷
+    edge = _noisy(noise_epsilon=minimum * 1.0001)
+    scale = edge.noise_scale()
+    assert scale is not None and NOISE_CLAMP * scale <= MAX_NOISE
+    assert MAX_NOISE + MAX_PRODUCT + MAX_STATISTIC < RING_LIMIT / 32
+    # δ of one release: the clamp's mass e⁻³², doubled by the e^ε factor at most
+    assert noise_delta(1.0) == pytest.approx((1 + math.e) * math.exp(-32))
+    assert noise_delta(1e-9) < 3e-14
+
+
+def test_the_noise_draw_is_clamped_finite_and_refuses_an_overflowing_scale(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from common.errors import ConfigError
+    from common.mpc import noise
+
+    for bad in (0.0, -1.0, float("inf"), float("nan")):
+        with pytest.raises(ConfigError, match="positive finite"):
+            noise.laplace(bad)
+    with pytest.raises(ConfigError, match="beyond 2⁴⁰"):
+        noise.laplace(MAX_NOISE / NOISE_CLAMP * 1.01)  # a job that bypassed the contract
+    # the most extreme uniforms the sampler can draw: the draw is clamped at ±32 scales
+    for u in ((0.5 / 2**53, 1 - 0.5 / 2**53), (1 - 0.5 / 2**53, 0.5 / 2**53)):
+        draws = iter(u)
+        monkeypatch.setattr(noise, "_uniform", draws.__next__)
+        value = noise.laplace(3.0)
+        assert abs(value) == 3.0 * NOISE_CLAMP
+    # so that encoding it (×2¹⁶, as int64) cannot saturate
+    assert MAX_NOISE * 2**16 < 2**63
+
+
+@pytest.mark.parametrize(
+    ("changes", "words"),
+    [
+        # influence: |S| ≤ n·2·√(d·B²+1)·V must stay below 2²⁷
+        (
+            {"candidates": [CandidateMeta(name="big", n_samples=2**24)]},
+            "influence statistic S = Σ ∇Lᵀv of candidate 'big' (n = 16777216",
+        ),
+        ({"feature_bound": 2.0**24}, "can reach n·2·√(d·B²+1)·max‖v_j‖"),
+        # gradient norm: products up to n, q ≤ 2n(d·B²+1)
+        (
+            {
+                "method": "gradient-norm",
+                "noise_epsilon": None,
+                "v_bound": None,
+                "candidates": [CandidateMeta(name="big", n_samples=2**28)],
+            },
+            "gradient-norm statistic of candidate 'big'",
+        ),
+        (
+            {
+                "method": "gradient-norm",
+                "noise_epsilon": None,
+                "v_bound": None,
+                "n_features": 10**6,
+                "feature_bound": 2.0**10,
+            },
+            "can reach 2n·(d·B²+1)",
+        ),
+        # fine-tuning: batch rows, decay stability, logit drift
+        (
+            {"method": "finetune", "noise_epsilon": None, "v_bound": None, "n_train": 2**27},
+            "sums 134217733 rows of a batch",
+        ),
+        (
+            {"method": "finetune", "noise_epsilon": None, "v_bound": None, "lr": 100.0},
+            "lr: the weight decay multiplies θ by 1 − 2·lr·l2/|batch|",
+        ),
+        (
+            {
+                "method": "finetune",
+                "noise_epsilon": None,
+                "v_bound": None,
+                "feature_bound": 2.0**30,
+                "lr": 1.0,
+            },
+            "steps: 16 fine-tuning steps with lr = 1 can move a logit",
+        ),
+        ({"feature_bound": 2.0**65}, "power of two between 2⁻⁶⁴ and 2⁶⁴"),
+        ({"v_bound": 2.0**-70}, "v_bound must be a power of two between"),
+    ],
+)
+def test_a_statistic_that_could_leave_the_fixed_point_range_is_refused(
+    changes: dict[str, Any], words: str
+) -> None:
+    with pytest.raises(ValidationError, match=re.escape(words)):
+        _noisy(**changes)
+
+
+def test_the_range_checks_accept_realistic_sizes() -> None:
+    """MNIST-sized jobs (60,000 candidate samples, 784 features in [0, 1]) pass every check."""
+    mnist = {
+        "n_features": 784,
+        "n_classes": 10,
+        "n_train": 60_000,
+        "n_test": 10_000,
+        "candidates": [CandidateMeta(name="mnist", n_samples=60_000)],
+    }
+    JobSpec(**mnist, noise_epsilon=0.01, v_bound=8.0)
+    JobSpec(**mnist, method="gradient-norm")
+    JobSpec(**mnist, method="finetune", lr=10.0, steps=64, batch_size=256)
+    # the model owner's own check, with its private max‖v_j‖ when no bound was published
+    job = JobSpec(**mnist)
+    assert model_owner_problem(job, 8.0) is None
+    problem = model_owner_problem(job, 2.0**10)
+    assert problem is not None and "max‖v_j‖ ≤ 1024" in problem and "above 2²⁷" in problem
+    noisy = JobSpec(**mnist, noise_epsilon=0.01, v_bound=8.0)
+    assert "above the agreed bound v_bound 8" in str(model_owner_problem(noisy, 9.0))
 
 
 def _config(tmp: Path, **changes: Any) -> dict[str, Any]:

@@ -111,7 +111,7 @@ def test_dealer_refuses_malformed_or_huge_requests(request_: object) -> None:
 
 
 def test_laplace_draws_have_the_stated_scale() -> None:
-    from common.mpc.statistics import laplace
+    from common.mpc.noise import laplace
 
     draws = torch.tensor([laplace(2.0) for _ in range(40_000)], dtype=torch.float64)
     assert abs(float(draws.mean())) < 0.05  # sd of the mean: 2·√2/200 ≈ 0.014
@@ -124,7 +124,8 @@ def test_influence_sensitivity_bounds_replacing_one_sample() -> None:
     import numpy as np
 
     from common.ml.model import ModelOwnerState, influence_score, v_bound
-    from common.mpc.statistics import Shapes, influence_sensitivity
+    from common.mpc.noise import influence_sensitivity
+    from common.mpc.statistics import Shapes
 
     rng = np.random.default_rng(7)
     d, k, n, bound = 12, 4, 30, 2.0
