@@ -61,7 +61,7 @@ NoiseOpt = Annotated[
     float | None,
     typer.Option(
         help="influence only: the data owner adds Laplace noise so that each released score is "
-        "ε-differentially private for one candidate sample (see docs/threat-model.md); ε > 0.",
+        "(ε, δ)-differentially private for one candidate sample (see docs/threat-model.md); ε > 0.",
     ),
 ]
 JsonOpt = Annotated[

@@ -148,7 +148,7 @@ class SessionCreate(Strict):
         gt=0,
         allow_inf_nan=False,
         description="influence only: the data owner's worker adds Laplace noise to each released "
-        "score (or bit) so that it is ε-differentially private for one sample of the candidate; "
+        "score (or bit) so that it is (ε, δ)-differentially private for one sample of the candidate; "
         "the job then carries v_bound, this model owner's public power-of-two bound on max_j "
         "‖v_j‖₂. Default: no noise",
     )

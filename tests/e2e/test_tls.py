@@ -113,6 +113,27 @@ def test_mutual_tls_refuses_a_client_without_a_certificate_of_the_ca(
         assert get(service, operator, "/v1/sessions", token=service.token) == 200  # the control
 
 
+def test_a_token_bound_to_a_certificate_name_is_refused_with_another_certificate(
+    stack: Stack, pki: Pki
+) -> None:
+    """The model owner's token at the data owner is bound to the name "model-owner": presented
+    with the data owner's own (valid, same-CA) certificate, as a party that copied the token
+    would, it is refused (403, naming both names); with the model owner's certificate it works."""
+    (peer,) = json.loads(stack.model_owner.env["MODEL_OWNER_DATA_OWNERS"]).values()
+    token = peer["token"]
+    for holder, expected in (("data-owner", 403), ("operator", 403), ("model-owner", 200)):
+        verify = client_context(pki.ca, pki.cert(holder), pki.key(holder))
+        url = f"{stack.data_owner.url}/v1/datasets"
+        response = httpx.get(
+            url, verify=verify, headers={"Authorization": f"Bearer {token}"}, timeout=10
+        )
+        assert response.status_code == expected, (holder, response.text)
+        if expected == 403:
+            detail = response.json()["detail"]
+            assert "must present a client certificate for 'model-owner'" in detail, detail
+            assert f"this connection has {holder}" in detail, detail
+
+
 # --------------------------------------------------------------------------------------------
 # Outbound: how a service calls its peers
 # --------------------------------------------------------------------------------------------
