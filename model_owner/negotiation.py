@@ -24,6 +24,7 @@ import secrets
 import uuid
 
 import httpx
+import numpy as np
 from fastapi import Request
 from pydantic import SecretStr, ValidationError
 
@@ -37,7 +38,13 @@ from common.errors import (
     Unavailable,
 )
 from common.ml.model import v_bound
-from common.protocol import CandidateMeta, JobSpec, SessionKeys, threshold_problem
+from common.protocol import (
+    CandidateMeta,
+    JobSpec,
+    SessionKeys,
+    model_owner_problem,
+    threshold_problem,
+)
 from common.web.peers import notify_peer, peer_call, peer_detail
 from common.web.ports import PortPool
 from common.web.schemas import (
@@ -185,6 +192,11 @@ class ModelOwner:
         problem = threshold_problem(job, body.threshold)  # τ against the candidates' sizes
         if problem is not None:
             raise ConfigError(problem, field="threshold")
+        # this side's own v against the job (the worker checks it again): refused before inviting
+        v_norm = float(np.linalg.norm(self.model.state.v, axis=0).max())
+        problem = model_owner_problem(job, v_norm)
+        if problem is not None:
+            raise ConfigError(problem, field="datasets")
         try:
             port = self.ports.acquire()
         except Unavailable as exc:

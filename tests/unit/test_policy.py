@@ -1084,3 +1084,26 @@ async def test_the_data_owner_reports_only_to_its_configured_callback(
     assert (
         "the data owner's side failed" in (mo_view["reason"] or "") or mo_view["state"] == "failed"
     )
+
+
+@pytest.mark.anyio
+async def test_a_model_whose_influence_statistic_would_leave_the_range_is_refused_before_inviting(
+    stack: Build, workers: FakeWorkers
+) -> None:
+    """Without noise nothing public bounds v, so the model owner checks its own v against the
+    fixed-point range (common.protocol.model_owner_problem) before it invites anyone: a 422
+    naming the sizes and the range, no invitation sent, no worker started. Its worker checks again."""
+    apps = stack()
+    model = apps.mo.state.service.model
+    model.state = model.state.__class__(
+        **{**vars(model.state), "v": model.state.v * 1e6}  # a v 10⁶ times too large
+    )
+    async with apps.client(MO, TOKENS["mo"]) as mo:
+        response = await mo.post(
+            "/v1/sessions", json={"data_owner_url": DO, "datasets": ["candidate_01"]}
+        )
+    assert response.status_code == 422, response.text
+    detail = response.json()["detail"]
+    assert "the influence statistic" in detail and "above 2²⁷" in detail, detail
+    assert recorder(apps, "do.test").bodies("POST", "/v1/invitations") == []
+    assert workers.configs == []
