@@ -19,6 +19,7 @@ import torch
 
 from common.errors import ConfigError
 from common.mpc.compat import exact_decode, import_crypten
+from common.mpc.plan import shape_memo
 
 crypten = import_crypten()
 from crypten.mpc.primitives import beaver  # noqa: E402
@@ -75,6 +76,7 @@ def matmul_truncated(x: Any, y: Any, divisor: int) -> Any:
     return result
 
 
+@shape_memo
 def exp_nonpositive(x: Any, *, halvings: int, order: int) -> Any:
     """exp(x) for x ≤ 0: Taylor polynomial of degree ``order`` at x/2^h, squared h times.
 
@@ -101,16 +103,55 @@ SOFTMAX_ORDER = 4
 MAX_LOGIT_GAP = 2.2 * 2**SOFTMAX_HALVINGS
 
 
+@shape_memo
+def row_max(z: Any) -> Any:
+    """max over the columns of an n×k shared matrix, as an n×1 matrix: a pairwise tree.
+
+    Each level compares the first half of the columns with the second (one comparison per pair)
+    and keeps b + (a − b)·[a ≥ b] (one product with the comparison's bit, which is an integer: no
+    truncation): ⌈log₂ k⌉ levels, k − 1 comparisons per row. CrypTen's ``max(dim)`` also builds the
+    one-hot argmax (which the softmax never uses), and compares a remainder pairwise.
+    """
+    while z.size(1) > 1:
+        half = z.size(1) // 2
+        a, b = z[:, :half], z[:, half : 2 * half]
+        d = a - b
+        top = b + d * (d >= 0)
+        z = top if z.size(1) == 2 * half else crypten.cat([top, z[:, 2 * half :]], dim=1)
+    return z
+
+
+@shape_memo
+def reciprocal_in_range(s: Any, *, upper: float) -> Any:
+    """1/s for s ∈ [1, upper] by Newton's method y ← y(2 − s·y) from the best linear start.
+
+    The start y₀ = c₁ − c₂·s with c₂ = 2/(u + (u+1)²/4), c₁ = c₂(u+1) has relative error
+    |1 − s·y₀| ≤ ε = 1 − c₂·u (0.50 for u = 10), and each iteration squares it: ⌈log₂(log 2⁻²⁰ /
+    log ε)⌉ iterations (5 for u = 10, two products each) reach 2⁻²⁰. CrypTen's reciprocal starts
+    from an exp and runs 10 iterations. RANGE: 1 ≤ s ≤ upper.
+    """
+    u = float(upper)
+    c2 = 2.0 / (u + (u + 1.0) ** 2 / 4.0)
+    c1 = c2 * (u + 1.0)
+    eps = 1.0 - c2 * u
+    iterations = max(1, math.ceil(math.log2(math.log(2.0**-20) / math.log(eps))))
+    y = mul_public(s, -c2, bits=16).add(c1)
+    for _ in range(iterations):
+        y = y * (2.0 - s * y)
+    return y
+
+
+@shape_memo
 def softmax(z: Any) -> Any:
     """Row-wise softmax of an n×k shared matrix."""
-    m, _ = z.max(dim=1, keepdim=True)
+    m = row_max(z)
     e = exp_nonpositive(z - m, halvings=SOFTMAX_HALVINGS, order=SOFTMAX_ORDER)
-    # RANGE: the denominator is in [1, k], inside the reciprocal's Newton-Raphson domain.
-    with crypten.cfg.temp_override({"functions.reciprocal_all_pos": True}):
-        inv = e.sum(dim=1, keepdim=True).reciprocal()
+    # RANGE: the denominator is in [1, k] (the row's maximum contributes exp(0) = 1).
+    inv = reciprocal_in_range(e.sum(dim=1, keepdim=True), upper=float(z.size(1)))
     return e * inv
 
 
+@shape_memo
 def log_in_range(s: Any, *, upper: float) -> Any:
     """log(s) for s ∈ [1, upper] by Newton's method y ← y + s·exp(−y) − 1.
 

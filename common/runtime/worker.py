@@ -311,7 +311,13 @@ def run_party(config: PartyConfig) -> dict[str, object]:
             start = time.perf_counter()
             if provider is not None:
                 provider.begin(index)
-            revealed = secure_appraisal(job, index, mo, None if do is None else do[index])
+
+            def on_step(done: int, total: int, index: int = index) -> None:
+                _report(config, "step", index=index, done=done, total=total)
+
+            revealed = secure_appraisal(
+                job, index, mo, None if do is None else do[index], on_step=on_step
+            )
             if provider is not None:
                 provider.end()
             stats = comm.get_communication_stats()
