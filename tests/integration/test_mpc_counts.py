@@ -33,9 +33,9 @@ def small_files(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str, str
 
 # method -> (data owner's bytes sent, received, model owner's rounds, dealer's bytes), measured
 EXPECTED: dict[str, tuple[int, int, int, int]] = {
-    "influence": (39104, 36752, 39, 28189),
-    "gradient-norm": (36924, 35584, 39, 26203),
-    "finetune": (148464, 148804, 228, 114186),
+    "influence": (32176, 29824, 39, 25029),
+    "gradient-norm": (29996, 28656, 39, 23043),
+    "finetune": (123152, 123492, 228, 102586),
 }
 
 
