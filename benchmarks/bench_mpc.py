@@ -11,7 +11,11 @@ Case (b) of the engine issue by default: an MNIST-sized candidate (6,000 × 784,
   model owner), the dealer's bytes, rounds as counted by CrypTen's communicator, and the model
   owner's peak memory;
 - the ratio MPC / plaintext, the relative error of the MPC score, and P(trunc): the expected
-  number of CrypTen local-truncation failures in one run (Σ|v|/2³² over the dominant products).
+  number of CrypTen local-truncation failures in one run (Σ|v|/2³² over the dominant products);
+- the plaintext twin's peak memory (run in a forked child, so that it is measured alone), both
+  owners' peak memory under MPC, and the byte floor of the dealer model: each owner's data masked
+  once, sent once, one way (n·(d+1) int64 for the candidate; fine-tuning adds D_tr and D_te), with
+  the ratio of the measured bytes to it.
 
 Every method runs on the secure transport (authenticated, encrypted channels, AES-CTR generators,
 our dealer); the channels count what they send, records included. (The hardening's cost against
@@ -24,6 +28,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
+import os
+import resource
 import tempfile
 import time
 from pathlib import Path
@@ -55,6 +62,29 @@ def plaintext_seconds(
             )
         best = min(best, time.perf_counter() - start)
     return best, score
+
+
+def _plaintext_child(conn, method, state, train, test, cand) -> None:  # type: ignore[no-untyped-def]
+    seconds, score = plaintext_seconds(method, state, train, test, cand)
+    conn.send((seconds, score, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024))
+    conn.close()
+
+
+def plaintext_measured(method: str, state, train, test, cand) -> tuple[float, float, float]:
+    """Seconds, score and peak RSS (MB) of the plaintext twin, in a forked child of its own."""
+    ctx = multiprocessing.get_context("fork")
+    parent, child = ctx.Pipe()
+    process = ctx.Process(target=_plaintext_child, args=(child, method, state, train, test, cand))
+    process.start()
+    seconds, score, peak = parent.recv()
+    process.join()
+    return seconds, score, peak
+
+
+def byte_floor(method: str, n: int, d: int, n_train: int, n_test: int) -> int:
+    """Bytes of the dealer model's floor: each owner's rows (with bias) masked once, one way."""
+    rows = n + (n_train + n_test if method == "finetune" else 0)
+    return rows * (d + 1) * 8
 
 
 def truncation_risk(method: str, state, train, cand, *, steps: int = 16, lr: float = 0.1) -> float:
@@ -101,13 +131,14 @@ def main() -> None:
         state = model.prepare_model_owner(train.X, train.y, test.X, test.y, n_classes=10)
         print(f"case: {case}")
         header = (
-            f"{'method':<14}{'plain s':>10}{'MPC s':>9}{'wall s':>9}{'ratio':>9}"
-            f"{'MB':>10}{'dealer MB':>10}{'rounds':>8}{'peak MB':>9}{'rel err':>10}{'P(trunc)':>10}"
+            f"{'method':<14}{'plain s':>9}{'MPC s':>8}{'wall s':>8}{'ratio':>7}"
+            f"{'MB':>8}{'floor MB':>9}{'×floor':>7}{'dealer MB':>10}{'rounds':>7}"
+            f"{'plain MB':>9}{'MO MB':>7}{'DO MB':>7}{'rel err':>9}{'P(trunc)':>9}"
         )
         print(header)
         rows = []
         for method in args.methods.split(","):
-            plain_s, plain_score = plaintext_seconds(method, state, train, test, cand)
+            plain_s, plain_score, plain_peak = plaintext_measured(method, state, train, test, cand)
             start = time.perf_counter()
             run = run_local(method=method, train=paths[0], test=paths[1], candidates=[paths[2]])
             wall = time.perf_counter() - start
@@ -115,27 +146,36 @@ def main() -> None:
             assert result.score is not None
             rel = abs(result.score - plain_score) / abs(plain_score)
             between_owners = theirs.bytes_sent + theirs.bytes_received
+            floor = byte_floor(
+                method, cand.n_samples, cand.n_features, train.n_samples, test.n_samples
+            )
             row = {
                 "method": method,
                 "plaintext_seconds": plain_s,
+                "plaintext_peak_rss_mb": plain_peak,
                 "mpc_seconds": result.seconds,
                 "wall_seconds": wall,
                 "ratio": result.seconds / plain_s,
                 "bytes_between_owners": between_owners,
+                "byte_floor": floor,
+                "ratio_to_floor": between_owners / floor,
                 "dealer_bytes": run.dealer_bytes,
                 "rounds": result.rounds,
                 "peak_rss_mb": result.peak_rss_mb,
+                "data_owner_peak_rss_mb": theirs.peak_rss_mb,
                 "relative_error": rel,
                 "expected_truncation_failures": truncation_risk(method, state, train, cand),
             }
             rows.append(row)
             print(
-                f"{method:<14}{plain_s:>10.4f}{result.seconds:>9.2f}{wall:>9.2f}"
-                f"{row['ratio']:>9.0f}{between_owners / 1e6:>10.1f}{run.dealer_bytes / 1e6:>10.1f}"
-                f"{result.rounds:>8}"
-                f"{result.peak_rss_mb:>9.0f}{rel:>10.1e}"
-                f"{row['expected_truncation_failures']:>10.1e}"
+                f"{method:<14}{plain_s:>9.4f}{result.seconds:>8.2f}{wall:>8.2f}"
+                f"{row['ratio']:>7.0f}{between_owners / 1e6:>8.1f}{floor / 1e6:>9.1f}"
+                f"{row['ratio_to_floor']:>7.2f}{run.dealer_bytes / 1e6:>10.1f}{result.rounds:>7}"
+                f"{plain_peak:>9.0f}{result.peak_rss_mb:>7.0f}{theirs.peak_rss_mb:>7.0f}"
+                f"{rel:>9.1e}{row['expected_truncation_failures']:>9.1e}"
             )
+        load = os.getloadavg()
+        print(f"load average (1, 5, 15 min): {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
         if args.json:
             args.json.write_text(json.dumps({"case": case, "rows": rows}, indent=2))
 

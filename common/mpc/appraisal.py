@@ -21,6 +21,7 @@ from common.mpc.statistics import (
     DataOwnerInputs,
     ModelOwnerInputs,
     Shapes,
+    StepCallback,
 )
 from common.protocol import JobSpec
 
@@ -33,14 +34,21 @@ class Revealed(NamedTuple):
 
 
 def secure_appraisal(
-    job: JobSpec, index: int, mo: ModelOwnerInputs | None, do: DataOwnerInputs | None
+    job: JobSpec,
+    index: int,
+    mo: ModelOwnerInputs | None,
+    do: DataOwnerInputs | None,
+    on_step: StepCallback | None = None,
 ) -> Revealed:
-    """Appraise candidate ``index`` of ``job`` under MPC; both owners call this."""
+    """Appraise candidate ``index`` of ``job`` under MPC; both owners call this.
+
+    ``on_step(done, total)`` is called after each step of the computation (fine-tuning's gradient
+    steps; once for a one-shot method)."""
     method = METHODS[job.method]
     shapes = Shapes.of(job, index)
     sizes = job.sizes(index)
     dst = None if job.reveal_to == "both" else MODEL_OWNER
-    stat = STATISTICS[job.method](job, shapes, mo, do)
+    stat = STATISTICS[job.method](job, shapes, mo, do, on_step)
     if job.noise_epsilon is not None:
         # The data owner's noise, unknown to the model owner, is added before anything is opened.
         assert job.v_bound is not None  # JobSpec refuses noise without it

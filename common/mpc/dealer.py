@@ -1,18 +1,27 @@
-"""The dealer: a third party that holds no input and serves the owners' Beaver triples.
+"""The dealer: a third party that holds no input and serves the owners' correlated randomness.
 
 Whoever generates the triples could unmask what the owners open, so neither owner may: the dealer
 is a separate service that both trust not to collude with the other. Each owner draws its shares of
 ``a`` and ``b`` (and of every other correlated value) from the key stream it shares with the
-dealer; the data owner also draws its share of ``c``; the model owner asks the dealer for its share
-of ``c`` (``op(a, b) − c₁``) in JSON requests listing sizes (no pickle), which the dealer checks.
-The data owner's stream is keyed by its own link with the dealer, agreed through a handshake that
-the model owner relays but cannot read.
+dealer; the data owner also draws its share of ``c``; the dealer sends the model owner its share of
+``c`` (``op(a, b) − c₁``).
+
+The dealer serves a **plan** (:mod:`common.mpc.plan`), a pure function of the public job that it
+computes itself: it pushes each planned value to the model owner in order, without being asked
+(so no request costs a round trip), with the item's description, which the model owner's provider
+checks against what its computation asks for. The model owner sends the dealer one message, at the
+end: ``done`` with the count of items it used. Anything else (a request, a zero-size or surplus
+item) is refused with an :class:`MPCError` naming what was asked and what was planned, and fails
+the session; nothing is ever computed for it. The data owner's stream is keyed by its own link with
+the dealer, agreed through a handshake that the model owner relays but cannot read.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+import struct
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import Future
 from typing import Any
 
 import numpy as np
@@ -21,6 +30,7 @@ import torch
 from common.errors import MPCError
 from common.mpc.communicator import nbytes, pack, unpack
 from common.mpc.compat import import_crypten
+from common.mpc.plan import Item, check_item, product_size
 from common.mpc.streams import StreamRng
 from common.mpc.transport import Channel
 
@@ -28,15 +38,17 @@ crypten = import_crypten()
 from crypten.common.util import count_wraps  # noqa: E402
 from crypten.mpc.provider.provider import TupleProvider  # noqa: E402
 
-MAX_TRIPLE_ELEMENTS = 1 << 28  # the dealer refuses larger requests (2 GiB of int64 per tensor)
+MAX_TRIPLE_ELEMENTS = 1 << 28  # the dealer refuses larger items (2 GiB of int64 per tensor)
 OPS = {"mul": torch.mul, "matmul": torch.matmul}
+_HEADER = struct.Struct("!I")
+WINDOW = 2  # values the dealer keeps queued ahead of the model owner (bounds its memory)
 
 
 def _shape(value: Any, what: str) -> tuple[int, ...]:
-    if not isinstance(value, list) or not all(isinstance(v, int) and v >= 0 for v in value):
-        raise MPCError(f"the dealer got a malformed {what} {value!r}")
+    if not isinstance(value, list | tuple) or not all(isinstance(v, int) and v > 0 for v in value):
+        raise MPCError(f"the dealer got a malformed or zero-size {what} {value!r}")
     if len(value) > 8 or int(np.prod(value, dtype=np.float64)) > MAX_TRIPLE_ELEMENTS:
-        raise MPCError(f"the dealer refuses a {what} of {value} (too large)")
+        raise MPCError(f"the dealer refuses a {what} of {list(value)} (too large)")
     return tuple(value)
 
 
@@ -60,32 +72,106 @@ def result_size(op: str, size0: Sequence[int], size1: Sequence[int]) -> torch.Si
     return torch.Size(out)
 
 
+def _message(index: int, item: Item, value: torch.Tensor) -> bytes:
+    header = json.dumps({"index": index, "item": item.describe()}).encode()
+    body = pack([value])
+    return _HEADER.pack(len(header)) + header + bytes(body)
+
+
+def _rows(A: torch.Tensor, rows: Sequence[int] | None) -> torch.Tensor:
+    return A if rows is None else A[torch.as_tensor(rows, dtype=torch.long)]
+
+
 class DealerProvider(TupleProvider):
     """CrypTen's tuple-provider interface, served by our dealer over a secure channel.
 
     Both owners draw their shares of ``a``, ``b`` (and every other random value) from the stream
-    they share with the dealer; the data owner also draws its share of ``c``; the model owner gets
-    its share of ``c`` from the dealer, who computes it as ``op(a, b) - c_1``.
+    they share with the dealer; the data owner also draws its share of ``c``; the model owner
+    receives its share of ``c``, pushed by the dealer in the plan's order. With ``plan`` given,
+    every draw is checked against it first (the data owner does so: nothing it masks with a
+    value the dealer would not mirror ever leaves its process).
     """
 
     NAME = "TTP"
 
-    def __init__(self, rank: int, stream: StreamRng, dealer: Channel | None):
+    def __init__(
+        self,
+        rank: int,
+        stream: StreamRng,
+        dealer: Channel | None,
+        plan: Callable[[int], list[Item]] | None = None,
+    ):
         super().__init__()
         if (rank == 0) != (dealer is not None):
             raise MPCError("only the model owner's worker talks to the dealer")
         self._rank = rank
         self.stream = stream
         self.dealer = dealer
+        self._plan_of = plan
+        self._plan: list[Item] | None = None
+        self._next = 0  # the index of the next item (of the whole session)
+        self._in_plan = 0  # the index of the next item within the current candidate's plan
+        self._masks: list[tuple[tuple[int, ...], int]] = []  # per candidate: shape, holder
 
-    def _correction(self, request: dict[str, Any], size: Any) -> torch.Tensor:
-        """The last share of a tuple: the model owner asks the dealer, the data owner draws it."""
+    def begin(self, index: int) -> None:
+        """A new candidate: its plan (when checking) and fresh mask numbering."""
+        self._plan = None if self._plan_of is None else self._plan_of(index)
+        self._in_plan = 0
+        self._masks = []
+
+    def end(self) -> None:
+        """The candidate is over: it must have used its whole plan."""
+        if self._plan is not None and self._in_plan != len(self._plan):
+            raise MPCError(
+                f"this computation used {self._in_plan} correlated values, its plan has "
+                f"{len(self._plan)}: the computation diverged from the job's plan"
+            )
+
+    def _check(self, item: Item) -> None:
+        check_item(item)
+        if self._plan is None:
+            return
+        if self._in_plan >= len(self._plan):
+            raise MPCError(
+                f"this computation asks for {item} beyond its plan's {len(self._plan)} items"
+            )
+        planned = self._plan[self._in_plan]
+        if planned != item:
+            raise MPCError(
+                f"this computation asks for {item} where the plan's item {self._in_plan} is "
+                f"{planned}: the parties' code or job differ"
+            )
+
+    def _correction(self, item: Item, size: Any) -> torch.Tensor:
+        """The last share of a value: the dealer pushes the model owner's, the data owner draws."""
+        self._check(item)
+        index = self._next
+        self._next += 1
+        self._in_plan += 1
         if self._rank == 1:
             return self.stream.int64(size)
         assert self.dealer is not None
-        self.dealer.wait(self.dealer.send(json.dumps(request).encode()))
+        message = self.dealer.recv()
+        if len(message) < _HEADER.size:
+            raise MPCError("the dealer sent a malformed value")
+        (length,) = _HEADER.unpack(message[: _HEADER.size])
+        header = json.loads(bytes(message[_HEADER.size : _HEADER.size + length]))
+        if header.get("index") != index or header.get("item") != item.describe():
+            raise MPCError(
+                f"the dealer served {header} where this computation asks for item {index} "
+                f"{item}: the parties' plans diverged"
+            )
         like = torch.empty(tuple(size), dtype=torch.long)
-        return unpack(self.dealer.recv(expected=nbytes([like])), [like])[0]
+        body = message[_HEADER.size + length :]
+        if len(body) != nbytes([like]):
+            raise MPCError(f"the dealer's value for {item} has {len(body)} bytes")
+        return unpack(bytearray(body), [like])[0]
+
+    def _mark(self, item: Item) -> None:
+        """An item that carries no value for the model owner (a mask): checked and counted."""
+        self._check(item)
+        self._next += 1
+        self._in_plan += 1
 
     @staticmethod
     def _arithmetic(*tensors: torch.Tensor) -> tuple[Any, ...]:
@@ -98,92 +184,157 @@ class DealerProvider(TupleProvider):
     ) -> tuple[Any, ...]:
         if op not in OPS or args or kwargs:
             raise MPCError(f"the dealer serves triples for {sorted(OPS)} only, not {op!r}")
+        item = Item("additive", (tuple(size0), tuple(size1)), op=op)
+        self._check(item)
         a, b = self.stream.int64(size0), self.stream.int64(size1)
-        request = {"fn": "additive", "op": op, "sizes": [list(size0), list(size1)]}
-        c = self._correction(request, result_size(op, size0, size1))
+        c = self._correction(item, result_size(op, size0, size1))
         return self._arithmetic(a, b, c)
 
     def square(self, size: Any, device: Any = None) -> tuple[Any, ...]:
+        item = Item("square", (tuple(size),))
+        self._check(item)
         r = self.stream.int64(size)
-        return self._arithmetic(r, self._correction({"fn": "square", "sizes": [list(size)]}, size))
+        return self._arithmetic(r, self._correction(item, size))
 
     def wrap_rng(self, size: Any, device: Any = None) -> tuple[Any, ...]:
+        item = Item("wraps", (tuple(size),))
+        self._check(item)
         r = self.stream.int64(size)
-        return self._arithmetic(r, self._correction({"fn": "wraps", "sizes": [list(size)]}, size))
+        return self._arithmetic(r, self._correction(item, size))
 
     def generate_binary_triple(self, size0: Any, size1: Any, device: Any = None) -> tuple[Any, ...]:
         from crypten.mpc.primitives import BinarySharedTensor
 
+        item = Item("binary", (tuple(size0), tuple(size1)))
+        self._check(item)
         a, b = self.stream.int64(size0), self.stream.int64(size1)
-        request = {"fn": "binary", "sizes": [list(size0), list(size1)]}
-        c = self._correction(request, torch.broadcast_shapes(tuple(size0), tuple(size1)))
+        c = self._correction(item, torch.broadcast_shapes(tuple(size0), tuple(size1)))
         return tuple(BinarySharedTensor.from_shares(t) for t in (a, b, c))
 
     def B2A_rng(self, size: Any, device: Any = None) -> tuple[Any, ...]:
         from crypten.mpc.primitives import BinarySharedTensor
 
+        item = Item("B2A", (tuple(size),))
+        self._check(item)
         r_bit = self.stream.kbit(size, 1)
-        (r_arith,) = self._arithmetic(self._correction({"fn": "B2A", "sizes": [list(size)]}, size))
+        (r_arith,) = self._arithmetic(self._correction(item, size))
         return r_arith, BinarySharedTensor.from_shares(r_bit)
 
+    # -- this project's correlated values (common.mpc.products) ---------------------------------
+    def mask(self, size: Any, holder: int) -> tuple[int, torch.Tensor | None]:
+        """A uniform mask A for a matrix ``holder`` holds in the clear; only the holder gets A."""
+        item = Item("mask", (tuple(size),), holder=holder)
+        self._mark(item)
+        self._masks.append((tuple(size), holder))
+        return len(self._masks) - 1, self.stream.int64(size) if self._rank == holder else None
+
+    def product(
+        self, mask: int, op: str, size_b: Any, rows: Sequence[int] | None, holder: int
+    ) -> tuple[torch.Tensor | None, torch.Tensor]:
+        """For mask ``mask`` (held by ``holder``): the other party's uniform B, and this party's
+        share of ``A[rows] @ B`` (``op`` matmul) or ``A[rows]ᵀ @ B`` (tmatmul)."""
+        shape, mask_holder = self._masks[mask]
+        if mask_holder != holder:
+            raise MPCError(f"mask {mask} is held by party {mask_holder}, not {holder}")
+        item = Item(
+            "product",
+            (tuple(size_b),),
+            op=op,
+            mask=mask,
+            rows=None if rows is None else tuple(int(r) for r in rows),
+        )
+        self._check(item)
+        B = self.stream.int64(size_b) if self._rank != holder else None
+        return B, self._correction(item, product_size(item, shape))
+
     def finish(self) -> None:
-        """Tell the dealer the run is over (model owner only)."""
+        """Tell the dealer the run is over, with the count of values used (model owner only)."""
         if self.dealer is not None:
-            self.dealer.wait(self.dealer.send(json.dumps({"fn": "done"}).encode()))
+            done = json.dumps({"fn": "done", "items": self._next}).encode()
+            self.dealer.wait(self.dealer.send(done))
 
 
 class Dealer:
-    """The dealer's state: one stream per owner, mirrored draw for draw."""
+    """The dealer's state: one stream per owner, mirrored draw for draw, and the plan it serves."""
 
     def __init__(self, stream_mo: StreamRng, stream_do: StreamRng):
-        self.s0 = stream_mo
-        self.s1 = stream_do
-        self.requests = 0
+        self.streams = (stream_mo, stream_do)
+        self.served = 0  # items of the session's plans served so far
+        self._masks: list[tuple[torch.Tensor, int]] = []  # the candidate's masks A, holders
 
-    def answer(self, request: Any) -> torch.Tensor | None:
-        if not isinstance(request, dict):
-            raise MPCError(f"the dealer got a malformed request {str(request)[:200]!r}")
-        fn = request.get("fn")
-        if fn == "done":
-            return None
-        raw_sizes = request.get("sizes")
-        if not isinstance(raw_sizes, list) or not raw_sizes:
-            raise MPCError(f"the dealer got a request without sizes: {str(request)[:200]!r}")
-        sizes = [_shape(s, "tensor size") for s in raw_sizes]
-        s0, s1 = self.s0, self.s1
-        self.requests += 1
-        if fn == "additive":
-            op = request.get("op")
-            if op not in OPS or len(sizes) != 2:
-                raise MPCError(f"the dealer serves triples for {sorted(OPS)} only, not {op!r}")
+    def begin(self) -> None:
+        self._masks = []
+
+    def value(self, item: Item) -> torch.Tensor | None:
+        """Mirror both owners' draws for ``item``; the model owner's share (None for a mask)."""
+        check_item(item)
+        sizes = [_shape(list(s), "tensor size") for s in item.sizes]
+        s0, s1 = self.streams
+        self.served += 1
+        if item.fn == "additive":
+            if item.op not in OPS or len(sizes) != 2:
+                raise MPCError(f"the dealer serves triples for {sorted(OPS)} only, not {item.op!r}")
             a0, b0 = s0.int64(sizes[0]), s0.int64(sizes[1])
             a1, b1 = s1.int64(sizes[0]), s1.int64(sizes[1])
-            c = OPS[op](a0 + a1, b0 + b1)
+            c = OPS[item.op](a0 + a1, b0 + b1)
             return c - s1.int64(c.size())
-        if fn == "binary" and len(sizes) == 2:
+        if item.fn == "binary" and len(sizes) == 2:
             a0, b0 = s0.int64(sizes[0]), s0.int64(sizes[1])
             a1, b1 = s1.int64(sizes[0]), s1.int64(sizes[1])
             c = (a0 ^ a1) & (b0 ^ b1)
             return c ^ s1.int64(c.size())
-        if fn in ("square", "wraps", "B2A") and len(sizes) == 1:
+        if item.fn in ("square", "wraps", "B2A") and len(sizes) == 1:
             size = sizes[0]
-            if fn == "B2A":
+            if item.fn == "B2A":
                 bit = s0.kbit(size, 1) ^ s1.kbit(size, 1)
                 return bit - s1.int64(size)
             r0, r1 = s0.int64(size), s1.int64(size)
-            value = (r0 + r1) * (r0 + r1) if fn == "square" else count_wraps([r0, r1])
+            value = (r0 + r1) * (r0 + r1) if item.fn == "square" else count_wraps([r0, r1])
             return value - s1.int64(size)
-        raise MPCError(f"the dealer does not serve {fn!r} with {len(sizes)} sizes")
+        if item.fn == "mask" and item.holder in (0, 1) and len(sizes) == 1:
+            self._masks.append((self.streams[item.holder].int64(sizes[0]), item.holder))
+            return None
+        if item.fn == "product" and item.mask is not None and len(sizes) == 1:
+            if not 0 <= item.mask < len(self._masks):
+                raise MPCError(f"the product {item} names a mask that was not drawn")
+            A, holder = self._masks[item.mask]
+            product_size(item, tuple(A.shape))
+            # B comes from the party that does not hold the mask (the holder's stream drew A)
+            B = self.streams[1 - holder].int64(sizes[0])
+            A_rows = _rows(A, item.rows)
+            C = A_rows @ B if item.op == "matmul" else A_rows.t() @ B
+            return C - s1.int64(C.size())
+        raise MPCError(f"the dealer does not serve {item}")
 
 
-def serve_dealer(model_owner: Channel, dealer: Dealer) -> int:
-    """Answer the model owner's requests until it says it is done; returns the request count."""
-    while True:
-        try:
-            request = json.loads(model_owner.recv())
-        except json.JSONDecodeError as exc:
-            raise MPCError(f"the dealer got a request that is not JSON: {exc}") from exc
-        answer = dealer.answer(request)
-        if answer is None:
-            return dealer.requests
-        model_owner.wait(model_owner.send(pack([answer])))
+def serve_dealer(model_owner: Channel, dealer: Dealer, plans: Iterable[list[Item]]) -> int:
+    """Push every planned value to the model owner, in order, then expect its ``done``.
+
+    Returns the number of items served. Any other message from the model owner is refused with an
+    :class:`MPCError` that names it: a deviating model owner cannot obtain anything off the plan.
+    """
+    pending: list[Future[None]] = []
+    for plan in plans:
+        dealer.begin()
+        for item in plan:
+            index = dealer.served
+            value = dealer.value(item)
+            if value is None:
+                continue
+            if len(pending) >= WINDOW:
+                model_owner.wait(pending.pop(0))
+            pending.append(model_owner.send(_message(index, item, value)))
+    for future in pending:
+        model_owner.wait(future)
+    message = bytes(model_owner.recv())
+    try:
+        request = json.loads(message)
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        request = message[:200]
+    if request != {"fn": "done", "items": dealer.served}:
+        raise MPCError(
+            f"the model owner asked the dealer for {str(request)[:200]} after the plan's "
+            f"{dealer.served} items were served: the dealer serves the job's plan only, in order, "
+            "and nothing beyond it"
+        )
+    return dealer.served

@@ -19,6 +19,7 @@ import torch
 
 from common.errors import ConfigError
 from common.mpc.compat import exact_decode, import_crypten
+from common.mpc.plan import shape_memo
 
 crypten = import_crypten()
 from crypten.mpc.primitives import beaver  # noqa: E402
@@ -75,6 +76,7 @@ def matmul_truncated(x: Any, y: Any, divisor: int) -> Any:
     return result
 
 
+@shape_memo
 def exp_nonpositive(x: Any, *, halvings: int, order: int) -> Any:
     """exp(x) for x ≤ 0: Taylor polynomial of degree ``order`` at x/2^h, squared h times.
 
@@ -101,16 +103,154 @@ SOFTMAX_ORDER = 4
 MAX_LOGIT_GAP = 2.2 * 2**SOFTMAX_HALVINGS
 
 
+def _int64(value: int) -> int:
+    """An unsigned 64-bit pattern as the signed int64 that torch stores."""
+    return value - (1 << 64) if value >= 1 << 63 else value
+
+
+def _lanes(stride: int) -> int:
+    """The bit pattern with a one at every multiple of ``stride`` (as a signed int64)."""
+    return _int64(sum(1 << i for i in range(0, 64, stride)))
+
+
+def _and(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """This party's XOR share of x ∧ y (x, y: this party's XOR shares): one binary Beaver AND."""
+    from crypten.mpc.primitives import BinarySharedTensor
+
+    return (BinarySharedTensor.from_shares(x) & BinarySharedTensor.from_shares(y)).share
+
+
+def _pack(t: torch.Tensor, r: int) -> torch.Tensor:
+    """r elements per word: element group j shifted by j bits (their lanes are multiples of r)."""
+    n = t.numel()
+    padded = torch.zeros(-(-n // r) * r, dtype=torch.long)
+    padded[:n] = t.reshape(-1)
+    groups = padded.reshape(r, -1)
+    out = groups[0].clone()
+    for j in range(1, r):
+        out ^= groups[j] << j
+    return out
+
+
+def _unpack(w: torch.Tensor, r: int, lanes: int, like: torch.Tensor) -> torch.Tensor:
+    """Inverse of :func:`_pack`, keeping only the lanes ``lanes``."""
+    groups = torch.stack([(w >> j) & lanes for j in range(r)])
+    return groups.reshape(-1)[: like.numel()].reshape(like.shape)
+
+
+def _packed_and(x: torch.Tensor, y: torch.Tensor, stride: int) -> torch.Tensor:
+    """x ∧ y where only the bits at multiples of ``stride`` matter: ``stride`` elements share a
+    word, so the AND opens 1/stride words per element."""
+    if stride == 1:
+        return _and(x, y)
+    z = _and(_pack(x, stride), _pack(y, stride))
+    return _unpack(z, stride, _lanes(stride), x)
+
+
+def _b2a_bit(bit: torch.Tensor) -> torch.Tensor:
+    """This party's arithmetic share of a bit held as XOR shares (bit 0 of ``bit``): open
+    c = bit ⊕ r for the dealer's random bit r (64 elements' c per opened word), then
+    [bit] = c + [r] − 2c[r]."""
+    from crypten.mpc.primitives import BinarySharedTensor
+
+    provider = crypten.mpc.get_default_provider()
+    r_arith, r_bin = provider.B2A_rng(bit.size())
+    masked = (bit & 1) ^ (r_bin.share & 1)
+    opened = BinarySharedTensor.from_shares(_pack(masked, 64)).reveal()
+    c = _unpack(opened, 64, 1, bit)
+    rank = crypten.communicator.get().get_rank()
+    share = r_arith.share - 2 * c * r_arith.share
+    return share + c if rank == 0 else share
+
+
+@shape_memo
+def ltz(x: Any) -> Any:
+    """[x < 0] for a shared fixed-point tensor: the top bit of x₀ + x₁, from its carry alone.
+
+    CrypTen converts x to a binary sharing with a full 64-bit adder (six levels of two AND gates
+    each, on whole words) to read one bit of the sum. Here the two arithmetic shares are the two
+    operands, a = x₀ (held by the model owner) and b = x₁: g = a ∧ b costs one AND, p = a ⊕ b is
+    local, and the carry into bit 63 is a tree of (generate, propagate) pairs over bits 0..62
+    (bit 63's lane is set to "propagate" so that the tree's root is that carry). Each of the six
+    levels combines the lanes 2i+1 (high) and 2i (low) with one AND: the high propagate bit is
+    copied beside itself and ANDed with the low generate and propagate bits packed side by side.
+    At stride s only the bits at multiples of s matter, so s elements share one word: the levels
+    open 1, 1/2, …, 1/32 words per element (about 3 words with g, against CrypTen's 12). The top
+    bit a₆₃ ⊕ b₆₃ ⊕ carry becomes an arithmetic bit by one opening of 64 bits per word. The result
+    equals CrypTen's ``_ltz`` (tests/integration/test_fixedpoint_mpc.py).
+    """
+    share = x._tensor.share
+    rank = crypten.communicator.get().get_rank()
+    a = share if rank == 0 else torch.zeros_like(share)  # XOR shares of x₀: (x₀, 0)
+    b = share if rank == 1 else torch.zeros_like(share)  # and of x₁: (0, x₁)
+    p_full = a ^ b
+    low63, top = _int64((1 << 63) - 1), _int64(1 << 63)
+    g = _and(a, b) & low63
+    p = p_full & low63
+    if rank == 0:
+        p = p ^ top  # lane 63: propagate, no generate (a public constant, XORed by one party)
+    stride = 1
+    while stride < 64:
+        m = _lanes(2 * stride)
+        p_hi = (p >> stride) & m
+        g_hi = (g >> stride) & m
+        z = _packed_and(p_hi ^ (p_hi << stride), (g & m) ^ ((p & m) << stride), stride)
+        g = g_hi ^ (z & m)
+        p = (z >> stride) & m
+        stride *= 2
+    msb = ((p_full >> 63) & 1) ^ g
+    return crypten.mpc.MPCTensor.from_shares(_b2a_bit(msb), precision=0)
+
+
+@shape_memo
+def row_max(z: Any) -> Any:
+    """max over the columns of an n×k shared matrix, as an n×1 matrix: a pairwise tree.
+
+    Each level compares the first half of the columns with the second (one comparison per pair)
+    and keeps b + (a − b)·[a ≥ b] (one product with the comparison's bit, which is an integer: no
+    truncation): ⌈log₂ k⌉ levels, k − 1 comparisons per row. CrypTen's ``max(dim)`` also builds the
+    one-hot argmax (which the softmax never uses), and compares a remainder pairwise.
+    """
+    while z.size(1) > 1:
+        half = z.size(1) // 2
+        a, b = z[:, :half], z[:, half : 2 * half]
+        d = a - b
+        top = b + d * (1 - ltz(d))  # b + (a − b)·[a ≥ b]
+        z = top if z.size(1) == 2 * half else crypten.cat([top, z[:, 2 * half :]], dim=1)
+    return z
+
+
+@shape_memo
+def reciprocal_in_range(s: Any, *, upper: float) -> Any:
+    """1/s for s ∈ [1, upper] by Newton's method y ← y(2 − s·y) from the best linear start.
+
+    The start y₀ = c₁ − c₂·s with c₂ = 2/(u + (u+1)²/4), c₁ = c₂(u+1) has relative error
+    |1 − s·y₀| ≤ ε = 1 − c₂·u (0.50 for u = 10), and each iteration squares it: ⌈log₂(log 2⁻²⁰ /
+    log ε)⌉ iterations (5 for u = 10, two products each) reach 2⁻²⁰. CrypTen's reciprocal starts
+    from an exp and runs 10 iterations. RANGE: 1 ≤ s ≤ upper.
+    """
+    u = float(upper)
+    c2 = 2.0 / (u + (u + 1.0) ** 2 / 4.0)
+    c1 = c2 * (u + 1.0)
+    eps = 1.0 - c2 * u
+    iterations = max(1, math.ceil(math.log2(math.log(2.0**-20) / math.log(eps))))
+    y = mul_public(s, -c2, bits=16).add(c1)
+    for _ in range(iterations):
+        y = y * (2.0 - s * y)
+    return y
+
+
+@shape_memo
 def softmax(z: Any) -> Any:
     """Row-wise softmax of an n×k shared matrix."""
-    m, _ = z.max(dim=1, keepdim=True)
+    m = row_max(z)
     e = exp_nonpositive(z - m, halvings=SOFTMAX_HALVINGS, order=SOFTMAX_ORDER)
-    # RANGE: the denominator is in [1, k], inside the reciprocal's Newton-Raphson domain.
-    with crypten.cfg.temp_override({"functions.reciprocal_all_pos": True}):
-        inv = e.sum(dim=1, keepdim=True).reciprocal()
+    # RANGE: the denominator is in [1, k] (the row's maximum contributes exp(0) = 1).
+    inv = reciprocal_in_range(e.sum(dim=1, keepdim=True), upper=float(z.size(1)))
     return e * inv
 
 
+@shape_memo
 def log_in_range(s: Any, *, upper: float) -> Any:
     """log(s) for s ∈ [1, upper] by Newton's method y ← y + s·exp(−y) − 1.
 

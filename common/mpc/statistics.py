@@ -27,15 +27,17 @@ from common.mpc.fixedpoint import (
     SOFTMAX_ORDER,
     exp_nonpositive,
     log_in_range,
-    matmul_truncated,
     mul_pow2,
     mul_public,
+    row_max,
     share,
     softmax,
 )
+from common.mpc.products import Masked, Stacked, private_operand
 from common.protocol import JobSpec
 
 crypten = import_crypten()
+StepCallback = Callable[[int, int], None]  # (steps done, steps in all) within one candidate
 
 
 @dataclass(frozen=True)
@@ -120,9 +122,10 @@ def _params(P: np.ndarray, bound: float) -> np.ndarray:
     return out
 
 
-def _candidate(do: DataOwnerInputs | None, shapes: Shapes) -> tuple[Any, Any]:
+def _candidate(do: DataOwnerInputs | None, shapes: Shapes) -> tuple[Masked, Any]:
+    """The candidate's X masked once (:class:`common.mpc.products.Masked`) and its labels shared."""
     n, d, k = shapes.n_candidate, shapes.d, shapes.n_classes
-    X = share(None if do is None else _rows(do.X, shapes.feature_bound), (n, d), src=DATA_OWNER)
+    X = Masked(None if do is None else _rows(do.X, shapes.feature_bound), (n, d), holder=DATA_OWNER)
     Y = share(None if do is None else _one_hot(do.y, k), (n, k), src=DATA_OWNER)
     return X, Y
 
@@ -138,13 +141,18 @@ def _v_scale(v: np.ndarray) -> float:
 
 
 def influence_statistic(
-    job: JobSpec, shapes: Shapes, mo: ModelOwnerInputs | None, do: DataOwnerInputs | None
+    job: JobSpec,
+    shapes: Shapes,
+    mo: ModelOwnerInputs | None,
+    do: DataOwnerInputs | None,
+    on_step: StepCallback | None = None,
 ) -> Any:
     """Shared S = Σ_a ∇L_aᵀ v, so that the score is −S/|D_a|.
 
-    ∇L_aᵀ v = Σ_j (p_aj − y_aj)(x_a · v_j): one Beaver product X [θ | v/c] gives the logits and
-    X v/c together, then an elementwise product and a sum. The model owner's private scale c is
-    multiplied back in under MPC, so the data owner never learns the magnitude of v.
+    ∇L_aᵀ v = Σ_j (p_aj − y_aj)(x_a · v_j): one masked product X [θ | v/c] (X masked once, one
+    way; [θ | v/c] is the model owner's in the clear) gives the logits and X v/c together, then
+    an elementwise product and a sum. The model owner's private scale c is multiplied back in
+    under MPC, so the data owner never learns the magnitude of v.
     """
     d, k = shapes.d, shapes.n_classes
     X, Y = _candidate(do, shapes)
@@ -156,17 +164,23 @@ def influence_statistic(
         c_plain: np.ndarray | None = np.array(c)
     else:
         W_plain, c_plain = None, None
-    W = share(W_plain, (d, 2 * k), src=MODEL_OWNER)
+    W = private_operand(W_plain, (d, 2 * k), owner=MODEL_OWNER)
     c_shared = share(c_plain, (), src=MODEL_OWNER)
     ZU = X.matmul(W)  # RANGE: logits and X v/c, both O(10)
     Z, U = ZU[:, :k], ZU[:, k:]
     R = softmax(Z) - Y  # entries in [−1, 1]
     s_scaled = (R * U).sum()  # ≤ 8·n·k in magnitude
+    if on_step is not None:
+        on_step(1, 1)
     return s_scaled * c_shared
 
 
 def gradient_norm_statistic(
-    job: JobSpec, shapes: Shapes, mo: ModelOwnerInputs | None, do: DataOwnerInputs | None
+    job: JobSpec,
+    shapes: Shapes,
+    mo: ModelOwnerInputs | None,
+    do: DataOwnerInputs | None,
+    on_step: StepCallback | None = None,
 ) -> Any:
     """Shared q = ‖Σ_a ∇L_a‖² / s² with s = ⌈√|D_a|⌉ public; the score is s·√q.
 
@@ -180,26 +194,33 @@ def gradient_norm_statistic(
     d, k, n = shapes.d, shapes.n_classes, shapes.n_candidate
     X, Y = _candidate(do, shapes)
     theta_plain = None if mo is None else _params(mo.theta, shapes.feature_bound)
-    theta = share(theta_plain, (d, k), src=MODEL_OWNER)
+    theta = private_operand(theta_plain, (d, k), owner=MODEL_OWNER)
     R = softmax(X.matmul(theta)) - Y
     s = gradient_norm_scale(n)
-    G_scaled = matmul_truncated(X.t(), R, SCALE * s)  # X'ᵀ R / s, one truncation
+    # X'ᵀ R / s, one truncation; the same masked X as the logits' (E reused, a fresh B)
+    G_scaled = X.tmatmul(R, divisor=SCALE * s)
     squares = G_scaled.square()
     log2_bound = round(math.log2(shapes.feature_bound))
+    if on_step is not None:
+        on_step(1, 1)
     return mul_pow2(squares[:-1].sum(), 2 * log2_bound) + squares[-1].sum()
 
 
-def _sum_test_loss(theta: Any, X_te: Any, Y_te: Any, k: int) -> Any:
+def _sum_test_loss(theta: Any, X_te: Masked, Y_te: Any, k: int) -> Any:
     """Σ over the test set of the cross-entropy: Σ [log Σ_j exp(z_j − m) + m − z_y]."""
     Z = X_te.matmul(theta)
-    m, _ = Z.max(dim=1, keepdim=True)
+    m = row_max(Z)
     e = exp_nonpositive(Z - m, halvings=SOFTMAX_HALVINGS, order=SOFTMAX_ORDER)
     log_norm = log_in_range(e.sum(dim=1), upper=float(k))  # RANGE: Σ_j exp ∈ [1, k]
     return log_norm.sum() + (m.squeeze(1).sum() - (Z * Y_te).sum())
 
 
 def finetune_statistic(
-    job: JobSpec, shapes: Shapes, mo: ModelOwnerInputs | None, do: DataOwnerInputs | None
+    job: JobSpec,
+    shapes: Shapes,
+    mo: ModelOwnerInputs | None,
+    do: DataOwnerInputs | None,
+    on_step: StepCallback | None = None,
 ) -> Any:
     """Shared Δ = Σ_te L(θ_T) − Σ_te L(θ̂); the score is Δ/|D_te|.
 
@@ -220,13 +241,14 @@ def finetune_statistic(
     n_tr, n_a, n_te = shapes.n_train, shapes.n_candidate, shapes.n_test
     X_a, Y_a = _candidate(do, shapes)
     B = shapes.feature_bound
-    X_tr = share(None if mo is None else _rows(mo.X_train, B), (n_tr, d), src=MODEL_OWNER)
+    # Each owner's rows masked once, one way, and reused in every step (common.mpc.products).
+    X_tr = Masked(None if mo is None else _rows(mo.X_train, B), (n_tr, d), holder=MODEL_OWNER)
     Y_tr = share(None if mo is None else _one_hot(mo.y_train, k), (n_tr, k), src=MODEL_OWNER)
-    X_te = share(None if mo is None else _rows(mo.X_test, B), (n_te, d), src=MODEL_OWNER)
+    X_te = Masked(None if mo is None else _rows(mo.X_test, B), (n_te, d), holder=MODEL_OWNER)
     Y_te = share(None if mo is None else _one_hot(mo.y_test, k), (n_te, k), src=MODEL_OWNER)
     theta0 = share(None if mo is None else _params(mo.theta, B), (d, k), src=MODEL_OWNER)
 
-    X = crypten.cat([X_tr, X_a], dim=0)
+    X = Stacked([X_tr, X_a])
     Y = crypten.cat([Y_tr, Y_a], dim=0)
     grad_gain = 16  # ĝ = γ · mean gradient, |ĝ| ≤ 16
     theta = theta0
@@ -234,14 +256,11 @@ def finetune_statistic(
     for t in range(steps):
         rows = batches[t % len(batches)]
         size = len(rows)
-        if size == n_tr + n_a:
-            Xb, Yb = X, Y
-        else:  # a public selection of rows: local on each share
-            index = torch.as_tensor(rows, dtype=torch.long)
-            Xb, Yb = X[index], Y[index]
-        R = softmax(Xb.matmul(theta)) - Yb
+        selection = None if size == n_tr + n_a else np.asarray(rows)
+        Yb = Y if selection is None else Y[torch.as_tensor(selection, dtype=torch.long)]
+        R = softmax(X.matmul(theta, selection)) - Yb
         divisor = round(SCALE * size / grad_gain)
-        g_hat = matmul_truncated(Xb.t(), R, divisor)
+        g_hat = X.tmatmul(R, selection, divisor=divisor)
         step = crypten.cat(
             [
                 mul_public(g_hat[:-1], lr * B * B / grad_gain),  # feature rows
@@ -250,10 +269,12 @@ def finetune_statistic(
             dim=0,
         )
         theta = theta - step - mul_public(theta, 2.0 * lr * l2 / size)
+        if on_step is not None:
+            on_step(t + 1, steps)
     return _sum_test_loss(theta, X_te, Y_te, k) - _sum_test_loss(theta0, X_te, Y_te, k)
 
 
-Statistic = Callable[[JobSpec, Shapes, "ModelOwnerInputs | None", "DataOwnerInputs | None"], Any]
+Statistic = Callable[..., Any]
 STATISTICS: dict[str, Statistic] = {
     "influence": influence_statistic,
     "gradient-norm": gradient_norm_statistic,

@@ -131,7 +131,8 @@ def run_dealer(config: PartyConfig) -> dict[str, object]:
     """Serve Beaver triples until the model owner's worker says it is done."""
     from common.mpc.communicator import close_channels
     from common.mpc.dealer import Dealer, serve_dealer
-    from common.mpc.streams import StreamRng
+    from common.mpc.plan import compute_plan
+    from common.mpc.streams import StreamRng, install_stream_rng
 
     _report(config, "ready")  # a dealer has no inputs to load
     mo = _connect_to_model_owner(config)
@@ -139,7 +140,10 @@ def run_dealer(config: PartyConfig) -> dict[str, object]:
         link = _relayed_link(config, mo)
         _report(config, "joined", total=len(config.job.candidates))
         dealer = Dealer(StreamRng(mo.derive("triples")), StreamRng(link.derive("derived/triples")))
-        requests = serve_dealer(mo, dealer)
+        install_stream_rng()
+        # the plan of each candidate, computed here from the public job alone, when it is due
+        plans = (compute_plan(config.job, i) for i in range(len(config.job.candidates)))
+        requests = serve_dealer(mo, dealer, plans)
     finally:
         close_channels(mo)
     return {
@@ -231,6 +235,7 @@ def _secure_session(config: PartyConfig) -> Iterator[Any]:
     from common.mpc import transport
     from common.mpc.communicator import SecureCommunicator, close_channels, installed
     from common.mpc.dealer import DealerProvider
+    from common.mpc.plan import compute_plan
     from common.mpc.streams import StreamRng, owner_generators
 
     job = config.job
@@ -261,10 +266,16 @@ def _secure_session(config: PartyConfig) -> Iterator[Any]:
             provider = DealerProvider(rank, StreamRng(dealer.derive("triples")), dealer)
         elif with_dealer:
             link = _relayed_link(config, peer)
-            provider = DealerProvider(rank, StreamRng(link.derive("derived/triples")), None)
+            # the data owner checks each of its draws against the job's plan before using it
+            provider = DealerProvider(
+                rank,
+                StreamRng(link.derive("derived/triples")),
+                None,
+                plan=lambda index: compute_plan(job, index),
+            )
         comm = SecureCommunicator(rank, peer, dealer)
         with installed(comm, owner_generators(rank, peer), provider):
-            yield comm
+            yield comm, provider
             if provider is not None:
                 provider.finish()
             comm.barrier()  # neither side closes while the other still reads
@@ -281,7 +292,7 @@ def run_party(config: PartyConfig) -> dict[str, object]:
     do = _load_data_owner(config) if config.role == "data_owner" else None
     _report(config, "ready")
     results: list[dict[str, object]] = []
-    with _secure_session(config) as comm:
+    with _secure_session(config) as (comm, provider):
 
         def traffic() -> tuple[int, int]:
             return (
@@ -295,7 +306,17 @@ def run_party(config: PartyConfig) -> dict[str, object]:
             comm.reset_communication_stats()
             sent, received = traffic()
             start = time.perf_counter()
-            revealed = secure_appraisal(job, index, mo, None if do is None else do[index])
+            if provider is not None:
+                provider.begin(index)
+
+            def on_step(done: int, total: int, index: int = index) -> None:
+                _report(config, "step", index=index, done=done, total=total)
+
+            revealed = secure_appraisal(
+                job, index, mo, None if do is None else do[index], on_step=on_step
+            )
+            if provider is not None:
+                provider.end()
             stats = comm.get_communication_stats()
             now_sent, now_received = traffic()
             result = CandidateResult(

@@ -9,6 +9,7 @@ import torch
 
 from common.errors import MPCError
 from common.mpc.dealer import Dealer, result_size
+from common.mpc.plan import Item
 from common.mpc.streams import StreamRng, install_stream_rng
 
 
@@ -72,7 +73,7 @@ def test_dealer_triples_are_correct_shares(op: str) -> None:
         a0, b0 = p0.int64(s0), p0.int64(s1)
         a1, b1 = p1.int64(s0), p1.int64(s1)
         c1 = p1.int64(result_size(op, s0, s1))
-        c0 = dealer.answer({"fn": "additive", "op": op, "sizes": [list(s0), list(s1)]})
+        c0 = dealer.value(Item("additive", (s0, s1), op=op))
         assert c0 is not None
         expected = getattr(torch, op)(a0 + a1, b0 + b1)
         assert torch.equal(c0 + c1, expected)
@@ -81,33 +82,84 @@ def test_dealer_triples_are_correct_shares(op: str) -> None:
 def test_dealer_square_binary_and_b2a_tuples() -> None:
     p0, p1, dealer = _parties()
     r0, r1, q1 = p0.int64((5,)), p1.int64((5,)), p1.int64((5,))
-    q0 = dealer.answer({"fn": "square", "sizes": [[5]]})
+    q0 = dealer.value(Item("square", ((5,),)))
     assert q0 is not None and torch.equal(q0 + q1, (r0 + r1) * (r0 + r1))
     a0, b0, a1, b1 = p0.int64((3,)), p0.int64((3,)), p1.int64((3,)), p1.int64((3,))
     c1 = p1.int64((3,))
-    c0 = dealer.answer({"fn": "binary", "sizes": [[3], [3]]})
+    c0 = dealer.value(Item("binary", ((3,), (3,))))
     assert c0 is not None and torch.equal(c0 ^ c1, (a0 ^ a1) & (b0 ^ b1))
     bit0, bit1, arith1 = p0.kbit((8,), 1), p1.kbit((8,), 1), p1.int64((8,))
-    arith0 = dealer.answer({"fn": "B2A", "sizes": [[8]]})
+    arith0 = dealer.value(Item("B2A", ((8,),)))
     assert arith0 is not None and torch.equal(arith0 + arith1, bit0 ^ bit1)
-    assert dealer.answer({"fn": "done", "sizes": []}) is None
+
+
+@pytest.mark.parametrize("holder", [0, 1])
+def test_dealer_masked_products_are_correct_shares(holder: int) -> None:
+    """mask A (holder's stream), then A·B and Aᵀ·B' (B from the other's stream, S the data
+    owner's): the shares of the products add up, for the whole mask and for a public row subset."""
+    p0, p1, dealer = _parties()
+    streams = (p0, p1)
+    assert dealer.value(Item("mask", ((6, 4),), holder=holder)) is None
+    A = streams[holder].int64((6, 4))
+    rows = (5, 0, 2)
+    for op, size_b, sel in (("matmul", (4, 3), None), ("tmatmul", (3, 2), rows)):
+        B = streams[1 - holder].int64(size_b)
+        item = Item("product", (size_b,), op=op, mask=0, rows=sel)
+        c0 = dealer.value(item)
+        A_rows = A if sel is None else A[torch.tensor(sel)]
+        expected = A_rows @ B if op == "matmul" else A_rows.t() @ B
+        assert c0 is not None and torch.equal(c0 + p1.int64(expected.shape), expected)
 
 
 @pytest.mark.parametrize(
-    "request_",
+    "item",
     [
-        {"fn": "additive", "op": "conv2d", "sizes": [[2], [2]]},
-        {"fn": "additive", "op": "matmul", "sizes": [[2, "x"], [2]]},
-        {"fn": "square", "sizes": [[1 << 20, 1 << 20]]},
-        {"fn": "__import__", "sizes": [[1]]},
-        {"fn": "square"},
-        ["not", "a", "dict"],
+        Item("additive", ((2,), (2,)), op="conv2d"),
+        Item("additive", ((1, 0), (0, 4096)), op="matmul"),  # finding 3 of issue 12
+        Item("square", ((1 << 20, 1 << 20),)),
+        Item("__import__", ((1,),)),
+        Item("product", ((4, 3),), op="matmul", mask=0),  # no mask drawn
     ],
 )
-def test_dealer_refuses_malformed_or_huge_requests(request_: object) -> None:
+def test_dealer_refuses_malformed_zero_size_or_huge_items(item: Item) -> None:
     _, _, dealer = _parties()
     with pytest.raises(MPCError):
-        dealer.answer(request_)
+        dealer.value(item)
+
+
+def test_an_owner_refuses_a_draw_off_its_plan() -> None:
+    """The data owner's provider checks each draw against the plan before drawing."""
+    from common.mpc.dealer import DealerProvider
+
+    plan = [Item("square", ((5,),))]
+    provider = DealerProvider(1, StreamRng(os.urandom(32)), None, plan=lambda index: plan)
+    provider.begin(0)
+    with pytest.raises(MPCError, match="zero-size"):
+        provider.generate_additive_triple((1, 0), (0, 4), "matmul")
+    with pytest.raises(MPCError, match=r"asks for .*\[2, 3\].* where the plan's item 0 is"):
+        provider.generate_additive_triple((2, 3), (3, 4), "matmul")
+    with pytest.raises(MPCError, match="its plan has 1"):
+        provider.end()
+    provider.square((5,))
+    provider.end()
+    with pytest.raises(MPCError, match="beyond its plan's 1 items"):
+        provider.square((5,))
+
+
+def test_the_plan_is_a_function_of_the_job_alone() -> None:
+    from common.mpc.plan import compute_plan
+    from common.protocol import CandidateMeta, JobSpec
+
+    job = JobSpec(
+        method="influence",
+        n_features=6,
+        n_classes=3,
+        candidates=[CandidateMeta(name="c", n_samples=20)],
+        n_train=5,
+        n_test=5,
+    )
+    assert compute_plan(job, 0, rank=0) == compute_plan(job, 0, rank=1)
+    assert all(all(s > 0 for size in item.sizes for s in size) for item in compute_plan(job, 0))
 
 
 def test_laplace_draws_have_the_stated_scale() -> None:

@@ -1,0 +1,279 @@
+"""The dealer's plan: every correlated value one candidate's computation draws, in order.
+
+The protocols' shapes never depend on the data, so the sequence of correlated values (Beaver
+triples, square pairs, wrap counts, B2A bits, masks of a private matrix and their products) is a
+pure function of the public :class:`~common.protocol.JobSpec` and the candidate's index. Each party
+computes it the same way, by running the candidate's appraisal once *without inputs*
+(:func:`compute_plan`): a communicator that sends nothing and answers zeros, a provider that records
+each request and answers zeros. The dealer serves exactly this plan, in order, and nothing else
+(:mod:`common.mpc.dealer`); the data owner checks each of its own draws against it before anything
+masked by that draw leaves its process.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import numpy as np
+import torch
+
+from common.errors import MPCError
+from common.mpc.compat import import_crypten
+
+crypten = import_crypten()
+from crypten.mpc.provider.provider import TupleProvider  # noqa: E402
+
+FNS = ("additive", "binary", "square", "wraps", "B2A", "mask", "product")
+PRODUCT_OPS = ("matmul", "tmatmul")  # A[rows] @ B, or A[rows]ᵀ @ B
+
+
+def _dims(size: Any) -> tuple[int, ...]:
+    return tuple(int(s) for s in size)
+
+
+@dataclass(frozen=True)
+class Item:
+    """One correlated value of the plan.
+
+    ``fn`` is CrypTen's tuple kind (``additive`` with ``op`` mul or matmul, ``binary``, ``square``,
+    ``wraps``, ``B2A``) or one of this project's two: ``mask`` (a uniform mask A of a matrix held
+    in the clear by party ``holder``, drawn from that party's stream and kept by the dealer) and
+    ``product`` (a uniform B drawn by the other party and shares of ``A[rows] @ B`` or
+    ``A[rows]ᵀ @ B`` for the ``mask``-th mask of the candidate).
+    """
+
+    fn: str
+    sizes: tuple[tuple[int, ...], ...]
+    op: str | None = None
+    holder: int | None = None
+    mask: int | None = None
+    rows: tuple[int, ...] | None = None
+
+    def describe(self) -> dict[str, Any]:
+        """The item as JSON (the rows as a digest): what the dealer sends with each value."""
+        out: dict[str, Any] = {"fn": self.fn, "sizes": [list(s) for s in self.sizes]}
+        if self.op is not None:
+            out["op"] = self.op
+        if self.holder is not None:
+            out["holder"] = self.holder
+        if self.mask is not None:
+            out["mask"] = self.mask
+        if self.rows is not None:
+            rows = np.asarray(self.rows, dtype=np.int64).tobytes()
+            out["rows"] = hashlib.sha256(rows).hexdigest()[:16]
+        return out
+
+    def __str__(self) -> str:
+        return json.dumps(self.describe())
+
+    def elements(self) -> int:
+        return sum(int(np.prod(s, dtype=np.int64)) for s in self.sizes)
+
+
+def check_item(item: Item) -> None:
+    """Refuse an item no honest computation makes (zero-size or malformed dimensions)."""
+    if item.fn not in FNS:
+        raise MPCError(f"the plan names an unknown correlated value {item.fn!r}")
+    for size in item.sizes:
+        if any(s <= 0 for s in size):
+            raise MPCError(f"the dealer refuses a zero-size or negative dimension in {item}")
+
+
+def product_size(item: Item, mask_size: Sequence[int]) -> tuple[int, ...]:
+    """The shape of a ``product`` item's result from its mask's shape."""
+    n = len(item.rows) if item.rows is not None else int(mask_size[0])
+    (b,) = item.sizes
+    if item.op == "matmul":
+        if b[0] != mask_size[1]:
+            raise MPCError(f"the product {item} does not fit its mask of shape {list(mask_size)}")
+        return (n, b[1])
+    if b[0] != n:
+        raise MPCError(f"the product {item} does not fit its mask of shape {list(mask_size)}")
+    return (int(mask_size[1]), b[1])
+
+
+class PlanningProvider(TupleProvider):
+    """Records every request and answers zeros (no randomness, no traffic)."""
+
+    NAME = "plan"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.items: list[Item] = []
+        self.masks: list[tuple[int, ...]] = []
+        self.memo: dict[Any, tuple[list[Item], tuple[int, ...], int]] = {}
+
+    @staticmethod
+    def _arith(*sizes: Any) -> tuple[Any, ...]:
+        from crypten.mpc.primitives import ArithmeticSharedTensor
+
+        return tuple(
+            ArithmeticSharedTensor.from_shares(torch.zeros(_dims(s), dtype=torch.long), precision=0)
+            for s in sizes
+        )
+
+    def generate_additive_triple(
+        self, size0: Any, size1: Any, op: str, device: Any = None, *args: Any, **kwargs: Any
+    ) -> tuple[Any, ...]:
+        from common.mpc.dealer import result_size
+
+        self.items.append(Item("additive", (_dims(size0), _dims(size1)), op=op))
+        return self._arith(size0, size1, result_size(op, size0, size1))
+
+    def square(self, size: Any, device: Any = None) -> tuple[Any, ...]:
+        self.items.append(Item("square", (_dims(size),)))
+        return self._arith(size, size)
+
+    def wrap_rng(self, size: Any, device: Any = None) -> tuple[Any, ...]:
+        self.items.append(Item("wraps", (_dims(size),)))
+        return self._arith(size, size)
+
+    def generate_binary_triple(self, size0: Any, size1: Any, device: Any = None) -> tuple[Any, ...]:
+        from crypten.mpc.primitives import BinarySharedTensor
+
+        self.items.append(Item("binary", (_dims(size0), _dims(size1))))
+        size2 = torch.broadcast_shapes(_dims(size0), _dims(size1))
+        return tuple(
+            BinarySharedTensor.from_shares(torch.zeros(_dims(s), dtype=torch.long))
+            for s in (size0, size1, size2)
+        )
+
+    def B2A_rng(self, size: Any, device: Any = None) -> tuple[Any, ...]:
+        from crypten.mpc.primitives import BinarySharedTensor
+
+        self.items.append(Item("B2A", (_dims(size),)))
+        (r,) = self._arith(size)
+        return r, BinarySharedTensor.from_shares(torch.zeros(_dims(size), dtype=torch.long))
+
+    # -- this project's correlated values (common.mpc.products) ---------------------------------
+    def mask(self, size: Any, holder: int) -> tuple[int, torch.Tensor | None]:
+        self.items.append(Item("mask", (_dims(size),), holder=holder))
+        self.masks.append(_dims(size))
+        return len(self.masks) - 1, torch.zeros(_dims(size), dtype=torch.long)
+
+    def product(
+        self, mask: int, op: str, size_b: Any, rows: Sequence[int] | None, holder: int
+    ) -> tuple[torch.Tensor | None, torch.Tensor]:
+        item = Item(
+            "product",
+            (_dims(size_b),),
+            op=op,
+            mask=mask,
+            rows=None if rows is None else tuple(int(r) for r in rows),
+        )
+        self.items.append(item)
+        out = product_size(item, self.masks[mask])
+        return torch.zeros(_dims(size_b), dtype=torch.long), torch.zeros(out, dtype=torch.long)
+
+
+def _planning_communicator(rank: int) -> Any:
+    from common.mpc.communicator import SecureCommunicator
+
+    class PlanningCommunicator(SecureCommunicator):
+        """Sends nothing; every received tensor is zeros of the agreed shape."""
+
+        def __init__(self) -> None:
+            self.rank = rank
+            self.world_size = 2
+            self.channels = []
+            self._name = f"plan{rank}"
+            self.reset_communication_stats()
+
+        def _send(self, tensors: Sequence[torch.Tensor]) -> None:
+            return None
+
+        def _recv(self, like: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+            return [torch.zeros_like(t) for t in like]
+
+        def _exchange(self, tensors: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+            return [torch.zeros_like(t) for t in tensors]
+
+        def send_obj(self, obj: Any, dst: int, group: Any = None) -> None:
+            return None
+
+        def recv_obj(self, src: int, group: Any = None) -> Any:
+            raise MPCError("the plan cannot depend on an object received from the other party")
+
+        def broadcast_obj(self, obj: Any, src: int, group: Any = None) -> Any:
+            if src == self.rank:
+                return obj
+            raise MPCError("the plan cannot depend on an object received from the other party")
+
+    return PlanningCommunicator()
+
+
+def planning() -> PlanningProvider | None:
+    """The planning provider when this is the inputless run that computes a plan, else None."""
+    provider = crypten.mpc.get_default_provider()
+    return provider if isinstance(provider, PlanningProvider) else None
+
+
+_Fn = TypeVar("_Fn", bound=Callable[..., Any])
+
+
+def shape_memo(fn: _Fn) -> _Fn:
+    """Plan a function of shared tensors once per input shape.
+
+    Its correlated values depend on its inputs' shapes only, so during the planning run a second
+    call with the same shapes appends the items recorded the first time and returns zeros of the
+    recorded output shape, without computing (fine-tuning repeats the same softmax every step).
+    Outside planning the function runs unchanged.
+    """
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        provider = planning()
+        if provider is None:
+            return fn(*args, **kwargs)
+        key = (
+            fn.__qualname__,
+            tuple(tuple(a.size()) if hasattr(a, "size") else repr(a) for a in args),
+            tuple(sorted(kwargs.items())),
+        )
+        cached = provider.memo.get(key)
+        if cached is not None:
+            items, shape, bits = cached
+            provider.items.extend(items)
+            return crypten.mpc.MPCTensor.from_shares(
+                torch.zeros(shape, dtype=torch.long), precision=bits
+            )
+        start = len(provider.items)
+        out = fn(*args, **kwargs)
+        bits = round(math.log2(out.encoder.scale))
+        provider.memo[key] = (provider.items[start:], tuple(out.size()), bits)
+        return out
+
+    return wrapper  # type: ignore[return-value]
+
+
+def compute_plan(job: Any, index: int, rank: int = 1) -> list[Item]:
+    """The correlated values candidate ``index`` of ``job`` needs, in order (no inputs needed).
+
+    Every party gets the same list: the computation's shapes and order depend on public metadata
+    only. The run computes on zeros with no randomness and no traffic; repeated nonlinear
+    functions are planned once per shape (:func:`shape_memo`); the final openings answer zeros.
+    The items are checked (:func:`check_item`); a zero-size item refuses the whole plan.
+    """
+    from common.mpc.appraisal import secure_appraisal
+    from common.mpc.communicator import installed
+    from common.mpc.streams import StreamRng
+
+    provider = PlanningProvider()
+    zero = bytes(32)
+    generators = {name: StreamRng(zero) for name in ("prev", "next", "global", "local")}
+    with installed(_planning_communicator(rank), generators, provider):
+        secure_appraisal(job, index, None, None)
+    for item in provider.items:
+        check_item(item)
+    return provider.items
+
+
+def plan_elements(items: Sequence[Item]) -> int:
+    """The plan's total size in ring elements (what the dealer draws per stream, at most)."""
+    return sum(item.elements() for item in items)

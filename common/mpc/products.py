@@ -1,0 +1,193 @@
+"""Products with a matrix one owner holds in the clear: masked once, opened one way, reused.
+
+The data owner holds its candidate X in the clear (the model owner its D_tr and D_te); only the
+parameters and the products are secret. A general Beaver product would open X − A *and* the other
+operand's mask in both directions, once per product. Here (docs/protocol.md, "Masked products"):
+
+* the holder h of X draws a uniform mask A from its stream with the dealer (a plan item ``mask``)
+  and sends E = X − A to the other owner once (n·d ring elements, one way);
+* for each product X[rows]·W (or X[rows]ᵀ·W) with W additively shared (W_h + W_o; a matrix the
+  other owner holds in the clear is the sharing (0, W)), the other owner o draws a fresh uniform B
+  from its stream and sends F = W_o − B to h (the size of W); the dealer, who knows A and B, sends
+  the model owner its share of A[rows]·B (a plan item ``product``), the data owner draws its own;
+* o's share is E[rows]·W_o + ⟨AB⟩_o and h's is X[rows]·W_h + A[rows]·F + ⟨AB⟩_h: they add up to
+  X[rows]·(W_h + W_o) exactly in the ring. The result, at scale 2³², is truncated once.
+
+Security: E is X plus a uniform mask known only to h and the dealer, sent once: it is uniform to o.
+F is masked by a fresh uniform B known only to o and the dealer: uniform to h. ⟨AB⟩ shares are
+masked by the data owner's fresh stream values. A is never used for anything but these products,
+so reusing it with fresh B's reveals nothing more (each opened value has its own fresh mask).
+
+Under the insecure TFP provider (no dealer) the same interface falls back to CrypTen's Beaver
+products of an ordinarily shared X.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from common.errors import ConfigError
+from common.mpc.compat import import_crypten
+from common.mpc.fixedpoint import SCALE, share
+
+crypten = import_crypten()
+from crypten.mpc.primitives import beaver  # noqa: E402
+
+
+def encode(value: np.ndarray) -> torch.Tensor:
+    """Fixed-point encoding with rounding to the nearest (as :func:`common.mpc.fixedpoint.share`)."""
+    return torch.from_numpy(np.round(np.asarray(value, dtype=np.float64) * SCALE).astype(np.int64))
+
+
+def shared_from_raw(raw_share: torch.Tensor, divisor: int) -> Any:
+    """A 16-bit fixed-point shared tensor from shares at scale 2¹⁶·divisor (one local truncation)."""
+    result = crypten.mpc.MPCTensor.from_shares(raw_share, precision=16)
+    result._tensor.div_(divisor)
+    return result
+
+
+def _planning() -> bool:
+    """Whether this is the inputless run that computes the plan (:mod:`common.mpc.plan`)."""
+    return getattr(crypten.mpc.get_default_provider(), "NAME", None) == "plan"
+
+
+def private_operand(value: np.ndarray | None, shape: tuple[int, ...], *, owner: int) -> Any:
+    """A matrix ``owner`` holds in the clear as the sharing (value, 0): no traffic at all."""
+    rank = crypten.communicator.get().get_rank()
+    if rank == owner and not _planning():
+        if value is None:
+            raise ConfigError(f"party {owner} must give its operand of shape {shape}")
+        encoded = encode(value)
+        if tuple(encoded.shape) != tuple(shape):
+            raise ConfigError(
+                f"party {owner} operand has shape {tuple(encoded.shape)}, agreed {shape}"
+            )
+    else:
+        encoded = torch.zeros(shape, dtype=torch.long)
+    return crypten.mpc.MPCTensor.from_shares(encoded, precision=16)
+
+
+def _select(t: torch.Tensor, rows: Sequence[int] | None) -> torch.Tensor:
+    return t if rows is None else t[torch.as_tensor(rows, dtype=torch.long)]
+
+
+class Masked:
+    """A matrix held in the clear by party ``holder``, opened once as E = X − A."""
+
+    def __init__(self, value: np.ndarray | None, shape: tuple[int, int], *, holder: int):
+        self.comm = crypten.communicator.get()
+        self.rank = self.comm.get_rank()
+        self.holder = holder
+        self.shape = tuple(shape)
+        self.provider = crypten.mpc.get_default_provider()
+        self.fallback = not hasattr(self.provider, "mask")
+        self.X: torch.Tensor | None = None
+        self.A: torch.Tensor | None = None
+        if self.fallback:  # TFP: an ordinary sharing, CrypTen's Beaver products
+            self.shared = share(value, self.shape, src=holder)
+            return
+        self.id, A = self.provider.mask(self.shape, holder)
+        if self.rank == holder:
+            if value is None and not _planning():
+                raise ConfigError(f"party {holder} must give its matrix of shape {self.shape}")
+            X = torch.zeros(self.shape, dtype=torch.long) if value is None else encode(value)
+            if tuple(X.shape) != self.shape:
+                raise ConfigError(
+                    f"party {holder} input has shape {tuple(X.shape)}, agreed {shape}"
+                )
+            assert A is not None
+            self.E = X - A
+            self.comm.send(self.E, dst=1 - holder)
+            self.X, self.A = X, A
+        else:
+            self.E = self.comm.recv(torch.empty(self.shape, dtype=torch.long), src=holder)
+
+    def _raw(self, op: str, W: Any, rows: Sequence[int] | None) -> torch.Tensor:
+        """This party's share of X[rows]·W (op matmul) or X[rows]ᵀ·W (tmatmul), at scale 2³²."""
+        if self.fallback:
+            X = self.shared if rows is None else self.shared[torch.as_tensor(rows)]
+            left = X._tensor if op == "matmul" else X.t()._tensor
+            return beaver.matmul(left, W._tensor).share
+        mine = W._tensor.share
+        B, correction = self.provider.product(self.id, op, tuple(mine.shape), rows, self.holder)
+
+        planning = _planning()
+
+        def apply(left: torch.Tensor, right: torch.Tensor) -> torch.Tensor:
+            n = left.shape[0] if rows is None else len(rows)
+            if planning:  # shapes only: the plan's run skips the arithmetic
+                shape = (n, right.shape[1]) if op == "matmul" else (left.shape[1], right.shape[1])
+                return torch.zeros(shape, dtype=torch.long)
+            left = _select(left, rows)
+            return left @ right if op == "matmul" else left.t() @ right
+
+        if self.rank != self.holder:
+            assert B is not None
+            self.comm.send(mine - B, dst=self.holder)
+            return apply(self.E, mine) + correction
+        F = self.comm.recv(torch.empty(mine.shape, dtype=torch.long), src=1 - self.holder)
+        assert self.X is not None and self.A is not None
+        out = apply(self.A, F) + correction
+        if planning or bool(mine.any()):  # W's share here is not a private operand's 0
+            out += apply(self.X, mine)
+        return out
+
+    def matmul(self, W: Any, rows: Sequence[int] | None = None, *, divisor: int = SCALE) -> Any:
+        """X[rows] @ W, truncated once by ``divisor`` (2¹⁶: an ordinary fixed-point product)."""
+        return shared_from_raw(self._raw("matmul", W, rows), divisor)
+
+    def tmatmul(self, R: Any, rows: Sequence[int] | None = None, *, divisor: int = SCALE) -> Any:
+        """X[rows]ᵀ @ R, truncated once by ``divisor``."""
+        return shared_from_raw(self._raw("tmatmul", R, rows), divisor)
+
+
+class Stacked:
+    """The rows of several masked matrices stacked (D_tr of the model owner over D_a of the data
+    owner), with products over a public selection of the stacked rows."""
+
+    def __init__(self, parts: Sequence[Masked]):
+        self.parts = list(parts)
+        self.offsets = np.cumsum([0] + [p.shape[0] for p in self.parts])
+        self.n = int(self.offsets[-1])
+
+    def _split(self, rows: np.ndarray | None) -> list[tuple[Masked, np.ndarray | None, np.ndarray]]:
+        """For each part: its rows (None: all) and their positions in the selection."""
+        out: list[tuple[Masked, np.ndarray | None, np.ndarray]] = []
+        for p, lo, hi in zip(self.parts, self.offsets[:-1], self.offsets[1:], strict=True):
+            if rows is None:
+                out.append((p, None, np.arange(lo, hi)))
+                continue
+            positions = np.nonzero((rows >= lo) & (rows < hi))[0]
+            if len(positions):
+                out.append((p, rows[positions] - lo, positions))
+        return out
+
+    def matmul(self, W: Any, rows: np.ndarray | None = None) -> Any:
+        """X[rows] @ W for the stacked X, the rows in the selection's order."""
+        size = self.n if rows is None else len(rows)
+        out: torch.Tensor | None = None
+        for part, part_rows, positions in self._split(rows):
+            raw = part._raw("matmul", W, None if part_rows is None else part_rows.tolist())
+            if out is None:
+                out = torch.zeros((size, raw.shape[1]), dtype=torch.long)
+            out[torch.as_tensor(positions)] = raw
+        assert out is not None
+        return shared_from_raw(out, SCALE)
+
+    def tmatmul(self, R: Any, rows: np.ndarray | None = None, *, divisor: int = SCALE) -> Any:
+        """X[rows]ᵀ @ R (R's rows in the selection's order), one truncation for the sum."""
+        total: torch.Tensor | None = None
+        for part, part_rows, positions in self._split(rows):
+            R_part = (
+                R[torch.as_tensor(positions)]
+                if rows is not None
+                else R[int(positions[0]) : int(positions[-1]) + 1]
+            )
+            raw = part._raw("tmatmul", R_part, None if part_rows is None else part_rows.tolist())
+            total = raw if total is None else total + raw
+        assert total is not None
+        return shared_from_raw(total, divisor)
