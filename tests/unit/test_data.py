@@ -317,7 +317,9 @@ def test_npz_truncated_archive(tmp_path: Path) -> None:
 
 def test_npz_label_column_is_refused(tmp_path: Path) -> None:
     save_npz(tmp_path / "x.npz", _small())
-    with pytest.raises(DataError, match=r"x\.npz: label_column applies only to \.csv files"):
+    with pytest.raises(
+        DataError, match=r"x\.npz: label_column applies only to \.csv and \.parquet files"
+    ):
         load_dataset(tmp_path / "x.npz", label_column="label")
 
 
@@ -341,11 +343,11 @@ def test_missing_file(tmp_path: Path) -> None:
         load_dataset(tmp_path / "nowhere.npz")
 
 
-@pytest.mark.parametrize("name", ["data.txt", "data.parquet", "data"])
+@pytest.mark.parametrize("name", ["data.txt", "data.feather", "data"])
 def test_unknown_extension(tmp_path: Path, name: str) -> None:
     (tmp_path / name).write_text("1,2\n", encoding="utf-8")
     with pytest.raises(
-        DataError, match=rf"{name}: unknown file type .*\(expected \.npz or \.csv\)"
+        DataError, match=rf"{name}: unknown file type .*\(expected \.npz, \.parquet or \.csv\)"
     ):
         load_dataset(tmp_path / name)
 
