@@ -26,6 +26,7 @@ through torchvision) is in :mod:`common.ml.examples`.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import math
 import os
@@ -401,43 +402,11 @@ def _npz_member_size(archive: np.lib.npyio.NpzFile, key: str, source: str) -> in
 
 
 def _read_csv(file: Path, source: str, label_column: str | None) -> Dataset:
-    rows: list[list[str]] = []
-    lines: list[int] = []
-    try:
-        with file.open(newline="", encoding="utf-8-sig") as handle:
-            reader = csv.reader(handle)
-            header = next(reader, None)
-            if header is None:
-                raise DataError(f"{source}: the file is empty (expected a header row)")
-            names = [name.strip() for name in header]
-            label_index = _label_index(names, label_column, source)
-            for row in reader:
-                if not row or (len(row) == 1 and not row[0].strip()):
-                    continue  # blank line
-                if len(row) != len(names):
-                    raise DataError(
-                        f"{source}: line {reader.line_num} has {len(row)} field(s), expected "
-                        f"{len(names)} (as many as the header)"
-                    )
-                rows.append(row)
-                lines.append(reader.line_num)
-    except UnicodeDecodeError as exc:
-        raise DataError(f"{source}: not a UTF-8 text file ({exc})") from exc
-    except csv.Error as exc:
-        raise DataError(f"{source}: malformed CSV ({exc})") from exc
-    except OSError as exc:
-        raise DataError(f"{source}: could not be read ({exc})") from exc
-
-    table = _parse_numbers(rows, lines, names, source)
-    finite = np.isfinite(table)
-    if not finite.all():
-        row_index, column = (int(i) for i in np.argwhere(~finite)[0])
-        raise DataError(
-            f"{source}: column {names[column]!r} is not a finite number (row {row_index}, "
-            f"line {lines[row_index]}: {rows[row_index][column]!r})"
-        )
-    X = np.delete(table, label_index, axis=1)
-    return Dataset(X=X, y=table[:, label_index], source=source)
+    with _CsvReader(file, source, label_column) as reader:
+        blocks = list(reader.chunks(max(1, reader.n_samples)))
+    if not blocks:
+        return Dataset(X=np.empty((0, reader.n_features)), y=np.empty(0, np.int64), source=source)
+    return Dataset(X=blocks[0][0], y=blocks[0][1], source=source)
 
 
 def _label_index(names: list[str], label_column: str | None, source: str) -> int:
@@ -471,9 +440,11 @@ def _list_names(names: Sequence[str], limit: int = 20) -> str:
 
 
 def _parse_numbers(
-    rows: list[list[str]], lines: list[int], names: list[str], source: str
+    rows: list[list[str]], lines: list[int], names: list[str], source: str, start: int = 0
 ) -> FloatArray:
-    """Convert the CSV cells to a float table, naming the first cell that is not a number."""
+    """Convert the CSV cells to a float table, naming the first cell that is not a number.
+
+    ``start`` is the row number of ``rows[0]`` (for messages)."""
     if not rows:
         return np.empty((0, len(names)), dtype=np.float64)
     try:
@@ -487,8 +458,8 @@ def _parse_numbers(
                 table[row_index, column] = float(cell)
             except ValueError:
                 raise DataError(
-                    f"{source}: column {names[column]!r} is not numeric (row {row_index}, "
-                    f"line {lines[row_index]}: {cell!r})"
+                    f"{source}: column {names[column]!r} is not numeric "
+                    f"(row {start + row_index}, line {lines[row_index]}: {cell!r})"
                 ) from None
     return table
 
@@ -594,18 +565,6 @@ def _rechunk(
                 xs, ys, held = [], [], 0
     if held:
         yield np.concatenate(xs), np.concatenate(ys)
-
-
-class _MemoryReader(ChunkReader):
-    """A data set already in memory (CSV files, which are parsed whole, and :class:`Dataset`)."""
-
-    def __init__(self, ds: Dataset) -> None:
-        self.ds = ds
-        self.source = ds.source
-        self.n_samples, self.n_features = ds.n_samples, ds.n_features
-
-    def _blocks(self, rows: int) -> Iterator[tuple[FloatArray, IntArray]]:
-        yield self.ds.X, self.ds.y
 
 
 class _NpzReader(ChunkReader):
@@ -789,6 +748,82 @@ def _check_structure(
         raise DataError(f"{src}: labels must be integers, found dtype {y_dtype}")
 
 
+class _CsvReader(ChunkReader):
+    """A CSV file read in row chunks: a first pass counts the rows and checks every line's field
+    count, the second parses ``rows`` lines at a time."""
+
+    def __init__(self, file: Path, source: str, label_column: str | None) -> None:
+        self.file, self.source = file, source
+        count = 0
+        with self._lines() as (names, lines):
+            self.names = names
+            self.label = _label_index(names, label_column, source)
+            for _ in lines:
+                count += 1
+        self.n_samples, self.n_features = count, len(self.names) - 1
+
+    @contextlib.contextmanager
+    def _lines(self) -> Iterator[tuple[list[str], Iterator[tuple[int, list[str]]]]]:
+        """The header's names, and (line number, fields) of every non-blank line after it."""
+        source = self.source
+        try:
+            with self.file.open(newline="", encoding="utf-8-sig") as handle:
+                reader = csv.reader(handle)
+                header = next(reader, None)
+                if header is None:
+                    raise DataError(f"{source}: the file is empty (expected a header row)")
+                names = [name.strip() for name in header]
+
+                def rows() -> Iterator[tuple[int, list[str]]]:
+                    for row in reader:
+                        if not row or (len(row) == 1 and not row[0].strip()):
+                            continue  # blank line
+                        if len(row) != len(names):
+                            raise DataError(
+                                f"{source}: line {reader.line_num} has {len(row)} field(s), "
+                                f"expected {len(names)} (as many as the header)"
+                            )
+                        yield reader.line_num, row
+
+                yield names, rows()
+        except UnicodeDecodeError as exc:
+            raise DataError(f"{source}: not a UTF-8 text file ({exc})") from exc
+        except csv.Error as exc:
+            raise DataError(f"{source}: malformed CSV ({exc})") from exc
+        except OSError as exc:
+            raise DataError(f"{source}: could not be read ({exc})") from exc
+
+    def _blocks(self, rows: int) -> Iterator[tuple[FloatArray, IntArray]]:
+        start = 0
+        with self._lines() as (_, lines):
+            batch: list[list[str]] = []
+            numbers: list[int] = []
+            for line, row in lines:
+                batch.append(row)
+                numbers.append(line)
+                if len(batch) == rows:
+                    yield self._parse(batch, numbers, start)
+                    start += len(batch)
+                    batch, numbers = [], []
+            if batch:
+                yield self._parse(batch, numbers, start)
+
+    def _parse(
+        self, rows: list[list[str]], lines: list[int], start: int
+    ) -> tuple[FloatArray, IntArray]:
+        source, names = self.source, self.names
+        table = _parse_numbers(rows, lines, names, source, start)
+        finite = np.isfinite(table)
+        if not finite.all():
+            row_index, column = (int(i) for i in np.argwhere(~finite)[0])
+            raise DataError(
+                f"{source}: column {names[column]!r} is not a finite number "
+                f"(row {start + row_index}, line {lines[row_index]}: {rows[row_index][column]!r})"
+            )
+        X = np.delete(table, self.label, axis=1)
+        return X, _as_int_labels(table[:, self.label], source, start)
+
+
 class _ParquetReader(ChunkReader):
     """A Parquet file: numeric feature columns and one label column, read batch by batch.
 
@@ -891,8 +926,9 @@ def open_reader(
 
     Only the headers are read here (``n_samples`` and ``n_features`` are known at once, and the
     structural checks of :class:`Dataset` are done); rows come from ``reader.chunks(rows)``.
-    ``.npz`` and ``.parquet`` files are never held whole in memory; a ``.csv`` file is parsed
-    whole (CSV files are limited by ``max_bytes`` and are small). The file checks (type, existence,
+    No format is ever held whole in memory: ``.npz`` members are read from the zip stream
+    (decompressed on the fly), ``.parquet`` files batch by batch, ``.csv`` files line by line
+    (after a first pass that counts the rows and checks every line's field count). The file checks (type, existence,
     ``max_bytes``, ``label_column`` only for .csv and .parquet) are those of
     :func:`load_dataset`, with the same messages.
     """
@@ -901,7 +937,7 @@ def open_reader(
         return _NpzReader(file, source, max_bytes)
     if suffix == ".parquet":
         return _ParquetReader(file, source, label_column, max_bytes)
-    return _MemoryReader(_read_csv(file, source, label_column))
+    return _CsvReader(file, source, label_column)
 
 
 def _check_chunk(

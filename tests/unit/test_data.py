@@ -22,6 +22,7 @@ from common.ml.data import (
     Dataset,
     load_dataset,
     save_npz,
+    scan_dataset,
     validate_dataset,
 )
 from common.ml.examples import (
@@ -262,8 +263,11 @@ def test_save_npz_refuses_invalid_pair(tmp_path: Path) -> None:
 )
 def test_npz_errors(tmp_path: Path, arrays: dict[str, np.ndarray], message: str) -> None:
     np.savez(tmp_path / "x.npz", **arrays)  # type: ignore[arg-type]
-    with pytest.raises(DataError, match=message):
+    with pytest.raises(DataError, match=message) as info:
         load_dataset(tmp_path / "x.npz")
+    with pytest.raises(DataError) as streamed:  # the streaming pass: the same message
+        scan_dataset(tmp_path / "x.npz", rows=1)
+    assert str(streamed.value) == str(info.value)
 
 
 def test_npz_metadata_errors(tmp_path: Path) -> None:
@@ -462,8 +466,12 @@ def test_csv_round_trip_matches_npz(tmp_path: Path) -> None:
 )
 def test_csv_errors(tmp_path: Path, text: str, kwargs: dict[str, object], message: str) -> None:
     path = _write_csv(tmp_path / "x.csv", text)
-    with pytest.raises(DataError, match=message):
+    with pytest.raises(DataError, match=message) as info:
         load_dataset(path, **kwargs)  # type: ignore[arg-type]
+    # the streaming pass, in chunks of 2 rows, refuses it with the same message
+    with pytest.raises(DataError) as streamed:
+        scan_dataset(path, rows=2, **kwargs)  # type: ignore[arg-type]
+    assert str(streamed.value) == str(info.value)
 
 
 def test_csv_long_header_is_abbreviated_in_messages(tmp_path: Path) -> None:

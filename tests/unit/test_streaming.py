@@ -339,16 +339,19 @@ def test_parquet_limited_by_its_expanded_size(tmp_path: Path) -> None:
 # --------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("layout", ["npz", "npz-compressed", "parquet", "parquet-one-row-group"])
+@pytest.mark.parametrize(
+    "layout", ["npz", "npz-compressed", "parquet", "parquet-one-row-group", "csv"]
+)
 def test_a_streaming_pass_holds_a_few_chunks_not_the_data_set(tmp_path: Path, layout: str) -> None:
-    """X is 24 MB; the pass (1,000-row chunks of 0.4 MB) holds less than a quarter of it.
+    """X is 24 MB (CSV 3.2 MB); the pass (chunks of 0.4 MB, CSV 8 kB) holds an eighth of it.
 
     The features are pixel-like (k/255), as image and most tabular columns are: Parquet's
     dictionary pages then stay small. Arrow holds the current page of every column (pyarrow writes
     pages of at most 1 MB, and a column of distinct floats keeps a dictionary page of up to 1 MB):
     memory per column, bounded whatever n and the row-group size are.
     """
-    n, d = 60_000, 50
+    # CSV is slow to write and parse, and a chunk is held as Python strings first: fewer columns
+    n, d, rows = (40_000, 10, 100) if layout == "csv" else (60_000, 50, 1000)
     rng = np.random.default_rng(0)
     X, y = rng.integers(0, 256, size=(n, d)) / 255.0, rng.integers(0, 10, size=n)
     if layout.startswith("parquet"):
@@ -356,13 +359,17 @@ def test_a_streaming_pass_holds_a_few_chunks_not_the_data_set(tmp_path: Path, la
         path = write_parquet(tmp_path / "x.parquet", X, y, row_group_size=groups)
         if groups is None:
             assert pq.ParquetFile(path).metadata.num_row_groups == 1
+    elif layout == "csv":
+        path = tmp_path / "x.csv"
+        header = ",".join(f"f{j}" for j in range(d)) + ",label"
+        np.savetxt(path, np.column_stack([X, y]), delimiter=",", header=header, comments="")
     else:
         path = _savez(tmp_path / "x.npz", compressed=layout == "npz-compressed", X=X, y=y)
     del X, y
     arrow_peak = 0
     tracemalloc.start()
     try:
-        for _ in iter_chunks(path, 1000):
+        for _ in iter_chunks(path, rows):
             arrow_peak = max(arrow_peak, pa.total_allocated_bytes())
         _, peak = tracemalloc.get_traced_memory()
     finally:
@@ -458,7 +465,7 @@ def test_streamed_finetune_equals_the_in_memory_twin(
 ) -> None:
     """Full batch and public minibatches that mix D_tr and the candidate; 16 steps."""
     train, test, state = mnist_case["train"], mnist_case["test"], mnist_case["state"]
-    cand, path = mnist_case["cand"], mnist_case["files"]["parquet"]
+    cand, path = mnist_case["cand"], mnist_case["files"]["npz"]
     kw: dict[str, Any] = {"steps": 16, "lr": 0.1, "batch_size": batch_size}
     plain = model.finetune_score(state, train.X, train.y, cand.X, cand.y, test.X, test.y, **kw)
     streamed = streamed_finetune_score(
