@@ -196,6 +196,12 @@ def print_table(results: list[dict[str, Any]]) -> None:
             f"{total / r['n'] * 1e6:>10.1f} {r['peak_rss_mb']:>11.0f} "
             f"{r['peak_rss_mb'] / b['peak_rss_mb']:>6.2f} {errs}"
         )
+    worst = max(results, key=lambda r: r["peak_rss_mb"])
+    print(
+        f"\npeak RSS of the streaming pass: at most {worst['peak_rss_mb']:.0f} MB "
+        f"(n = {worst['n']:,}, {worst['format']}); under 1 GB at every n: "
+        f"{'yes' if worst['peak_rss_mb'] < 1024 else 'NO'}"
+    )
     mems = [r for r in results if r.get("in_memory")]
     if mems:
         print("\nin-memory twin (load_dataset + model.sum_grad), for comparison:")

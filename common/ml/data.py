@@ -1059,6 +1059,9 @@ class Candidate:
         rows: Rows per chunk.
         label_column: The label column (.csv and .parquet files).
         max_bytes: The size limit the file was validated under.
+        n_classes: The agreed class count the labels were checked against.
+        stamp: The file's (inode, size, mtime) when it was validated; a pass over a file whose
+            stamp differs is refused.
     """
 
     path: Path

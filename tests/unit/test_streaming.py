@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import itertools
 import tracemalloc
 import zipfile
 from collections.abc import AsyncIterator, Callable
@@ -463,14 +464,20 @@ def test_streamed_gradient_twins_equal_the_in_memory_twins(
 def test_streamed_finetune_equals_the_in_memory_twin(
     mnist_case: dict[str, Any], batch_size: int | None
 ) -> None:
-    """Full batch and public minibatches that mix D_tr and the candidate; 16 steps."""
+    """Full batch (from the file) and public minibatches that mix D_tr and the candidate (from
+    uneven in-memory chunks, so that batches cut across chunk borders); 16 steps."""
     train, test, state = mnist_case["train"], mnist_case["test"], mnist_case["state"]
     cand, path = mnist_case["cand"], mnist_case["files"]["npz"]
     kw: dict[str, Any] = {"steps": 16, "lr": 0.1, "batch_size": batch_size}
     plain = model.finetune_score(state, train.X, train.y, cand.X, cand.y, test.X, test.y, **kw)
-    streamed = streamed_finetune_score(
-        state, train, test, lambda: iter_chunks(path, 1000), n_candidate=6000, **kw
-    )
+
+    def chunks() -> Any:
+        if batch_size is None:
+            return iter_chunks(path, 2000)
+        cuts = [0, 1, 1500, 1501, 4444, 6000]
+        return ((cand.X[a:b], cand.y[a:b]) for a, b in itertools.pairwise(cuts))
+
+    streamed = streamed_finetune_score(state, train, test, chunks, n_candidate=6000, **kw)
     assert _relative(streamed, plain) < 1e-9, (streamed, plain)
 
 
