@@ -1,8 +1,10 @@
-"""The data owner's candidate data sets: every .npz/.csv file in its data directory.
+"""The data owner's candidate data sets: every .npz/.parquet/.csv file in its data directory.
 
 Only their public metadata (:class:`DatasetMeta`) is served; the rows are read by this side's
-worker only. An upload streams to a temporary file, is validated completely, and only then takes
-its id: two uploads under one id cannot both succeed.
+worker only. A file is validated and described in one streaming pass over its rows
+(:func:`common.ml.data.scan_dataset`), so a candidate of any size is never held in memory here. An
+upload streams to a temporary file, is validated completely, and only then takes its id: two
+uploads under one id cannot both succeed.
 """
 
 from __future__ import annotations
@@ -16,13 +18,12 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 from common.errors import Conflict, DataError, NotFound
-from common.ml.data import load_dataset
-from common.ml.model import feature_bound
+from common.ml.data import scan_dataset
 from common.web.schemas import DatasetMeta
 from data_owner.settings import DataOwnerSettings
 
 log = logging.getLogger("data_appraisal.data_owner")
-SUFFIXES = (".npz", ".csv")
+SUFFIXES = (".npz", ".parquet", ".csv")
 
 
 class Registry:
@@ -45,15 +46,18 @@ class Registry:
                     log.warning("skipping %s: %s: %s", path, type(exc).__name__, exc)
 
     def _describe(self, dataset_id: str, path: Path, name: str) -> DatasetMeta:
-        """Read and validate the file at ``path``; its public metadata (DataError if invalid)."""
-        ds = load_dataset(path)
-        bound = feature_bound(ds.X)
+        """Read and validate the file at ``path`` in one streaming pass; its public metadata.
+
+        Raises DataError if the file is invalid (the messages of :func:`load_dataset`).
+        """
+        info = scan_dataset(path)
+        bound = info.feature_bound
         return DatasetMeta(
             id=dataset_id,
             name=name,
-            n_samples=ds.n_samples,
-            n_features=ds.n_features,
-            n_classes=int(ds.y.max()) + 1,
+            n_samples=info.n_samples,
+            n_features=info.n_features,
+            n_classes=info.n_classes,
             label_encoding=self.settings.label_encoding,
             feature_bound=bound,
             feature_encoding=f"float features, |x| <= {bound:g}; in MPC divided by the session's "
@@ -96,7 +100,7 @@ class Registry:
                     f.write(chunk)
             if size == 0:
                 raise DataError(
-                    "the upload is empty: send the .npz or .csv file as the request body"
+                    "the upload is empty: send the .npz, .parquet or .csv file as the request body"
                 )
             final = self.dir / f"{dataset_id}{suffix}"
             # Everything that can fail happens before the file takes its name.

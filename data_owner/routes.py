@@ -48,8 +48,8 @@ async def get_dataset(*, dataset_id: str, service: Service, who: Caller) -> Data
     status_code=201,
     tags=["datasets"],
     summary="Upload a candidate data set (operator only)",
-    description="The body is the file itself (`.npz` with arrays X and y, or `.csv` with the "
-    "label in the last column); its size is limited by DATA_OWNER_MAX_UPLOAD_BYTES.",
+    description="The body is the file itself (`.npz` with arrays X and y, or `.parquet` or `.csv` "
+    "with the label in the last column); its size is limited by DATA_OWNER_MAX_UPLOAD_BYTES.",
     openapi_extra={
         "requestBody": {
             "required": True,
@@ -66,7 +66,9 @@ async def upload_dataset(
     service: Service,
     who: Operator,
     id: Annotated[DatasetId, Query(description="the new dataset's id")],
-    format: Annotated[Literal["npz", "csv"], Query(description="the file's format")] = "npz",
+    format: Annotated[
+        Literal["npz", "parquet", "csv"], Query(description="the file's format")
+    ] = "npz",
 ) -> DatasetMeta:
     return await service.registry.add(id, f".{format}", request.stream())
 

@@ -22,6 +22,7 @@ from common.ml.data import (
     Dataset,
     load_dataset,
     save_npz,
+    scan_dataset,
     validate_dataset,
 )
 from common.ml.examples import (
@@ -262,8 +263,11 @@ def test_save_npz_refuses_invalid_pair(tmp_path: Path) -> None:
 )
 def test_npz_errors(tmp_path: Path, arrays: dict[str, np.ndarray], message: str) -> None:
     np.savez(tmp_path / "x.npz", **arrays)  # type: ignore[arg-type]
-    with pytest.raises(DataError, match=message):
+    with pytest.raises(DataError, match=message) as info:
         load_dataset(tmp_path / "x.npz")
+    with pytest.raises(DataError) as streamed:  # the streaming pass: the same message
+        scan_dataset(tmp_path / "x.npz", rows=1)
+    assert str(streamed.value) == str(info.value)
 
 
 def test_npz_metadata_errors(tmp_path: Path) -> None:
@@ -317,7 +321,9 @@ def test_npz_truncated_archive(tmp_path: Path) -> None:
 
 def test_npz_label_column_is_refused(tmp_path: Path) -> None:
     save_npz(tmp_path / "x.npz", _small())
-    with pytest.raises(DataError, match=r"x\.npz: label_column applies only to \.csv files"):
+    with pytest.raises(
+        DataError, match=r"x\.npz: label_column applies only to \.csv and \.parquet files"
+    ):
         load_dataset(tmp_path / "x.npz", label_column="label")
 
 
@@ -341,11 +347,11 @@ def test_missing_file(tmp_path: Path) -> None:
         load_dataset(tmp_path / "nowhere.npz")
 
 
-@pytest.mark.parametrize("name", ["data.txt", "data.parquet", "data"])
+@pytest.mark.parametrize("name", ["data.txt", "data.feather", "data"])
 def test_unknown_extension(tmp_path: Path, name: str) -> None:
     (tmp_path / name).write_text("1,2\n", encoding="utf-8")
     with pytest.raises(
-        DataError, match=rf"{name}: unknown file type .*\(expected \.npz or \.csv\)"
+        DataError, match=rf"{name}: unknown file type .*\(expected \.npz, \.parquet or \.csv\)"
     ):
         load_dataset(tmp_path / name)
 
@@ -460,8 +466,12 @@ def test_csv_round_trip_matches_npz(tmp_path: Path) -> None:
 )
 def test_csv_errors(tmp_path: Path, text: str, kwargs: dict[str, object], message: str) -> None:
     path = _write_csv(tmp_path / "x.csv", text)
-    with pytest.raises(DataError, match=message):
+    with pytest.raises(DataError, match=message) as info:
         load_dataset(path, **kwargs)  # type: ignore[arg-type]
+    # the streaming pass, in chunks of 2 rows, refuses it with the same message
+    with pytest.raises(DataError) as streamed:
+        scan_dataset(path, rows=2, **kwargs)  # type: ignore[arg-type]
+    assert str(streamed.value) == str(info.value)
 
 
 def test_csv_long_header_is_abbreviated_in_messages(tmp_path: Path) -> None:
