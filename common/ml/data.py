@@ -378,14 +378,7 @@ def _npz_member_size(archive: np.lib.npyio.NpzFile, key: str, source: str) -> in
     stored = members.getinfo(member).file_size
     try:
         with members.open(member) as f:
-            version = np.lib.format.read_magic(f)
-            read_header = {
-                (1, 0): np.lib.format.read_array_header_1_0,
-                (2, 0): np.lib.format.read_array_header_2_0,
-            }.get(version)
-            if read_header is None:
-                raise ValueError(f"unsupported .npy format version {version}")
-            shape, _, dtype = read_header(f)
+            shape, _, dtype = _read_npy_header(f)
             header_end = f.tell()
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
         raise DataError(
