@@ -182,41 +182,8 @@ def validate_dataset(
     """
     require_positive("n_features", n_features)
     require_positive("n_classes", n_classes)
-    src = ds.source
-    if ds.n_samples == 0:
-        raise DataError(f"{src}: the data set is empty (expected at least one sample)")
-    if ds.n_features == 0:
-        raise DataError(f"{src}: the data set has no features (expected at least one column in X)")
-    if n_features is not None and ds.n_features != n_features:
-        raise DataError(f"{src}: expected {n_features} features, found {ds.n_features}")
-    finite = np.isfinite(ds.X)
-    if not finite.all():
-        row, column = (int(i) for i in np.argwhere(~finite)[0])
-        value = float(ds.X[row, column])
-        raise DataError(
-            f"{src}: X contains NaN or inf (row {row}, column {column}: {value!r}); "
-            "expected finite numbers"
-        )
-    too_large = np.abs(ds.X) > MAX_FEATURE_MAGNITUDE
-    if too_large.any():
-        row, column = (int(i) for i in np.argwhere(too_large)[0])
-        raise DataError(
-            f"{src}: X has a value too large to appraise (row {row}, column {column}: "
-            f"{float(ds.X[row, column])!r}); expected |x| <= {MAX_FEATURE_MAGNITUDE:.3g}"
-        )
-    if n_classes is not None:
-        bad = (ds.y < 0) | (ds.y >= n_classes)
-        if bad.any():
-            row = int(np.argmax(bad))
-            raise DataError(
-                f"{src}: labels must be integers in 0..{n_classes - 1}, "
-                f"found {ds.y[row]} (row {row})"
-            )
-    elif (ds.y < 0).any():
-        row = int(np.argmax(ds.y < 0))
-        raise DataError(
-            f"{src}: labels must be non-negative integers, found {ds.y[row]} (row {row})"
-        )
+    _check_header(ds, n_features)
+    _check_chunk(ds.X, ds.y, 0, ds.source, n_classes)
 
 
 def require_positive(name: str, value: int | None) -> None:
@@ -967,7 +934,8 @@ def _check_chunk(
     return largest, int(y.max()) if y.size else -1
 
 
-def _check_header(reader: ChunkReader, n_features: int | None) -> None:
+def _check_header(reader: ChunkReader | Dataset, n_features: int | None) -> None:
+    """The size checks of :func:`validate_dataset`, on a whole data set or a reader's header."""
     src = reader.source
     if reader.n_samples == 0:
         raise DataError(f"{src}: the data set is empty (expected at least one sample)")

@@ -12,6 +12,8 @@ Every test runs the real workers (:mod:`common.runtime.worker`) over TCP on 127.
 from __future__ import annotations
 
 import math
+from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -20,6 +22,7 @@ from common.ml.data import load_dataset
 from common.ml.examples import ExampleSplit
 from common.ml.model import feature_bound, prepare_model_owner, v_bound
 from common.protocol import MAX_NOISE, MAX_PRODUCT, NOISE_CLAMP, CandidateMeta, JobSpec, SessionKeys
+from common.runtime.config import PartyConfig
 from common.runtime.local import run_local
 from common.runtime.supervisor import free_port, party_config, private_workdir
 from tests.conftest import supervised
@@ -45,31 +48,39 @@ def _fields(split: ExampleSplit) -> dict[str, object]:
     }
 
 
+def _configs(
+    job: JobSpec, inputs: dict[str, dict[str, Any]], work: Path, session_id: str
+) -> list[PartyConfig]:
+    """One worker configuration per role in ``inputs`` (its extra fields), sharing a fresh
+    rendezvous and session keys."""
+    rendezvous = f"tcp://127.0.0.1:{free_port()}"
+    keys = SessionKeys.new()
+    return [
+        party_config(
+            role,
+            job=job,
+            rendezvous=rendezvous,
+            workdir=work,
+            timeout=30,
+            session_id=session_id,
+            keys=keys.for_role(role),
+            **extra,
+        )
+        for role, extra in inputs.items()
+    ]
+
+
 def _run(split: ExampleSplit, job: JobSpec, *, written: JobSpec | None = None):  # type: ignore[no-untyped-def]
     """All three real workers on ``job``; the RunReport. With ``written``, that job is what goes
     into every worker's configuration file, unvalidated, as a deviating model owner would write
     it (the supervisor's own check of the configuration is skipped)."""
-    rendezvous = f"tcp://127.0.0.1:{free_port()}"
-    keys = SessionKeys.new()
     inputs = {
         "model_owner": {"train": str(split.train), "test": str(split.test)},
         "data_owner": {"candidates": [str(split.candidates[0])]},
         "dealer": {},
     }
     with private_workdir() as work:
-        configs = [
-            party_config(
-                role,
-                job=job,
-                rendezvous=rendezvous,
-                workdir=work,
-                timeout=30,
-                session_id="noise-attack",
-                keys=keys.for_role(role),
-                **extra,
-            )
-            for role, extra in inputs.items()
-        ]
+        configs = _configs(job, inputs, work, "noise-attack")
         if written is not None:
             for config in configs:
                 config.job = written
@@ -162,8 +173,6 @@ def test_an_influence_statistic_beyond_the_range_is_refused_by_the_model_owners_
     path = tmp_path / "state.npz"
     np.savez(path, theta=state.theta, v=state.v * 1e5, test_loss=state.test_loss)
     job = JobSpec(**fields)  # valid: nothing public bounds S
-    rendezvous = f"tcp://127.0.0.1:{free_port()}"
-    keys = SessionKeys.new()
     inputs = {
         "model_owner": {
             "train": str(digits_split.train),
@@ -174,19 +183,7 @@ def test_an_influence_statistic_beyond_the_range_is_refused_by_the_model_owners_
         "dealer": {},
     }
     with private_workdir() as work:
-        configs = [
-            party_config(
-                role,
-                job=job,
-                rendezvous=rendezvous,
-                workdir=work,
-                timeout=30,
-                session_id="range-check",
-                keys=keys.for_role(role),
-                **extra,
-            )
-            for role, extra in inputs.items()
-        ]
+        configs = _configs(job, inputs, work, "range-check")
         report = supervised(configs, work)
     assert report.outcome == "failed", report
     assert "the model owner worker failed" in report.reason, report.reason
