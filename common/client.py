@@ -227,9 +227,7 @@ def results_frame(results: Sequence[CandidateResult], library: str = "pandas") -
     if library == "polars":
         schema = {name: _POLARS_TYPES[name] for name in CandidateResult.model_fields}
         return module.DataFrame(rows, schema={k: getattr(module, v) for k, v in schema.items()})
-    import pandas as pd
-
-    return pd.DataFrame(rows, columns=list(CandidateResult.model_fields))
+    return module.DataFrame(rows, columns=list(CandidateResult.model_fields))
 
 
 # a fixed column type each, so that an empty or all-null column keeps its type

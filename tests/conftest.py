@@ -18,6 +18,7 @@ from common.errors import MPCRunError
 from common.ml.data import save_npz
 from common.ml.examples import ExampleSplit, mnist_like, write_example_data
 from common.runtime.worker import PROCESS_NAMES
+from common.web.tls import Pki, write_demo_pki
 
 pytest_plugins = ["tests.apps"]
 
@@ -43,6 +44,25 @@ def service_stack(
         root / "services", train=digits_split.train, test=digits_split.test, data_dir=data
     ) as stack:
         yield stack
+
+
+@pytest.fixture(scope="module")
+def stack(service_stack: Stack) -> Stack:
+    """The shared stack, by the name the e2e modules use."""
+    return service_stack
+
+
+@pytest.fixture(scope="module")
+def pki(stack: Stack) -> Pki:
+    """The shared stack's private CA and its certificates."""
+    assert stack.pki is not None
+    return stack.pki
+
+
+@pytest.fixture(scope="module")
+def rogue(tmp_path_factory: pytest.TempPathFactory) -> Pki:
+    """Another CA, with certificates of the same names: what an impostor could make itself."""
+    return write_demo_pki(tmp_path_factory.mktemp("rogue"))
 
 
 @dataclass(frozen=True)

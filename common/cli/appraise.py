@@ -83,8 +83,6 @@ def appraise(
     with connect(model_owner, tls_ca, tls_cert, tls_key) as client:
         try:
             view = client.open_session(body)
-        except AppraisalError as exc:
-            fail(str(exc))
         except KeyboardInterrupt:
             err_console.print(
                 "interrupted while the model owner negotiated; `data-appraisal sessions list` "
@@ -94,8 +92,6 @@ def appraise(
         announce(view)
         try:
             view = follow_session(client, view, show=show)
-        except AppraisalError as exc:
-            fail(str(exc))
         except KeyboardInterrupt:
             _interrupted(client, view.id, cancel=cancel_on_interrupt)
     print_outcome(view, json_output=json_output)
@@ -142,7 +138,6 @@ def demo(
     import tempfile
 
     from common.cli.stack import local_stack
-    from common.client import ModelOwnerClient, session_request
     from common.methods import METHODS
     from common.ml.examples import write_example_data
 

@@ -65,7 +65,8 @@ def token() -> str:
 def connect(
     url: str, tls_ca: Path | None, tls_cert: Path | None, tls_key: Path | None
 ) -> Iterator[ModelOwnerClient]:
-    """A client of the model owner at ``url``; a configuration error ends the command."""
+    """A client of the model owner at ``url``; a configuration error, or an AppraisalError that
+    the body raises, ends the command with its message."""
     secret = token()
     insecure = os.environ.get(INSECURE_HTTP_VAR, "").lower() in ("1", "true", "yes")
     try:
@@ -76,4 +77,7 @@ def connect(
     except AppraisalError as exc:
         fail(str(exc))
     with client:
-        yield client
+        try:
+            yield client
+        except AppraisalError as exc:
+            fail(str(exc))

@@ -28,7 +28,6 @@ from rich.table import Table
 from common.cli.output import err_console, fail, results_table
 from common.cli.remote import ModelOwnerOpt, TlsCaOpt, TlsCertOpt, TlsKeyOpt, connect
 from common.client import ModelOwnerClient
-from common.errors import AppraisalError
 from common.web.schemas import SessionState, SessionView
 
 app = typer.Typer(
@@ -167,10 +166,7 @@ def list_sessions(
 ) -> None:
     """The model owner's sessions, newest first."""
     with connect(model_owner, tls_ca, tls_cert, tls_key) as client:
-        try:
-            views = client.sessions(state=state.value if state else None, limit=limit)
-        except AppraisalError as exc:
-            fail(str(exc))
+        views = client.sessions(state=state.value if state else None, limit=limit)
     if json_output:
         sys.stdout.write(json.dumps([v.model_dump(mode="json") for v in views]) + "\n")
     elif not views:
@@ -190,10 +186,7 @@ def show(
 ) -> None:
     """One session: what was asked and agreed, its state and reason, its results so far."""
     with connect(model_owner, tls_ca, tls_cert, tls_key) as client:
-        try:
-            view = client.session(session_id)
-        except AppraisalError as exc:
-            fail(str(exc))
+        view = client.session(session_id)
     if json_output:
         sys.stdout.write(view.model_dump_json() + "\n")
         return
@@ -239,8 +232,6 @@ def follow(
     with connect(model_owner, tls_ca, tls_cert, tls_key) as client:
         try:
             view = follow_session(client, client.session(session_id), show=show_bar)
-        except AppraisalError as exc:
-            fail(str(exc))
         except KeyboardInterrupt:
             err_console.print(
                 f"stopped following; session {session_id} goes on "
@@ -264,8 +255,5 @@ def cancel(
 ) -> None:
     """Cancel a live session: its workers stop and both peers record the reason."""
     with connect(model_owner, tls_ca, tls_cert, tls_key) as client:
-        try:
-            view = client.cancel(session_id, reason)
-        except AppraisalError as exc:
-            fail(str(exc))
+        view = client.cancel(session_id, reason)
     err_console.print(f"session {view.id} {view.state.value}", highlight=False)

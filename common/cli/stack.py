@@ -134,9 +134,13 @@ def start_service(
     return Service(name, f"{scheme}://127.0.0.1:{port}", token, process, log_path, env, tls)
 
 
-def wait_healthy(service: Service, deadline_seconds: float = 90.0) -> None:
+def wait_healthy(
+    service: Service, deadline_seconds: float = 90.0, *, verify: ssl.SSLContext | None = None
+) -> None:
+    """Wait until ``service`` answers its health check (checked with ``verify``, else the
+    operator's :meth:`Service.verify`)."""
     end = time.monotonic() + deadline_seconds
-    verify = service.verify()
+    checked: ssl.SSLContext | bool = service.verify() if verify is None else verify
     last: Exception | None = None
     while time.monotonic() < end:
         if service.process.poll() is not None:
@@ -145,7 +149,7 @@ def wait_healthy(service: Service, deadline_seconds: float = 90.0) -> None:
                 f"{service.log_tail()}"
             )
         try:
-            health = httpx.get(f"{service.url}{API_PREFIX}/health", timeout=2, verify=verify)
+            health = httpx.get(f"{service.url}{API_PREFIX}/health", timeout=2, verify=checked)
             if health.status_code == 200:
                 return
         except httpx.HTTPError as exc:

@@ -48,11 +48,6 @@ def make_stack(root: Path, split: ExampleSplit) -> Iterator[Stack]:
         yield s
 
 
-@pytest.fixture(scope="module")
-def stack(service_stack: Stack) -> Stack:
-    return service_stack
-
-
 @pytest.fixture
 def fresh_stack(tmp_path: Path, digits_split: ExampleSplit) -> Iterator[Stack]:
     yield from make_stack(tmp_path, digits_split)

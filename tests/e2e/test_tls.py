@@ -7,6 +7,7 @@ worker is started: the only session opened is refused during negotiation.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
 import os
@@ -21,8 +22,8 @@ import httpx
 import pytest
 from pydantic import SecretStr
 
-from common.cli.stack import ROOT, Service, Stack, start_service, stop_service
-from common.errors import ConfigError, PeerUnavailable, PlainHTTPRefused
+from common.cli.stack import ROOT, Service, Stack, start_service, stop_service, wait_healthy
+from common.errors import AppraisalError, ConfigError, PeerUnavailable, PlainHTTPRefused
 from common.runtime.supervisor import free_port
 from common.web.peers import peer_call
 from common.web.tls import (
@@ -32,29 +33,11 @@ from common.web.tls import (
     client_context,
     peer_client,
     uvicorn_ssl_kwargs,
-    write_demo_pki,
 )
 from dealer.settings import DealerSettings
 from model_owner.settings import ModelOwnerSettings
 
 HEALTH = "/v1/health"
-
-
-@pytest.fixture(scope="module")
-def stack(service_stack: Stack) -> Stack:
-    return service_stack
-
-
-@pytest.fixture(scope="module")
-def pki(stack: Stack) -> Pki:
-    assert stack.pki is not None
-    return stack.pki
-
-
-@pytest.fixture(scope="module")
-def rogue(tmp_path_factory: pytest.TempPathFactory) -> Pki:
-    """Another CA, with certificates of the same names: what an impostor could make itself."""
-    return write_demo_pki(tmp_path_factory.mktemp("rogue"))
 
 
 def get(service: Service, verify: ssl.SSLContext | bool, path: str = HEALTH, **kw: str) -> int:
@@ -369,12 +352,6 @@ def test_waiting_for_a_service_names_a_refused_certificate(
     stack: Stack, pki: Pki, rogue: Pki
 ) -> None:
     """A stack whose client does not trust the service fails at once, naming TLS, not after 90 s."""
-    import dataclasses
-    import time
-
-    from common.cli.stack import wait_healthy
-    from common.errors import AppraisalError
-
     operator = pki.client("operator")
     untrusting = dataclasses.replace(
         stack.dealer, tls=ClientTLS(ca=rogue.ca, cert=operator.cert, key=operator.key)

@@ -13,18 +13,16 @@ import asyncio
 import json
 import secrets
 import ssl
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
 import pytest
 from pydantic import SecretStr
 from typer.testing import CliRunner
 
 from common.cli import app
-from common.cli.stack import Service, Stack, start_service, stop_service
+from common.cli.stack import Service, Stack, start_service, stop_service, wait_healthy
 from common.client import ModelOwnerClient
 from common.errors import PeerUnavailable
 from common.runtime.supervisor import free_port
@@ -36,27 +34,9 @@ from common.web.tls import (
     peer_client,
     sign_request,
     write_ca,
-    write_demo_pki,
     write_request,
 )
 from model_owner.settings import ModelOwnerSettings
-
-
-@pytest.fixture(scope="module")
-def stack(service_stack: Stack) -> Stack:
-    return service_stack
-
-
-@pytest.fixture(scope="module")
-def pki(stack: Stack) -> Pki:
-    assert stack.pki is not None
-    return stack.pki
-
-
-@pytest.fixture(scope="module")
-def rogue(tmp_path_factory: pytest.TempPathFactory) -> Pki:
-    """Another CA, with certificates of the same names: what an impostor could make itself."""
-    return write_demo_pki(tmp_path_factory.mktemp("rogue"))
 
 
 @dataclass(frozen=True)
@@ -64,18 +44,6 @@ class Named:
     service: Service
     ca: CertificateAuthority
     operator: ClientTLS  # a client certificate of that CA
-
-
-def wait_answering(service: Service, verify: ssl.SSLContext, seconds: float = 90) -> None:
-    end = time.monotonic() + seconds
-    while True:
-        assert service.process.poll() is None, service.log_tail()
-        try:
-            if httpx.get(f"{service.url}/v1/health", verify=verify, timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            assert time.monotonic() < end, service.log_tail()
-            time.sleep(0.2)
 
 
 @pytest.fixture(scope="module")
@@ -103,7 +71,7 @@ def named(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Named]:
     try:
         unnamed = operator.context()
         unnamed.check_hostname = False  # it answers at 127.0.0.1, which its certificate omits
-        wait_answering(service, unnamed)
+        wait_healthy(service, verify=unnamed)
         yield Named(service, ca, operator)
     finally:
         stop_service(service)
@@ -227,7 +195,7 @@ def test_a_session_refused_by_tls_says_why_in_its_reason(
     port = free_port()
     mo = start_service("model-owner", port, env, tmp_path, stack.model_owner.token)
     try:
-        wait_answering(mo, mo.verify())  # type: ignore[arg-type]
+        wait_healthy(mo)
         body = {"data_owner_url": named.service.url, "datasets": ["candidate_01"]}
         with mo.client() as c:
             response = c.post("/v1/sessions", json=body)
