@@ -30,7 +30,7 @@ import torch
 from common.errors import MPCError
 from common.mpc.communicator import nbytes, pack, unpack
 from common.mpc.compat import import_crypten
-from common.mpc.plan import Item, check_item, product_size
+from common.mpc.plan import RMASK_WINDOW, Item, check_item, product_size, relative_pair
 from common.mpc.streams import StreamRng
 from common.mpc.transport import Channel
 
@@ -40,6 +40,7 @@ from crypten.mpc.provider.provider import TupleProvider  # noqa: E402
 
 MAX_TRIPLE_ELEMENTS = 1 << 28  # the dealer refuses larger items (2 GiB of int64 per tensor)
 OPS = {"mul": torch.mul, "matmul": torch.matmul}
+LOW32 = (1 << 32) - 1  # a ``compare`` item's XOR-shared bits are the mask's low 32
 _HEADER = struct.Struct("!I")
 WINDOW = 2  # values the dealer keeps queued ahead of the model owner (bounds its memory)
 
@@ -112,12 +113,14 @@ class DealerProvider(TupleProvider):
         self._next = 0  # the index of the next item (of the whole session)
         self._in_plan = 0  # the index of the next item within the current candidate's plan
         self._masks: list[tuple[tuple[int, ...], int]] = []  # per candidate: shape, holder
+        self._rmasks: list[tuple[int, ...]] = []  # per candidate: the rmasks' shapes
 
     def begin(self, index: int) -> None:
         """A new candidate: its plan (when checking) and fresh mask numbering."""
         self._plan = None if self._plan_of is None else self._plan_of(index)
         self._in_plan = 0
         self._masks = []
+        self._rmasks = []
 
     def end(self) -> None:
         """The candidate is over: it must have used its whole plan."""
@@ -247,6 +250,32 @@ class DealerProvider(TupleProvider):
         B = self.stream.int64(size_b) if self._rank != holder else None
         return B, self._correction(item, product_size(item, shape))
 
+    # -- reused openings (common.mpc.fixedpoint, docs/protocol.md "Reused openings") ----------
+    def rmask(self, size: Any) -> tuple[int, torch.Tensor]:
+        """This party's share of a fresh uniform mask a of one shared value (both owners draw
+        theirs from their streams; the dealer mirrors them and sends nothing)."""
+        item = Item("rmask", (tuple(size),))
+        self._mark(item)
+        self._rmasks.append(tuple(size))
+        return len(self._rmasks) - 1, self.stream.int64(size)
+
+    def cross(self, i: int, j: int) -> torch.Tensor:
+        """This party's share of a_i·a_j (elementwise) for the candidate's rmasks i and j."""
+        sizes = (self._rmasks[i], self._rmasks[j])
+        item = Item("cross", sizes, pair=relative_pair(len(self._rmasks), i, j))
+        self._check(item)
+        return self._correction(item, torch.broadcast_shapes(*sizes))
+
+    def compare(self, size: Any) -> tuple[torch.Tensor, ...]:
+        """One comparison-and-select's values, this party's shares: a uniform a (arithmetic),
+        the low 32 bits of a (XOR), a random bit ρ (XOR and arithmetic) and a·ρ (arithmetic)."""
+        item = Item("compare", (tuple(size),))
+        self._check(item)
+        a = self.stream.int64(size)
+        rho_bin = self.stream.kbit(size, 1)
+        alpha, rho, a_rho = self._correction(item, (3, *tuple(size))).unbind(0)
+        return a, alpha & LOW32, rho_bin, rho, a_rho
+
     def finish(self) -> None:
         """Tell the dealer the run is over, with the count of values used (model owner only)."""
         if self.dealer is not None:
@@ -261,9 +290,11 @@ class Dealer:
         self.streams = (stream_mo, stream_do)
         self.served = 0  # items of the session's plans served so far
         self._masks: list[tuple[torch.Tensor, int]] = []  # the candidate's masks A, holders
+        self._rmasks: list[torch.Tensor] = []  # the candidate's last rmasks a (both shares' sum)
 
     def begin(self) -> None:
         self._masks = []
+        self._rmasks = []
 
     def value(self, item: Item) -> torch.Tensor | None:
         """Mirror both owners' draws for ``item``; the model owner's share (None for a mask)."""
@@ -304,6 +335,28 @@ class Dealer:
             A_rows = _rows(A, item.rows)
             C = A_rows @ B if item.op == "matmul" else A_rows.t() @ B
             return C - s1.int64(C.size())
+        if item.fn == "rmask" and len(sizes) == 1:
+            self._rmasks = [
+                *self._rmasks[1 - RMASK_WINDOW :],
+                s0.int64(sizes[0]) + s1.int64(sizes[0]),
+            ]
+            return None
+        if item.fn == "cross" and item.pair is not None and len(sizes) == 2:
+            back_i, back_j = item.pair
+            if max(back_i, back_j) >= min(len(self._rmasks), RMASK_WINDOW):
+                raise MPCError(f"the cross product {item} names an rmask that was not drawn")
+            a_i, a_j = self._rmasks[-1 - back_i], self._rmasks[-1 - back_j]
+            if (tuple(a_i.shape), tuple(a_j.shape)) != tuple(sizes):
+                raise MPCError(f"the cross product {item} does not fit its rmasks' shapes")
+            c = a_i * a_j
+            return c - s1.int64(c.size())
+        if item.fn == "compare" and len(sizes) == 1:
+            size = sizes[0]
+            a = s0.int64(size) + s1.int64(size)
+            rho = s0.kbit(size, 1) ^ s1.kbit(size, 1)
+            r1 = s1.int64((3, *size))
+            alpha0 = (a & LOW32) ^ (r1[0] & LOW32)
+            return torch.stack([alpha0, rho - r1[1], a * rho - r1[2]])
         raise MPCError(f"the dealer does not serve {item}")
 
 

@@ -76,6 +76,66 @@ def matmul_truncated(x: Any, y: Any, divisor: int) -> Any:
     return result
 
 
+# -- Reused openings (docs/protocol.md, "Reused openings") -------------------------------------
+# A Beaver product opens both operands, masked, in both directions. A value that enters several
+# products (y in y·y and y·y², s in every Newton step) need be opened only once: x is opened as
+# δ = x − a for a fresh uniform mask a (an ``rmask``, drawn by both owners from their streams),
+# and the product of two opened values x = δ + a, y = ε + b is δε + δ[b] + ε[a] + [ab], with
+# shares of ab from the dealer (a ``cross`` item). Each opened value has its own fresh mask.
+
+
+def _reusing() -> bool:
+    """Whether the provider serves reused openings (our dealer or the planning run; not TFP)."""
+    return hasattr(crypten.mpc.get_default_provider(), "rmask")
+
+
+def _rank() -> int:
+    return int(crypten.communicator.get().get_rank())
+
+
+class _Opened:
+    """A shared fixed-point value opened once as δ = x − a (a: a fresh uniform rmask)."""
+
+    def __init__(self, x: Any):
+        provider = crypten.mpc.get_default_provider()
+        self.id, self.a = provider.rmask(tuple(x.size()))
+        self.delta = crypten.communicator.get().all_reduce(x._tensor.share - self.a)
+
+    def times(self, other: _Opened) -> torch.Tensor:
+        """This party's share of self·other at the product of their scales (no truncation)."""
+        out = crypten.mpc.get_default_provider().cross(self.id, other.id)
+        out = out + self.delta * other.a + other.delta * self.a
+        return out + self.delta * other.delta if _rank() == 0 else out
+
+
+def _from_raw(raw: torch.Tensor, divisor: int) -> Any:
+    """A 16-bit fixed-point shared tensor from shares at scale 2¹⁶·divisor (one truncation)."""
+    result = crypten.mpc.MPCTensor.from_shares(raw, precision=PRECISION_BITS)
+    result._tensor.div_(divisor)
+    return result
+
+
+def _taylor_reused(y: Any, order: int) -> Any:
+    """1 + y + y²/2! + … + y^order/order! from the openings of y, y², …, y^⌈order/2⌉.
+
+    Every power up to ``order`` is a product of two opened ones (y^j = y^⌈j/2⌉·y^⌊j/2⌋), so
+    the polynomial costs ⌈order/2⌉ openings (2 for order 4) where Horner's rule pays ``order`` − 1
+    Beaver products (each opening two values). Each term is truncated on its own (by j!·2¹⁶):
+    RANGE: a local truncation fails with probability |y^j|/2³², and |y| ≤ 2.2 keeps |y^j| ≤ 2⁷
+    for j ≤ 6 (the sum of the terms' magnitudes, not order!·p(y), decides the failures).
+    """
+    half = (order + 1) // 2
+    opened = [_Opened(y)]
+    for j in range(2, half + 1):  # y^j = y^⌈j/2⌉ · y^⌊j/2⌋, truncated, then opened itself
+        power = _from_raw(opened[(j + 1) // 2 - 1].times(opened[j // 2 - 1]), SCALE)
+        opened.append(_Opened(power))
+    acc = y.add(1.0)
+    for j in range(2, order + 1):
+        raw = opened[(j + 1) // 2 - 1].times(opened[j // 2 - 1])
+        acc = acc + _from_raw(raw, math.factorial(j) * SCALE)
+    return acc
+
+
 @shape_memo
 def exp_nonpositive(x: Any, *, halvings: int, order: int) -> Any:
     """exp(x) for x ≤ 0: Taylor polynomial of degree ``order`` at x/2^h, squared h times.
@@ -87,10 +147,12 @@ def exp_nonpositive(x: Any, *, halvings: int, order: int) -> Any:
     slightly beyond; it explodes only for x < −2.5·2^h.
     """
     y = x.div(2**halvings)
-    # Horner: 1 + y(1 + y/2(1 + y/3(...)))
-    acc = y.div(order).add(1.0)
-    for i in range(order - 1, 0, -1):
-        acc = mul_public(acc * y, 1.0 / i, bits=16).add(1.0)
+    if _reusing():  # the powers from ⌈order/2⌉ reused openings
+        acc = _taylor_reused(y, order)
+    else:  # Horner: 1 + y(1 + y/2(1 + y/3(...)))
+        acc = y.div(order).add(1.0)
+        for i in range(order - 1, 0, -1):
+            acc = mul_public(acc * y, 1.0 / i, bits=16).add(1.0)
     for _ in range(halvings):
         acc = acc.square()
     return acc
@@ -202,20 +264,90 @@ def ltz(x: Any) -> Any:
     return crypten.mpc.MPCTensor.from_shares(_b2a_bit(msb), precision=0)
 
 
+LOW32 = (1 << 32) - 1
+COMPARE_BOUND = 2.0**15  # RANGE: the select compares differences |a − b| < 2¹⁵ (2³¹ raw)
+
+
+def _pack32(t: torch.Tensor) -> torch.Tensor:
+    """Two 32-bit elements per word: the first half of the elements low, the second high."""
+    flat = t.reshape(-1)
+    half = -(-flat.numel() // 2)
+    padded = torch.zeros(2 * half, dtype=torch.long)
+    padded[: flat.numel()] = flat
+    return padded[:half] | (padded[half:] << 32)
+
+
+def _unpack32(w: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """Bit 0 of each element from :func:`_pack32`'s words (lanes 0 and 32)."""
+    both = torch.cat([w & 1, (w >> 32) & 1])
+    return both[: like.numel()].reshape(like.shape)
+
+
+def _select_max(x: Any, y: Any) -> Any:
+    """max(x, y) elementwise, as x − d·[d < 0] with d = x − y, from one opening of d.
+
+    The dealer's ``compare`` item gives a uniform a, the XOR sharing of a's low 32 bits α, a
+    random bit ρ in both sharings and shares of a·ρ. Opening c = d + a (both directions, the only
+    full-width opening) gives both halves:
+
+    * the sign: with |d| < 2³¹ (raw; RANGE: |d| < 2¹⁵), [d < 0] is bit 31 of d mod 2³² =
+      (c − α) mod 2³² = c + ¬α + 1 (32 bits). c is public, so the generate and propagate bits
+      c ∧ ¬α and c ⊕ ¬α are local (no AND for them), and the carry into bit 31 is a tree of five
+      levels on 32-bit lanes, two elements to a word: ½, ¼, … word per element and level.
+    * the select: the bit is opened once masked by ρ (β = bit ⊕ ρ, 64 bits a word), so
+      [bit] = β + ρ − 2βρ and d·bit = c·[bit] − β[a] − (1 − 2β)[aρ]: no product is opened.
+    """
+    d = x - y
+    rank = _rank()
+    a, alpha, rho_bin, rho, a_rho = crypten.mpc.get_default_provider().compare(tuple(d.size()))
+    c = crypten.communicator.get().all_reduce(d._tensor.share + a)
+    u = c & LOW32
+    w = (~alpha & LOW32) if rank == 0 else alpha  # XOR shares of ¬α (32 bits)
+    g = u & w  # generate: public AND shared, local
+    p_full = (u ^ w) if rank == 0 else w  # propagate: the public u XORed by one party
+    g = g ^ (p_full & 1)  # the carry-in 1 of "+ 1": bit 0 generates if u₀ ∨ w₀
+    g, p = _pack32(g & ((1 << 31) - 1)), _pack32(p_full & ((1 << 31) - 1))
+    if rank == 0:
+        p = p ^ _int64((1 << 31) | (1 << 63))  # lane 31 of each half: propagate, no generate
+    stride = 1
+    while stride < 32:
+        m = _lanes(2 * stride)
+        p_hi = (p >> stride) & m
+        g_hi = (g >> stride) & m
+        z = _packed_and(p_hi ^ (p_hi << stride), (g & m) ^ ((p & m) << stride), stride)
+        g = g_hi ^ (z & m)
+        p = (z >> stride) & m
+        stride *= 2
+    negative = ((p_full >> 31) & 1) ^ _unpack32(g, p_full)  # XOR shares of [d < 0]
+    from crypten.mpc.primitives import BinarySharedTensor
+
+    opened = BinarySharedTensor.from_shares(_pack((negative ^ rho_bin) & 1, 64)).reveal()
+    beta = _unpack(opened, 64, 1, negative)
+    bit = rho - 2 * beta * rho + (beta if rank == 0 else 0)  # arithmetic shares of [d < 0]
+    d_bit = c * bit - beta * a - (1 - 2 * beta) * a_rho  # shares of d·[d < 0], scale 2¹⁶
+    return x - crypten.mpc.MPCTensor.from_shares(d_bit, precision=PRECISION_BITS)
+
+
 @shape_memo
 def row_max(z: Any) -> Any:
     """max over the columns of an n×k shared matrix, as an n×1 matrix: a pairwise tree.
 
     Each level compares the first half of the columns with the second (one comparison per pair)
-    and keeps b + (a − b)·[a ≥ b] (one product with the comparison's bit, which is an integer: no
-    truncation): ⌈log₂ k⌉ levels, k − 1 comparisons per row. CrypTen's ``max(dim)`` also builds the
+    and keeps b + (a − b)·[a ≥ b]: ⌈log₂ k⌉ levels, k − 1 comparisons per row. With our dealer
+    each comparison-and-select is :func:`_select_max` (one opening, a 32-bit carry tree, one
+    opened bit; RANGE: differences below 2¹⁵); otherwise (TFP) :func:`ltz` and a product with
+    the comparison's bit, an integer (no truncation). CrypTen's ``max(dim)`` also builds the
     one-hot argmax (which the softmax never uses), and compares a remainder pairwise.
     """
+    reusing = _reusing()
     while z.size(1) > 1:
         half = z.size(1) // 2
         a, b = z[:, :half], z[:, half : 2 * half]
-        d = a - b
-        top = b + d * (1 - ltz(d))  # b + (a − b)·[a ≥ b]
+        if reusing:
+            top = _select_max(a, b)
+        else:
+            d = a - b
+            top = b + d * (1 - ltz(d))  # b + (a − b)·[a ≥ b]
         z = top if z.size(1) == 2 * half else crypten.cat([top, z[:, 2 * half :]], dim=1)
     return z
 
@@ -226,17 +358,26 @@ def reciprocal_in_range(s: Any, *, upper: float) -> Any:
 
     The start y₀ = c₁ − c₂·s with c₂ = 2/(u + (u+1)²/4), c₁ = c₂(u+1) has relative error
     |1 − s·y₀| ≤ ε = 1 − c₂·u (0.50 for u = 10), and each iteration squares it: ⌈log₂(log 2⁻²⁰ /
-    log ε)⌉ iterations (5 for u = 10, two products each) reach 2⁻²⁰. CrypTen's reciprocal starts
-    from an exp and runs 10 iterations. RANGE: 1 ≤ s ≤ upper.
+    log ε)⌉ iterations (4 for u = 10) reach 2⁻¹⁶, the encoding's resolution. CrypTen's
+    reciprocal starts from an exp and runs 10 iterations. With our dealer s is opened once and
+    reused in every iteration, and y in both of its products: two openings an iteration (y and
+    2 − s·y) instead of two Beaver products' four. RANGE: 1 ≤ s ≤ upper.
     """
     u = float(upper)
     c2 = 2.0 / (u + (u + 1.0) ** 2 / 4.0)
     c1 = c2 * (u + 1.0)
     eps = 1.0 - c2 * u
-    iterations = max(1, math.ceil(math.log2(math.log(2.0**-20) / math.log(eps))))
+    iterations = max(1, math.ceil(math.log2(math.log(2.0**-16) / math.log(eps))))
     y = mul_public(s, -c2, bits=16).add(c1)
+    if not _reusing():
+        for _ in range(iterations):
+            y = y * (2.0 - s * y)
+        return y
+    opened_s = _Opened(s)
     for _ in range(iterations):
-        y = y * (2.0 - s * y)
+        opened_y = _Opened(y)
+        t = 2.0 - _from_raw(opened_s.times(opened_y), SCALE)  # RANGE: s·y ∈ (0, 2)
+        y = _from_raw(opened_y.times(_Opened(t)), SCALE)
     return y
 
 

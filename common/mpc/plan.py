@@ -29,7 +29,18 @@ from common.mpc.compat import import_crypten
 crypten = import_crypten()
 from crypten.mpc.provider.provider import TupleProvider  # noqa: E402
 
-FNS = ("additive", "binary", "square", "wraps", "B2A", "mask", "product")
+FNS = (
+    "additive",
+    "binary",
+    "square",
+    "wraps",
+    "B2A",
+    "mask",
+    "product",
+    "rmask",
+    "cross",
+    "compare",
+)
 PRODUCT_OPS = ("matmul", "tmatmul")  # A[rows] @ B, or A[rows]ᵀ @ B
 
 
@@ -45,7 +56,12 @@ class Item:
     ``wraps``, ``B2A``) or one of this project's two: ``mask`` (a uniform mask A of a matrix held
     in the clear by party ``holder``, drawn from that party's stream and kept by the dealer) and
     ``product`` (a uniform B drawn by the other party and shares of ``A[rows] @ B`` or
-    ``A[rows]ᵀ @ B`` for the ``mask``-th mask of the candidate).
+    ``A[rows]ᵀ @ B`` for the ``mask``-th mask of the candidate); and the reused openings of
+    :mod:`common.mpc.fixedpoint` (docs/protocol.md, "Reused openings"): ``rmask`` (a uniform
+    additive mask a of one shared value, drawn by both owners from their streams, so the dealer
+    sends nothing), ``cross`` (shares of a_i·a_j for the ``pair`` of the candidate's rmasks) and
+    ``compare`` (a uniform a, an XOR sharing of its low 32 bits, a random bit ρ in both sharings
+    and shares of a·ρ: one comparison-and-select of :func:`common.mpc.fixedpoint.row_max`).
     """
 
     fn: str
@@ -54,6 +70,7 @@ class Item:
     holder: int | None = None
     mask: int | None = None
     rows: tuple[int, ...] | None = None
+    pair: tuple[int, int] | None = None
 
     def describe(self) -> dict[str, Any]:
         """The item as JSON (the rows as a digest): what the dealer sends with each value."""
@@ -64,6 +81,8 @@ class Item:
             out["holder"] = self.holder
         if self.mask is not None:
             out["mask"] = self.mask
+        if self.pair is not None:
+            out["pair"] = list(self.pair)
         if self.rows is not None:
             rows = np.asarray(self.rows, dtype=np.int64).tobytes()
             out["rows"] = hashlib.sha256(rows).hexdigest()[:16]
@@ -76,6 +95,19 @@ class Item:
         return sum(int(np.prod(s, dtype=np.int64)) for s in self.sizes)
 
 
+RMASK_WINDOW = 16  # a ``cross`` item names one of the candidate's last 16 rmasks
+
+
+def relative_pair(count: int, i: int, j: int) -> tuple[int, int]:
+    """The ``pair`` of a ``cross`` item for rmasks i and j of ``count``: how far back each is
+    (0: the latest). Relative, so that a function planned once per shape (:func:`shape_memo`)
+    names the same masks wherever its items are replayed."""
+    pair = (count - 1 - i, count - 1 - j)
+    if not all(0 <= back < RMASK_WINDOW for back in pair):
+        raise MPCError(f"a cross product names rmasks {i}, {j} of {count}: outside the window")
+    return pair
+
+
 def check_item(item: Item) -> None:
     """Refuse an item no honest computation makes (zero-size or malformed dimensions)."""
     if item.fn not in FNS:
@@ -83,6 +115,12 @@ def check_item(item: Item) -> None:
     for size in item.sizes:
         if any(s <= 0 for s in size):
             raise MPCError(f"the dealer refuses a zero-size or negative dimension in {item}")
+    if item.fn == "cross" and (
+        item.pair is None
+        or len(item.sizes) != 2
+        or not all(0 <= back < RMASK_WINDOW for back in item.pair)
+    ):
+        raise MPCError(f"the cross product {item} does not name two of the last rmasks")
 
 
 def product_size(item: Item, mask_size: Sequence[int]) -> tuple[int, ...]:
@@ -107,6 +145,7 @@ class PlanningProvider(TupleProvider):
         super().__init__()
         self.items: list[Item] = []
         self.masks: list[tuple[int, ...]] = []
+        self.rmasks: list[tuple[int, ...]] = []
         self.memo: dict[Any, tuple[list[Item], tuple[int, ...], int]] = {}
 
     @staticmethod
@@ -170,6 +209,22 @@ class PlanningProvider(TupleProvider):
         self.items.append(item)
         out = product_size(item, self.masks[mask])
         return torch.zeros(_dims(size_b), dtype=torch.long), torch.zeros(out, dtype=torch.long)
+
+    # -- reused openings (common.mpc.fixedpoint) ------------------------------------------------
+    def rmask(self, size: Any) -> tuple[int, torch.Tensor]:
+        self.items.append(Item("rmask", (_dims(size),)))
+        self.rmasks.append(_dims(size))
+        return len(self.rmasks) - 1, torch.zeros(_dims(size), dtype=torch.long)
+
+    def cross(self, i: int, j: int) -> torch.Tensor:
+        sizes = (self.rmasks[i], self.rmasks[j])
+        self.items.append(Item("cross", sizes, pair=relative_pair(len(self.rmasks), i, j)))
+        return torch.zeros(torch.broadcast_shapes(*sizes), dtype=torch.long)
+
+    def compare(self, size: Any) -> tuple[torch.Tensor, ...]:
+        self.items.append(Item("compare", (_dims(size),)))
+        zeros = torch.zeros(_dims(size), dtype=torch.long)
+        return zeros, zeros, zeros, zeros, zeros
 
 
 def _planning_communicator(rank: int) -> Any:
@@ -240,6 +295,7 @@ def shape_memo(fn: _Fn) -> _Fn:
         if cached is not None:
             items, shape, bits = cached
             provider.items.extend(items)
+            provider.rmasks.extend(it.sizes[0] for it in items if it.fn == "rmask")
             return crypten.mpc.MPCTensor.from_shares(
                 torch.zeros(shape, dtype=torch.long), precision=bits
             )
