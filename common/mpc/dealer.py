@@ -30,7 +30,15 @@ import torch
 from common.errors import MPCError
 from common.mpc.communicator import nbytes, pack, unpack
 from common.mpc.compat import import_crypten
-from common.mpc.plan import RMASK_WINDOW, Item, check_item, product_size, relative_pair
+from common.mpc.plan import (
+    COMPARE_SHIFT,
+    COMPARE_WIDTH,
+    RMASK_WINDOW,
+    Item,
+    check_item,
+    product_size,
+    relative_pair,
+)
 from common.mpc.streams import StreamRng
 from common.mpc.transport import Channel
 
@@ -40,7 +48,7 @@ from crypten.mpc.provider.provider import TupleProvider  # noqa: E402
 
 MAX_TRIPLE_ELEMENTS = 1 << 28  # the dealer refuses larger items (2 GiB of int64 per tensor)
 OPS = {"mul": torch.mul, "matmul": torch.matmul}
-LOW32 = (1 << 32) - 1  # a ``compare`` item's XOR-shared bits are the mask's low 32
+COMPARE_BITS = (1 << COMPARE_WIDTH) - 1  # a ``compare`` item's XOR-shared bits of a
 _HEADER = struct.Struct("!I")
 WINDOW = 2  # values the dealer keeps queued ahead of the model owner (bounds its memory)
 
@@ -268,13 +276,13 @@ class DealerProvider(TupleProvider):
 
     def compare(self, size: Any) -> tuple[torch.Tensor, ...]:
         """One comparison-and-select's values, this party's shares: a uniform a (arithmetic),
-        the low 32 bits of a (XOR), a random bit ρ (XOR and arithmetic) and a·ρ (arithmetic)."""
+        bits COMPARE_SHIFT … COMPARE_SHIFT + COMPARE_WIDTH − 1 of a (XOR), a random bit ρ (XOR and arithmetic) and a·ρ (arithmetic)."""
         item = Item("compare", (tuple(size),))
         self._check(item)
         a = self.stream.int64(size)
         rho_bin = self.stream.kbit(size, 1)
         alpha, rho, a_rho = self._correction(item, (3, *tuple(size))).unbind(0)
-        return a, alpha & LOW32, rho_bin, rho, a_rho
+        return a, alpha & COMPARE_BITS, rho_bin, rho, a_rho
 
     def finish(self) -> None:
         """Tell the dealer the run is over, with the count of values used (model owner only)."""
@@ -355,7 +363,7 @@ class Dealer:
             a = s0.int64(size) + s1.int64(size)
             rho = s0.kbit(size, 1) ^ s1.kbit(size, 1)
             r1 = s1.int64((3, *size))
-            alpha0 = (a & LOW32) ^ (r1[0] & LOW32)
+            alpha0 = ((a >> COMPARE_SHIFT) & COMPARE_BITS) ^ (r1[0] & COMPARE_BITS)
             return torch.stack([alpha0, rho - r1[1], a * rho - r1[2]])
         raise MPCError(f"the dealer does not serve {item}")
 

@@ -11,6 +11,7 @@ approximation inside the range where it is accurate; each scaling names the rang
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any
 
@@ -19,7 +20,7 @@ import torch
 
 from common.errors import ConfigError
 from common.mpc.compat import exact_decode, import_crypten
-from common.mpc.plan import shape_memo
+from common.mpc.plan import COMPARE_SHIFT, COMPARE_WIDTH, shape_memo
 
 crypten = import_crypten()
 from crypten.mpc.primitives import beaver  # noqa: E402
@@ -264,53 +265,72 @@ def ltz(x: Any) -> Any:
     return crypten.mpc.MPCTensor.from_shares(_b2a_bit(msb), precision=0)
 
 
-LOW32 = (1 << 32) - 1
-COMPARE_BOUND = 2.0**15  # RANGE: the select compares differences |a − b| < 2¹⁵ (2³¹ raw)
+# The comparison of :func:`_select_max` looks at bits SHIFT … SHIFT + WIDTH − 1 of the difference
+# only: WIDTH-bit lanes, 64/WIDTH elements to a word. RANGE: exact in sign for |d| < 2^(WIDTH − 1 +
+# SHIFT) raw (255 for 16 and 9, above MAX_LOGIT_GAP), and it may keep the smaller of two values
+# less than 2^SHIFT raw (2⁻⁷) apart, so a row maximum of ⌈log₂ k⌉ levels is within
+# MAX_SLACK(k) below the true one.
+COMPARE_BITS = (1 << COMPARE_WIDTH) - 1
+COMPARE_BOUND = 2.0 ** (COMPARE_WIDTH - 1 + COMPARE_SHIFT - PRECISION_BITS)
 
 
-def _pack32(t: torch.Tensor) -> torch.Tensor:
-    """Two 32-bit elements per word: the first half of the elements low, the second high."""
+def max_slack(k: int) -> float:
+    """How far below the true maximum :func:`row_max` of k columns may be (0 under TFP)."""
+    return math.ceil(math.log2(max(k, 1))) * 2.0 ** (COMPARE_SHIFT - PRECISION_BITS)
+
+
+def _pack_lanes(t: torch.Tensor, width: int) -> torch.Tensor:
+    """64/width elements of ``width`` bits per word: group j of the elements at bit j·width."""
+    r = 64 // width
     flat = t.reshape(-1)
-    half = -(-flat.numel() // 2)
-    padded = torch.zeros(2 * half, dtype=torch.long)
+    n = -(-flat.numel() // r)
+    padded = torch.zeros(r * n, dtype=torch.long)
     padded[: flat.numel()] = flat
-    return padded[:half] | (padded[half:] << 32)
+    groups = padded.reshape(r, n)
+    out = groups[0].clone()
+    for j in range(1, r):
+        out |= groups[j] << (j * width)
+    return out
 
 
-def _unpack32(w: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    """Bit 0 of each element from :func:`_pack32`'s words (lanes 0 and 32)."""
-    both = torch.cat([w & 1, (w >> 32) & 1])
-    return both[: like.numel()].reshape(like.shape)
+def _unpack_lanes(w: torch.Tensor, width: int, like: torch.Tensor) -> torch.Tensor:
+    """Bit 0 of each lane of :func:`_pack_lanes`'s words, in the elements' order."""
+    groups = torch.cat([(w >> (j * width)) & 1 for j in range(64 // width)])
+    return groups[: like.numel()].reshape(like.shape)
 
 
 def _select_max(x: Any, y: Any) -> Any:
-    """max(x, y) elementwise, as x − d·[d < 0] with d = x − y, from one opening of d.
+    """max(x, y) elementwise (within 2^SHIFT raw), as x − d·[d < 0] with d = x − y, from one
+    opening of d.
 
-    The dealer's ``compare`` item gives a uniform a, the XOR sharing of a's low 32 bits α, a
-    random bit ρ in both sharings and shares of a·ρ. Opening c = d + a (both directions, the only
-    full-width opening) gives both halves:
+    The dealer's ``compare`` item gives a uniform a, an XOR sharing of α = bits SHIFT … SHIFT +
+    WIDTH − 1 of a, a random bit ρ in both sharings and shares of a·ρ. Opening c = d + a (both
+    directions, the only full-width opening) serves both halves:
 
-    * the sign: with |d| < 2³¹ (raw; RANGE: |d| < 2¹⁵), [d < 0] is bit 31 of d mod 2³² =
-      (c − α) mod 2³² = c + ¬α + 1 (32 bits). c is public, so the generate and propagate bits
-      c ∧ ¬α and c ⊕ ¬α are local (no AND for them), and the carry into bit 31 is a tree of five
-      levels on 32-bit lanes, two elements to a word: ½, ¼, … word per element and level.
+    * the sign: with u = the same bits of c, (u − α) mod 2^WIDTH = ⌊d/2^SHIFT⌋ + κ (κ ∈ {0, 1},
+      the borrow from the dropped low bits), whose top bit is [d < 0] whenever d ≥ 0 or
+      d < −2^SHIFT (RANGE: |d| < COMPARE_BOUND). u − α = u + ¬α + 1, and u is public, so the
+      generate and propagate bits u ∧ ¬α and u ⊕ ¬α are local; the carry into the top bit is a tree
+      of log₂ WIDTH levels, 64/WIDTH elements to a word (¼, ⅛, … word per element and level).
     * the select: the bit is opened once masked by ρ (β = bit ⊕ ρ, 64 bits a word), so
       [bit] = β + ρ − 2βρ and d·bit = c·[bit] − β[a] − (1 − 2β)[aρ]: no product is opened.
     """
     d = x - y
     rank = _rank()
+    width, top = COMPARE_WIDTH, COMPARE_WIDTH - 1
     a, alpha, rho_bin, rho, a_rho = crypten.mpc.get_default_provider().compare(tuple(d.size()))
     c = crypten.communicator.get().all_reduce(d._tensor.share + a)
-    u = c & LOW32
-    w = (~alpha & LOW32) if rank == 0 else alpha  # XOR shares of ¬α (32 bits)
-    g = u & w  # generate: public AND shared, local
-    p_full = (u ^ w) if rank == 0 else w  # propagate: the public u XORed by one party
+    u = (c >> COMPARE_SHIFT) & COMPARE_BITS
+    w = (~alpha & COMPARE_BITS) if rank == 0 else alpha  # XOR shares of ¬α
+    g = u & w  # generate: a public AND a shared value, local
+    p_full = (u ^ w) if rank == 0 else w  # propagate: the public u XORed in by one party
     g = g ^ (p_full & 1)  # the carry-in 1 of "+ 1": bit 0 generates if u₀ ∨ w₀
-    g, p = _pack32(g & ((1 << 31) - 1)), _pack32(p_full & ((1 << 31) - 1))
-    if rank == 0:
-        p = p ^ _int64((1 << 31) | (1 << 63))  # lane 31 of each half: propagate, no generate
+    below = (1 << top) - 1
+    g, p = _pack_lanes(g & below, width), _pack_lanes(p_full & below, width)
+    if rank == 0:  # the top lane of each element: propagate, no generate (the root is its carry)
+        p = p ^ _int64(sum(1 << (j * width + top) for j in range(64 // width)))
     stride = 1
-    while stride < 32:
+    while stride < width:
         m = _lanes(2 * stride)
         p_hi = (p >> stride) & m
         g_hi = (g >> stride) & m
@@ -318,7 +338,7 @@ def _select_max(x: Any, y: Any) -> Any:
         g = g_hi ^ (z & m)
         p = (z >> stride) & m
         stride *= 2
-    negative = ((p_full >> 31) & 1) ^ _unpack32(g, p_full)  # XOR shares of [d < 0]
+    negative = ((p_full >> top) & 1) ^ _unpack_lanes(g, width, p_full)  # XOR shares of [d < 0]
     from crypten.mpc.primitives import BinarySharedTensor
 
     opened = BinarySharedTensor.from_shares(_pack((negative ^ rho_bin) & 1, 64)).reveal()
@@ -334,8 +354,9 @@ def row_max(z: Any) -> Any:
 
     Each level compares the first half of the columns with the second (one comparison per pair)
     and keeps b + (a − b)·[a ≥ b]: ⌈log₂ k⌉ levels, k − 1 comparisons per row. With our dealer
-    each comparison-and-select is :func:`_select_max` (one opening, a 32-bit carry tree, one
-    opened bit; RANGE: differences below 2¹⁵); otherwise (TFP) :func:`ltz` and a product with
+    each comparison-and-select is :func:`_select_max` (one opening, a 16-bit carry tree, one
+    opened bit; RANGE: differences below COMPARE_BOUND, result within :func:`max_slack` below
+    the maximum); otherwise (TFP) :func:`ltz` and a product with
     the comparison's bit, an integer (no truncation). CrypTen's ``max(dim)`` also builds the
     one-hot argmax (which the softmax never uses), and compares a remainder pairwise.
     """
@@ -352,28 +373,59 @@ def row_max(z: Any) -> Any:
     return z
 
 
+@functools.lru_cache(maxsize=64)
+def reciprocal_start(upper: float) -> tuple[tuple[float, float, float], float]:
+    """The quadratic q(s) = q₀ + q₁s + q₂s² with the least max |1 − s·q(s)| over [1, upper], and
+    that error ε (Remez exchange on a fine grid; 0.27 for upper = 10, against 0.50 for the best
+    line). A public function of the public range."""
+    u = float(upper)
+    grid = np.linspace(1.0, u, 20001)
+    x = (1 + u) / 2 + (u - 1) / 2 * np.cos(np.pi * np.arange(4)[::-1] / 3)
+    coeffs = np.zeros(3)
+    for _ in range(40):
+        system = np.array([[xi, xi**2, xi**3, (-1) ** i] for i, xi in enumerate(x)])
+        coeffs = np.linalg.solve(system, np.ones(4))[:3]
+        f = 1 - grid * (coeffs[0] + grid * (coeffs[1] + grid * coeffs[2]))
+        turns = np.nonzero(np.diff(np.sign(np.diff(f))))[0] + 1
+        points = np.concatenate([[0], turns, [len(grid) - 1]])
+        if len(points) != 4:
+            break
+        x = grid[points]
+    f = 1 - grid * (coeffs[0] + grid * (coeffs[1] + grid * coeffs[2]))
+    return (float(coeffs[0]), float(coeffs[1]), float(coeffs[2])), float(np.abs(f).max())
+
+
 @shape_memo
 def reciprocal_in_range(s: Any, *, upper: float) -> Any:
-    """1/s for s ∈ [1, upper] by Newton's method y ← y(2 − s·y) from the best linear start.
+    """1/s for s ∈ [1, upper] by Newton's method y ← y(2 − s·y) from a minimax start.
 
-    The start y₀ = c₁ − c₂·s with c₂ = 2/(u + (u+1)²/4), c₁ = c₂(u+1) has relative error
-    |1 − s·y₀| ≤ ε = 1 − c₂·u (0.50 for u = 10), and each iteration squares it: ⌈log₂(log 2⁻²⁰ /
-    log ε)⌉ iterations (4 for u = 10) reach 2⁻¹⁶, the encoding's resolution. CrypTen's
-    reciprocal starts from an exp and runs 10 iterations. With our dealer s is opened once and
-    reused in every iteration, and y in both of its products: two openings an iteration (y and
-    2 − s·y) instead of two Beaver products' four. RANGE: 1 ≤ s ≤ upper.
+    Each iteration squares the relative error |1 − s·y|, so ⌈log₂(log 2⁻¹⁵ / log ε)⌉
+    iterations from a start of error ε reach 2⁻¹⁵, the encoding's resolution for y ≥ ½ (4 for
+    upper = 10). With our dealer s is opened once and reused: in the quadratic start
+    (:func:`reciprocal_start`, ε = 0.27 for upper = 10, so the 4 iterations reach 2⁻³⁰; s² is
+    local from s's opening) and in every iteration, and y in both of its products: two openings an
+    iteration (y and 2 − s·y) instead of two Beaver products' four. Under TFP the start is the best
+    line y₀ = c₁ − c₂·s, c₂ = 2/(u + (u+1)²/4), c₁ = c₂(u+1), of error 1 − c₂·u (0.50 for
+    u = 10). CrypTen's reciprocal starts from an exp and runs 10 iterations. RANGE: 1 ≤ s ≤ upper.
     """
     u = float(upper)
-    c2 = 2.0 / (u + (u + 1.0) ** 2 / 4.0)
-    c1 = c2 * (u + 1.0)
-    eps = 1.0 - c2 * u
-    iterations = max(1, math.ceil(math.log2(math.log(2.0**-16) / math.log(eps))))
-    y = mul_public(s, -c2, bits=16).add(c1)
     if not _reusing():
+        c2 = 2.0 / (u + (u + 1.0) ** 2 / 4.0)
+        c1 = c2 * (u + 1.0)
+        eps = 1.0 - c2 * u
+        iterations = max(1, math.ceil(math.log2(math.log(2.0**-15) / math.log(eps))))
+        y = mul_public(s, -c2, bits=16).add(c1)
         for _ in range(iterations):
             y = y * (2.0 - s * y)
         return y
+    (q0, q1, q2), eps = reciprocal_start(u)
+    eps = min(eps + 0.01, 0.99)  # margin for the coefficients' 10 significant bits
+    iterations = max(1, math.ceil(math.log2(math.log(2.0**-15) / math.log(eps))))
     opened_s = _Opened(s)
+    square = _from_raw(opened_s.times(opened_s), SCALE)  # RANGE: s² ≤ upper²
+    # RANGE: 10 bits keep x·2¹⁶·m ≤ upper²·2²⁷ (2⁻³⁰ per element for upper ≈ 10); Newton
+    # corrects the start's rounding
+    y = mul_public(s, q1, bits=10) + mul_public(square, q2, bits=10) + q0
     for _ in range(iterations):
         opened_y = _Opened(y)
         t = 2.0 - _from_raw(opened_s.times(opened_y), SCALE)  # RANGE: s·y ∈ (0, 2)
@@ -386,8 +438,10 @@ def softmax(z: Any) -> Any:
     """Row-wise softmax of an n×k shared matrix."""
     m = row_max(z)
     e = exp_nonpositive(z - m, halvings=SOFTMAX_HALVINGS, order=SOFTMAX_ORDER)
-    # RANGE: the denominator is in [1, k] (the row's maximum contributes exp(0) = 1).
-    inv = reciprocal_in_range(e.sum(dim=1, keepdim=True), upper=float(z.size(1)))
+    # RANGE: the denominator is in [1, k·e^slack]: the entry m comes from contributes exp(0) = 1,
+    # and m is at most max_slack(k) below the row's maximum.
+    k = z.size(1)
+    inv = reciprocal_in_range(e.sum(dim=1, keepdim=True), upper=k * math.exp(max_slack(k)))
     return e * inv
 
 

@@ -60,7 +60,7 @@ class Item:
     :mod:`common.mpc.fixedpoint` (docs/protocol.md, "Reused openings"): ``rmask`` (a uniform
     additive mask a of one shared value, drawn by both owners from their streams, so the dealer
     sends nothing), ``cross`` (shares of a_i·a_j for the ``pair`` of the candidate's rmasks) and
-    ``compare`` (a uniform a, an XOR sharing of its low 32 bits, a random bit ρ in both sharings
+    ``compare`` (a uniform a, an XOR sharing of its bits COMPARE_SHIFT … COMPARE_SHIFT + COMPARE_WIDTH − 1, a random bit ρ in both sharings
     and shares of a·ρ: one comparison-and-select of :func:`common.mpc.fixedpoint.row_max`).
     """
 
@@ -95,6 +95,7 @@ class Item:
         return sum(int(np.prod(s, dtype=np.int64)) for s in self.sizes)
 
 
+COMPARE_SHIFT, COMPARE_WIDTH = 9, 16  # the bits of a ``compare`` item's a that are XOR-shared
 RMASK_WINDOW = 16  # a ``cross`` item names one of the candidate's last 16 rmasks
 
 

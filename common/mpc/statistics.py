@@ -27,6 +27,8 @@ from common.mpc.fixedpoint import (
     SOFTMAX_ORDER,
     exp_nonpositive,
     log_in_range,
+    matmul_truncated,
+    max_slack,
     mul_pow2,
     mul_public,
     row_max,
@@ -149,27 +151,33 @@ def influence_statistic(
 ) -> Any:
     """Shared S = Σ_a ∇L_aᵀ v, so that the score is −S/|D_a|.
 
-    ∇L_aᵀ v = Σ_j (p_aj − y_aj)(x_a · v_j): one masked product X [θ | v/c] (X masked once, one
-    way; [θ | v/c] is the model owner's in the clear) gives the logits and X v/c together, then
-    an elementwise product and a sum. The model owner's private scale c is multiplied back in
-    under MPC, so the data owner never learns the magnitude of v.
+    S = Σ_a Σ_j (p_aj − y_aj)(x_a · v_j) = ⟨Xᵀ R, v⟩ with R = softmax(Xθ) − Y: the logits are
+    one masked product Xθ (X masked once, one way; θ is the model owner's in the clear), and
+    G = XᵀR/s (s = ⌈√|D_a|⌉ public) a second one with the same E (the model owner sends only its
+    share of R, masked, one way: n·k elements, where an elementwise R ⊙ Xv opened both operands in
+    both directions, 4·n·k). Then ⟨G, v/c⟩ is one d·k Beaver product summed before its single
+    truncation. The model owner's private scale c is multiplied back in under MPC, so the data
+    owner never learns the magnitude of v. RANGE: |G| ≤ √n per entry (|x|, |R| ≤ 1), |v/c|
+    entries ≤ 8, and the sum ⟨G, v/c⟩ = S/(s·c) is what is truncated.
     """
-    d, k = shapes.d, shapes.n_classes
+    d, k, n = shapes.d, shapes.n_classes, shapes.n_candidate
     X, Y = _candidate(do, shapes)
     if mo is not None:
         assert mo.v is not None
         v = _params(mo.v, shapes.feature_bound)
         c = _v_scale(v)
-        W_plain: np.ndarray | None = np.hstack([_params(mo.theta, shapes.feature_bound), v / c])
+        theta_plain: np.ndarray | None = _params(mo.theta, shapes.feature_bound)
+        v_plain: np.ndarray | None = (v / c).reshape(-1, 1)
         c_plain: np.ndarray | None = np.array(c)
     else:
-        W_plain, c_plain = None, None
-    W = private_operand(W_plain, (d, 2 * k), owner=MODEL_OWNER)
+        theta_plain, v_plain, c_plain = None, None, None
+    theta = private_operand(theta_plain, (d, k), owner=MODEL_OWNER)
+    v_scaled = private_operand(v_plain, (d * k, 1), owner=MODEL_OWNER)
     c_shared = share(c_plain, (), src=MODEL_OWNER)
-    ZU = X.matmul(W)  # RANGE: logits and X v/c, both O(10)
-    Z, U = ZU[:, :k], ZU[:, k:]
-    R = softmax(Z) - Y  # entries in [−1, 1]
-    s_scaled = (R * U).sum()  # ≤ 8·n·k in magnitude
+    R = softmax(X.matmul(theta)) - Y  # RANGE: logits O(10); entries of R in [−1, 1]
+    s = gradient_norm_scale(n)
+    G = X.tmatmul(R, divisor=SCALE * s)  # XᵀR/s: the same E, a fresh B
+    s_scaled = matmul_truncated(G.reshape(1, d * k), v_scaled, SCALE).sum() * s
     if on_step is not None:
         on_step(1, 1)
     return s_scaled * c_shared
@@ -211,7 +219,8 @@ def _sum_test_loss(theta: Any, X_te: Masked, Y_te: Any, k: int) -> Any:
     Z = X_te.matmul(theta)
     m = row_max(Z)
     e = exp_nonpositive(Z - m, halvings=SOFTMAX_HALVINGS, order=SOFTMAX_ORDER)
-    log_norm = log_in_range(e.sum(dim=1), upper=float(k))  # RANGE: Σ_j exp ∈ [1, k]
+    # RANGE: Σ_j exp ∈ [1, k·e^slack] (m may be up to max_slack below the row's maximum)
+    log_norm = log_in_range(e.sum(dim=1), upper=k * math.exp(max_slack(k)))
     return log_norm.sum() + (m.squeeze(1).sum() - (Z * Y_te).sum())
 
 

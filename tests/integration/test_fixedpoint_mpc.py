@@ -2,7 +2,11 @@
 
 The carry-only ``ltz`` (common/mpc/fixedpoint.py) must give exactly CrypTen's [x < 0] for every
 value, including zero, the smallest fixed-point values of both signs and values near the ends of
-the range; and the pairwise-tree ``row_max`` must match the plaintext maximum.
+the range; and the pairwise-tree ``row_max`` must match the plaintext maximum. Under the dealer's
+correlated values (a mirror of the dealer inside the model owner's process, test harness only) the
+reused openings must match plaintext too: the comparison-and-select maximum is one of the row's
+entries and at most ``max_slack`` below the maximum (exact when the entries are 2⁻⁷ apart), exp,
+the reciprocal, the softmax and log are within their stated accuracy.
 """
 
 from __future__ import annotations
@@ -58,6 +62,126 @@ def _party(rank: int, port: int, psk: bytes, out: multiprocessing.Queue) -> None
     finally:
         close_channels(peer)
         del torch
+
+
+def _run(target) -> list:  # type: ignore[no-untyped-def]
+    ctx = multiprocessing.get_context("fork")
+    out: multiprocessing.Queue = ctx.Queue()
+    port, psk = free_port(), os.urandom(32)
+    parties = [ctx.Process(target=target, args=(r, port, psk, out)) for r in (0, 1)]
+    for p in parties:
+        p.start()
+    results = [out.get(timeout=120) for _ in parties]
+    for p in parties:
+        p.join(30)
+        assert p.exitcode == 0
+    return results
+
+
+def _mirror_provider(rank: int):  # type: ignore[no-untyped-def]
+    """Our DealerProvider, with the model owner computing the dealer's values itself from copies
+    of both owners' streams (the test harness only: it sees everything)."""
+    from common.mpc.dealer import Dealer, DealerProvider
+    from common.mpc.streams import StreamRng
+
+    keys = (b"\2" * 32, b"\3" * 32)
+
+    class Mirror(DealerProvider):
+        def __init__(self) -> None:
+            super().__init__(rank, StreamRng(keys[rank]), object() if rank == 0 else None)  # type: ignore[arg-type]
+            self.mirror = Dealer(StreamRng(keys[0]), StreamRng(keys[1]))
+            self.mirror.begin()
+
+        def _correction(self, item, size):  # type: ignore[no-untyped-def]
+            if self._rank == 1:
+                return super()._correction(item, size)
+            self._mark(item)
+            return self.mirror.value(item)
+
+        def _mark(self, item) -> None:  # type: ignore[no-untyped-def]
+            super()._mark(item)
+            if self._rank == 0 and item.fn in ("mask", "rmask"):
+                self.mirror.value(item)
+
+    return Mirror()
+
+
+def _dealer_party(rank: int, port: int, psk: bytes, out: multiprocessing.Queue) -> None:
+    from common.mpc import transport
+    from common.mpc.communicator import SecureCommunicator, close_channels, installed
+    from common.mpc.fixedpoint import (
+        DATA_OWNER,
+        exp_nonpositive,
+        log_in_range,
+        reciprocal_in_range,
+        row_max,
+        share,
+        softmax,
+    )
+    from common.mpc.streams import owner_generators
+
+    if rank == 0:
+        peer = transport.accept_peers(
+            "127.0.0.1", port, {"data_owner": psk}, session_id=SESSION, job_digest=DIGEST, window=20
+        )["data_owner"]
+    else:
+        peer = transport.connect(
+            "data_owner", "127.0.0.1", port, psk, session_id=SESSION, job_digest=DIGEST, window=20
+        )
+    try:
+        comm = SecureCommunicator(rank, peer)
+        with installed(comm, owner_generators(rank, peer), _mirror_provider(rank)):
+            mine = rank == DATA_OWNER
+            z_plain, x_plain, s_plain = _dealer_inputs()
+            z = share(z_plain if mine else None, z_plain.shape, src=DATA_OWNER)
+            x = share(x_plain if mine else None, x_plain.shape, src=DATA_OWNER)
+            s = share(s_plain if mine else None, s_plain.shape, src=DATA_OWNER)
+            figures = {
+                "max": row_max(z).get_plain_text().double().tolist(),
+                "exp": exp_nonpositive(x, halvings=6, order=4).get_plain_text().double().tolist(),
+                "exp6": exp_nonpositive(x / 16, halvings=3, order=6)
+                .get_plain_text()
+                .double()
+                .tolist(),
+                "inv": reciprocal_in_range(s, upper=10.0).get_plain_text().double().tolist(),
+                "log": log_in_range(s, upper=10.0).get_plain_text().double().tolist(),
+                "softmax": softmax(z).get_plain_text().double().tolist(),
+            }
+            out.put((rank, figures))
+            comm.barrier()
+    finally:
+        close_channels(peer)
+
+
+def _dealer_inputs():  # type: ignore[no-untyped-def]
+    rng = np.random.default_rng(5)
+    z = rng.normal(scale=8.0, size=(40, 7))
+    z[0] = [0.0, 2**-16, -(2**-16), 3.0, 3.0, -137.0, 3.0 - 2**-8]  # ties, steps below 2⁻⁷
+    z[1] = [-127.0, 127.0, 0.0, 120.0, -120.0, 1.0, -1.0]  # differences near the bound 255
+    x = -np.concatenate([[0.0, 2**-16, 1.0, 12.0, 60.0, 140.0], rng.uniform(0, 140, 100)])
+    s = np.concatenate([[1.0, 10.0, 1.0 + 2**-16], rng.uniform(1, 10, 60)])
+    return z, x, s
+
+
+def test_reused_openings_match_plaintext() -> None:
+    from common.mpc.fixedpoint import max_slack
+
+    z, x, s = _dealer_inputs()
+    grid = np.round(z * 2**16) / 2**16
+    for _, got in _run(_dealer_party):
+        top = np.array(got["max"])[:, 0]
+        assert all(t in row for t, row in zip(top, grid, strict=True))  # one of the entries
+        assert np.all(top <= grid.max(axis=1))
+        assert np.all(top >= grid.max(axis=1) - max_slack(7))
+        np.testing.assert_array_equal(top[1:], grid[1:].max(axis=1))  # exact on these rows
+        np.testing.assert_allclose(got["exp"], np.exp(x), rtol=3e-3, atol=2e-4)
+        np.testing.assert_allclose(got["exp6"], np.exp(x / 16), rtol=1e-3, atol=2e-4)
+        np.testing.assert_allclose(got["inv"], 1 / s, rtol=3e-4, atol=2e-5)
+        np.testing.assert_allclose(got["log"], np.log(s), atol=2e-3)
+        rows = np.exp(grid[2:] - grid[2:].max(axis=1, keepdims=True))
+        np.testing.assert_allclose(
+            np.array(got["softmax"])[2:], rows / rows.sum(axis=1, keepdims=True), atol=2e-3
+        )
 
 
 def test_carry_only_comparison_matches_crypten_and_row_max_is_exact() -> None:
