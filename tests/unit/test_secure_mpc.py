@@ -111,9 +111,37 @@ def test_dealer_masked_products_are_correct_shares(holder: int) -> None:
         assert c0 is not None and torch.equal(c0 + p1.int64(expected.shape), expected)
 
 
+def test_dealer_reused_openings_are_correct_shares() -> None:
+    """rmask (both streams, nothing sent), cross a_i·a_j by relative position, and compare (a,
+    its bits 9..24 XOR-shared, ρ in both sharings, a·ρ): the shares add up."""
+    from common.mpc.plan import COMPARE_SHIFT, COMPARE_WIDTH
+
+    p0, p1, dealer = _parties()
+    masks = []
+    for _ in range(3):
+        assert dealer.value(Item("rmask", ((4, 2),))) is None
+        masks.append(p0.int64((4, 2)) + p1.int64((4, 2)))
+    for back_i, back_j in ((0, 0), (2, 1)):  # the latest squared; the first times the second
+        c0 = dealer.value(Item("cross", ((4, 2), (4, 2)), pair=(back_i, back_j)))
+        expected = masks[-1 - back_i] * masks[-1 - back_j]
+        assert c0 is not None and torch.equal(c0 + p1.int64((4, 2)), expected)
+    a = p0.int64((5,)) + p1.int64((5,))
+    rho = p0.kbit((5,), 1) ^ p1.kbit((5,), 1)
+    ours = p1.int64((3, 5))
+    theirs = dealer.value(Item("compare", ((5,),)))
+    assert theirs is not None
+    bits = (1 << COMPARE_WIDTH) - 1
+    assert torch.equal((theirs[0] ^ ours[0]) & bits, (a >> COMPARE_SHIFT) & bits)
+    assert torch.equal(theirs[1] + ours[1], rho)
+    assert torch.equal(theirs[2] + ours[2], a * rho)
+
+
 @pytest.mark.parametrize(
     "item",
     [
+        Item("cross", ((2,), (2,)), pair=(0, 0)),  # no rmask drawn
+        Item("cross", ((2,), (2,)), pair=(0, 16)),  # outside the window
+        Item("cross", ((2,), (2,))),  # no pair
         Item("additive", ((2,), (2,)), op="conv2d"),
         Item("additive", ((1, 0), (0, 4096)), op="matmul"),  # finding 3 of issue 12
         Item("square", ((1 << 20, 1 << 20),)),
