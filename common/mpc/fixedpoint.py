@@ -144,8 +144,10 @@ def exp_nonpositive(x: Any, *, halvings: int, order: int) -> Any:
     CrypTen's exp, (1 + x/2⁸)^(2⁸), loses 2⁸·2⁻¹⁶ ≈ 0.4 % to quantisation and x²/2⁹ to the limit
     (0.8 % at x = −2). Here the quantisation costs 2^h·2⁻¹⁶ and the Taylor remainder
     2^h·|x/2^h|^(order+1)/(order+1)!. RANGE: the even-degree Taylor polynomial stays in (0, 1) for
-    x/2^h ≥ −2.2, so the result is accurate for x ∈ [−2.2·2^h, 0] and tends to 0 (as it should)
-    slightly beyond; it explodes only for x < −2.5·2^h.
+    x/2^h ≥ −2.2, so the result is accurate for x ∈ [−2.2·2^h, 0] (and slightly above 0, where
+    the softmax's approximate maximum may put it) and tends to 0 (as it should) slightly beyond;
+    it explodes only for x < −2.5·2^h. With our dealer the polynomial's powers come from
+    ⌈order/2⌉ reused openings (:func:`_taylor_reused`); under TFP, Horner's rule.
     """
     y = x.div(2**halvings)
     if _reusing():  # the powers from ⌈order/2⌉ reused openings
@@ -159,7 +161,7 @@ def exp_nonpositive(x: Any, *, halvings: int, order: int) -> Any:
     return acc
 
 
-# Softmax: logits minus their row maximum lie in [−gap, 0]; exp_nonpositive with h = 6 is accurate
+# Softmax: logits minus their row maximum lie in [−gap, max_slack]; exp_nonpositive with h = 6 is accurate
 # for gaps up to 2.2·2⁶ ≈ 140 (quantisation 2⁶·2⁻¹⁶ ≈ 0.1 %, relative). RANGE: logit gap ≤ 140.
 SOFTMAX_HALVINGS = 6
 SOFTMAX_ORDER = 4
