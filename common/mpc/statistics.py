@@ -135,8 +135,8 @@ def _candidate(do: DataOwnerInputs | None, shapes: Shapes) -> tuple[Masked, Any]
 def _v_scale(v: np.ndarray) -> float:
     """The model owner's private power of two c with max_j ‖v_j/c‖₁ ≤ 8 (v normalised).
 
-    RANGE: for rows with entries in [−1, 1], each entry of X·(v/c) stays in [−8, 8], so the products R⊙(Xv/c)
-    truncate with failure probability ≤ 2⁻²⁹ per element, whatever the scale of H⁻¹.
+    RANGE: every entry of v/c is in [−8, 8] (and each entry of X·(v/c) too, for rows in [−1, 1]),
+    so ⟨XᵀR/s, v/c⟩ stays far below 2³¹ and is truncated once, whatever the scale of H⁻¹.
     """
     bound = float(np.abs(v).sum(axis=0).max())
     return float(2.0 ** max(0, math.ceil(math.log2(max(bound, 1e-300) / 8.0))))
