@@ -2,7 +2,7 @@
 
 Case (b) of the engine issue by default: an MNIST-sized candidate (6,000 × 784, 10 classes,
 |D_tr| = 600, |D_te| = 1,000, features in [0, 1]) built offline from scikit-learn's digits
-(``common.data.mnist_like``). For each method it prints
+(``common.ml.examples.mnist_like``). For each method it prints
 
 - plaintext seconds: the plaintext twin of the score, given θ̂ and v (what MPC replaces);
 - MPC seconds: the parties' compute time for the candidate (after the rendezvous), and the

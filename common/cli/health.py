@@ -94,7 +94,7 @@ def health(
     ] = None,
     port: Annotated[
         int | None,
-        typer.Option(help="its port [default: its PORT setting, or PID 1's --port]"),
+        typer.Option(help="its port (default: its PORT setting, or PID 1's --port)"),
     ] = None,
 ) -> None:
     """Check that this host's service answers its health route (exit 1 if not)."""

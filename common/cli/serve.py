@@ -93,13 +93,13 @@ def serve_command(name: str) -> typer.Typer:
     # plain defaults, not Annotated: the help texts depend on this service's name and prefix
     def serve_(
         host: str | None = typer.Option(
-            None, help=f"Interface to bind [env {prefix}HOST; default: 127.0.0.1]."
+            None, help=f"Interface to bind (env {prefix}HOST; default 127.0.0.1)."
         ),
         port: int | None = typer.Option(
-            None, help=f"Port [env {prefix}PORT; default: {command.port}]."
+            None, help=f"Port (env {prefix}PORT; default {command.port})."
         ),
         demo: bool = typer.Option(
-            False, "--demo", help=f"Allow placeholder tokens (local demo only) [env {prefix}DEMO]."
+            False, "--demo", help=f"Allow placeholder tokens, local demo only (env {prefix}DEMO)."
         ),
         log_level: str = typer.Option(
             "info", help="debug, info, warning or error.", show_default=True

@@ -73,7 +73,7 @@ def load_pool(name: str, data_root: Path, *, seed: int = 0) -> Pool:
         train, test, cand = mnist_like(n_train=600, n_test=2000, n_candidate=11_400, seed=seed)
         desc = (
             "mnist_like (offline, NOT MNIST): scikit-learn digits upsampled to 28x28, shifted and "
-            "noised (common.data.mnist_like), 784 features in [0, 1], 10 classes"
+            "noised (common.ml.examples.mnist_like), 784 features in [0, 1], 10 classes"
         )
         both = Dataset(np.vstack([train.X, cand.X]), np.concatenate([train.y, cand.y]), desc)
         return Pool(name, desc, both, test)

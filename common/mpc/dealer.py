@@ -341,7 +341,7 @@ class Dealer:
             # B comes from the party that does not hold the mask (the holder's stream drew A)
             B = self.streams[1 - holder].int64(sizes[0])
             A_rows = _rows(A, item.rows)
-            C = A_rows @ B if item.op == "matmul" else A_rows.t() @ B
+            C = A_rows @ B if item.op == "matmul" else (B.t() @ A_rows).t()  # as products.py
             return C - s1.int64(C.size())
         if item.fn == "rmask" and len(sizes) == 1:
             self._rmasks = [

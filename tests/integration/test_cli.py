@@ -195,3 +195,24 @@ def test_missing_file(digits_split, tmp_path: Path) -> None:
 )
 def test_bad_options(extra, needle, digits_split) -> None:
     assert_one_line_error(invoke(*local_args(digits_split), *extra), needle)
+
+
+@pytest.mark.parametrize(
+    ("service", "prefix", "port"),
+    [
+        ("model-owner", "MODEL_OWNER_", 8000),
+        ("data-owner", "DATA_OWNER_", 8001),
+        ("dealer", "DEALER_", 8002),
+    ],
+)
+def test_serve_help_shows_each_option_s_environment_variable_and_default(
+    service: str, prefix: str, port: int
+) -> None:
+    """Rich markup once swallowed "[env …; default: …]": the help read "Port ." (issue 14)."""
+    result = CliRunner().invoke(app, [service, "serve", "--help"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    assert f"Port (env {prefix}PORT; default {port})." in result.output
+    assert f"Interface to bind (env {prefix}HOST; default 127.0.0.1)." in result.output
+    assert f"(env {prefix}DEMO)" in result.output
+    health = CliRunner().invoke(app, ["health", "--help"], env={"COLUMNS": "200"})
+    assert "(default: its PORT setting, or PID 1's --port)" in health.output

@@ -280,16 +280,24 @@ def setup_phase(records: list[Record]) -> list[Record]:
     return out
 
 
-def wire_setup_prefix(stream: bytes) -> bytes:
-    """The bytes of one direction of a connection up to its first record big enough to hold an
-    opening: the handshake framing and the channel's records both start with a 4-byte length."""
+def _first_opening_end(stream: bytes) -> int | None:
+    """The offset just past the first record of one direction of a connection big enough to hold
+    an opening (the handshake framing and the channel's records both start with a 4-byte
+    length), or None if there is none."""
     offset = 0
     while offset + 4 <= len(stream):
         (length,) = struct.unpack("!I", stream[offset : offset + 4])
         offset += 4 + length
         if length >= 8 * N:
-            break
-    return stream[:offset]
+            return offset
+    return None
+
+
+def wire_setup_prefix(stream: bytes) -> bytes:
+    """The bytes of one direction of a connection up to its first record big enough to hold an
+    opening (all of it if there is none)."""
+    end = _first_opening_end(stream)
+    return stream if end is None else stream[:end]
 
 
 def party1_opening(records: list[Record]) -> np.ndarray:
@@ -313,6 +321,8 @@ class RecordingProxy:
         self.server.settimeout(deadline)
         self.port: int = self.server.getsockname()[1]
         self.captured = {"c2s": bytearray(), "s2c": bytearray()}
+        # (time, bytes captured so far) after each chunk, per direction: when each byte crossed
+        self.arrivals: dict[str, list[tuple[float, int]]] = {"c2s": [], "s2c": []}
         self._sockets: list[socket.socket] = []
         self._threads: list[threading.Thread] = []
         self._accepter = threading.Thread(target=self._accept, daemon=True)
@@ -342,6 +352,7 @@ class RecordingProxy:
         with contextlib.suppress(OSError):
             while data := src.recv(1 << 16):
                 self.captured[name] += data
+                self.arrivals[name].append((time.monotonic(), len(self.captured[name])))
                 dst.sendall(data)
         with contextlib.suppress(OSError):
             dst.shutdown(socket.SHUT_WR)
@@ -357,6 +368,27 @@ class RecordingProxy:
 
     def streams(self) -> list[bytes]:
         return [bytes(self.captured["c2s"]), bytes(self.captured["s2c"])]
+
+    def setup_prefixes(self) -> list[bytes]:
+        """Each direction's bytes up to the end of the set-up: the moment the first record big
+        enough to hold an opening had crossed, in either direction.
+
+        With the masked products only the data owner sends an opening of X's size (E = X − A);
+        the model owner's direction holds no such record, so it is cut at that same moment."""
+        names = ("c2s", "s2c")
+        cuts = {name: _first_opening_end(bytes(self.captured[name])) for name in names}
+        ends = [
+            next(t for t, n in self.arrivals[name] if n >= cut)
+            for name, cut in cuts.items()
+            if cut is not None
+        ]
+        end = min(ends, default=float("inf"))
+        out = []
+        for name in names:
+            crossed = max((n for t, n in self.arrivals[name] if t <= end), default=0)
+            cut = cuts[name]
+            out.append(bytes(self.captured[name][: crossed if cut is None else min(crossed, cut)]))
+        return out
 
 
 def _kill(processes: list[subprocess.Popen[bytes]]) -> None:
@@ -613,6 +645,7 @@ def test_recorder_learns_nothing_from_the_secure_transport(tmp_path: Path) -> No
         records = run.recording()
         assert run.proxy is not None
         wire = run.proxy.streams()
+        setup_wire = run.proxy.setup_prefixes()
         keys = run.keys
 
     # the recording is complete: the data owner's opened share x_1 - a_1 went through the taps
@@ -635,7 +668,8 @@ def test_recorder_learns_nothing_from_the_secure_transport(tmp_path: Path) -> No
     # (c) on the raw wire of the set-up, every 8- and 32-byte window at every offset is a candidate
     # seed, and the attacker is even handed the opened share: still nothing
     assert sum(len(s) for s in wire) > 2 * 8 * N  # both owners' shares crossed the proxy
-    streamed = analyse_stream([wire_setup_prefix(s) for s in wire], opening)
+    assert all(setup_wire)  # both directions' set-up (the handshake at least) is searched
+    streamed = analyse_stream(setup_wire, opening)
     assert streamed.seeds["torch-mt19937"] > 8 * N
     assert streamed.solutions == []
 
