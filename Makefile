@@ -59,10 +59,10 @@ compose-test: $(STAMP)
 	$(BIN)/python -m tests.e2e.compose_demo
 
 # make bench: plaintext, naive CrypTen and this project on the MNIST-sized case, side by side.
-# make bench WAN=0,20,50 adds the WAN table (root: network namespaces; benchmarks/wan.py) and its
+# make bench WAN=direct,0,20,50 adds the WAN table (root: network namespaces; benchmarks/wan.py) and its
 # plot; make bench-wan runs the WAN table alone. WAN_RATE is every WAN link's tc tbf rate.
 WAN      ?=
-WAN_RTTS := 0,20,50
+WAN_RTTS := direct,0,20,50
 WAN_RATE ?= 1gbit
 WAN_PLOT ?= docs/performance-wan.svg
 bench: $(STAMP)

@@ -159,7 +159,7 @@ def side_by_side(method: str, plain: dict, naive: dict, ours: dict) -> list[str]
 
 
 def wan_rows(
-    rtts: list[float], methods: list[str], paths, rate: str, plain: dict, naive: dict
+    rtts: list[float | None], methods: list[str], paths, rate: str, plain: dict, naive: dict
 ) -> list[dict]:
     """Each method at each RTT, this project's real workers in the WAN's namespaces. With the
     naive script's loopback row of a method, also its lower bound at that RTT: its loopback time
@@ -178,7 +178,7 @@ def wan_rows(
                     candidate=Path(paths[2]),
                 )
                 r["relative_error"] = abs(r["score"] - plain[method]) / abs(plain[method])
-                if method in naive:
+                if method in naive and rtt is not None:
                     peer = naive[method]
                     r["naive_bound_seconds"] = peer["mpc_seconds"] + peer["rounds"] * rtt / 1000
                 rows.append(r)
@@ -193,20 +193,25 @@ WAN_HEADER = (
 
 
 def print_wan_row(r: dict, rows: list[dict]) -> None:
-    """One WAN line; "RTTs paid" is the extra time over the same method at RTT 0, in RTTs."""
+    """One WAN line; "RTTs paid" is the extra time over the same method at RTT 0, in RTTs. RTT
+    "direct": the same namespaces and links without the relay (the hub's kernel forwards)."""
     base = next(
         (b["mpc_seconds"] for b in rows if b["method"] == r["method"] and b["rtt_ms"] == 0), None
     )
-    floor = r["rounds"] * r["rtt_ms"] / 1000
-    extra = "-" if base is None or r["rtt_ms"] == 0 else f"{r['mpc_seconds'] - base:.2f}"
-    paid = (
-        "-" if base is None or r["rtt_ms"] == 0
-        else f"{(r['mpc_seconds'] - base) / (r['rtt_ms'] / 1000):.0f}"
-    )  # fmt: skip
+    rtt = r["rtt_ms"]
+    if rtt is None:
+        label, floor, extra, paid, relayed = "direct", "-", "-", "-", "-"
+    else:
+        label, floor = f"{rtt:.0f}", f"{r['rounds'] * rtt / 1000:.2f}"
+        extra = "-" if base is None or rtt == 0 else f"{r['mpc_seconds'] - base:.2f}"
+        paid = (
+            "-" if base is None or rtt == 0 else f"{(r['mpc_seconds'] - base) / (rtt / 1000):.0f}"
+        )
+        relayed = f"{r['relay_bytes'] / 1e6:.1f}"
     print(
-        f"{r['method']:<14}{r['rtt_ms']:>7.0f}{r['mpc_seconds']:>8.2f}{r['wall_seconds']:>8.2f}"
-        f"{r['rounds']:>7}{floor:>13.2f}{extra:>9}{paid:>10}"
-        f"{r['bytes_between_owners'] / 1e6:>8.1f}{r['relay_bytes'] / 1e6:>9.1f}"
+        f"{r['method']:<14}{label:>7}{r['mpc_seconds']:>8.2f}{r['wall_seconds']:>8.2f}"
+        f"{r['rounds']:>7}{floor:>13}{extra:>9}{paid:>10}"
+        f"{r['bytes_between_owners'] / 1e6:>8.1f}{relayed:>9}"
         f"{r['relative_error']:>9.1e}"
         + (f"{r['naive_bound_seconds']:>10.2f}" if "naive_bound_seconds" in r else f"{'-':>10}"),
         flush=True,
@@ -222,7 +227,10 @@ def plot_wan(rows: list[dict], path: Path, title: str) -> None:
 
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     for i, method in enumerate(dict.fromkeys(r["method"] for r in rows)):
-        mine = sorted((r for r in rows if r["method"] == method), key=lambda r: r["rtt_ms"])
+        mine = sorted(
+            (r for r in rows if r["method"] == method and r["rtt_ms"] is not None),
+            key=lambda r: r["rtt_ms"],
+        )
         x = [r["rtt_ms"] for r in mine]
         color = f"C{i}"
         ax.plot(x, [r["mpc_seconds"] for r in mine], "o-", color=color, label=f"{method}")
@@ -273,7 +281,11 @@ def main() -> None:
     parser.add_argument(
         "--no-naive", action="store_true", help="skip the naive CrypTen script beside this project"
     )
-    parser.add_argument("--wan", help="also run over the emulated WAN at these RTTs (ms): 0,20,50")
+    parser.add_argument(
+        "--wan",
+        help="also run over the emulated WAN at these RTTs (ms), e.g. direct,0,20,50 (direct: "
+        "the namespaces without the relay)",
+    )
     parser.add_argument("--wan-rate", default="1gbit", help="tc tbf rate of every WAN link")
     parser.add_argument("--plot", type=Path, help="with --wan: draw MPC s against RTT here (SVG)")
     parser.add_argument(
@@ -374,7 +386,7 @@ def main() -> None:
             print(load_line())
         wan_table: list[dict] = []
         if args.wan:
-            rtts = [float(x) for x in args.wan.split(",")]
+            rtts = [None if x == "direct" else float(x) for x in args.wan.split(",")]
             for method in methods:
                 if method not in plain_scores:
                     plain_scores[method] = plaintext_seconds(

@@ -13,8 +13,9 @@ RTT, and a bulk transfer still streams: chunks are delayed, not serialised)::
 The model owner's worker listens on its own address; the data owner's worker and the dealer
 connect to the relay's address on their link (their rendezvous), and every byte of the session
 crosses the relay (this project's transport has one TCP connection per peer, both through the
-model owner). Each worker is this project's real worker (``python -m common.runtime.worker``),
-started under ``ip netns exec`` and followed by the project's supervisor.
+model owner). Each worker is this project's real worker (:func:`common.runtime.worker.main`, after
+the fork server's preload), started under ``ip netns exec`` and followed by the project's
+supervisor.
 
 The namespaces (``da<tag>-mo``, ``-do``, ``-dl``, ``-wan``) and their addresses exist only while
 :func:`wan_network` is open; they are deleted on exit, error, Ctrl-C or SIGTERM.
@@ -44,6 +45,11 @@ ROOT = Path(__file__).resolve().parents[1]
 MO, DO, DL = "198.19.1.1", "198.19.2.1", "198.19.3.1"
 WAN_MO, WAN_DO, WAN_DL = "198.19.1.2", "198.19.2.2", "198.19.3.2"
 CHUNK = 1 << 16
+# The worker, after what the supervisor's fork server imports (common.runtime.preload): without it
+# the first calls' lazy imports (torch._refs, sympy: seconds under load) fall inside the timed MPC
+WORKER = (
+    "import common.runtime.preload, sys; from common.runtime import worker; sys.exit(worker.main())"
+)
 
 
 # -- the relay -------------------------------------------------------------------------------------
@@ -230,6 +236,14 @@ def wan_network(rate: str = "1gbit") -> Iterator[Wan]:
             _ip("-n", wan.ns("wan"), "link", "set", peer, "up")
             _tc(wan.ns(role), dev, rate)
             _tc(wan.ns("wan"), peer, rate)
+            # the direct mode's route: the other hosts through the hub (which forwards)
+            _ip("-n", wan.ns(role), "route", "add", "198.19.0.0/16", "via", hub)
+        subprocess.run(
+            ["ip", "netns", "exec", wan.ns("wan"), "sh", "-c",
+             "echo 1 > /proc/sys/net/ipv4/ip_forward"],
+            check=True,
+            timeout=30,
+        )  # fmt: skip
         yield wan
     finally:
         _delete(wan)
@@ -237,8 +251,12 @@ def wan_network(rate: str = "1gbit") -> Iterator[Wan]:
 
 
 @contextlib.contextmanager
-def relay(wan: Wan, port: int, rtt_ms: float) -> Iterator[subprocess.Popen[str]]:
-    """The relay, in the "wan" namespace, from both peers' links to the model owner's port."""
+def relay(wan: Wan, port: int, rtt_ms: float | None) -> Iterator[subprocess.Popen[str] | None]:
+    """The relay, in the "wan" namespace, from both peers' links to the model owner's port
+    (``rtt_ms`` None: no relay, the peers reach the model owner through the hub's forwarding)."""
+    if rtt_ms is None:
+        yield None
+        return
     argv = ["ip", "netns", "exec", wan.ns("wan"), sys.executable, str(Path(__file__).resolve())]
     argv += ["relay", "--listen", f"{WAN_DO}:{port},{WAN_DL}:{port}", "--to", f"{MO}:{port}"]
     argv += ["--delay-ms", str(rtt_ms / 2.0)]
@@ -262,7 +280,7 @@ def relay(wan: Wan, port: int, rtt_ms: float) -> Iterator[subprocess.Popen[str]]
 def run_over_wan(
     wan: Wan,
     *,
-    rtt_ms: float,
+    rtt_ms: float | None,
     method: str,
     train: Path,
     test: Path,
@@ -271,7 +289,9 @@ def run_over_wan(
     deadline: float = 3600.0,
 ) -> dict[str, Any]:
     """One appraisal with each party's real worker in its namespace; what the parties and the
-    relay report, and the wall time (worker start-up to the last exit)."""
+    relay report, and the wall time (worker start-up to the last exit). ``rtt_ms`` None: the
+    "direct" baseline, the same namespaces and rate limits without the relay (the kernel forwards
+    in the hub), which separates the relay's own cost from the RTT's."""
     from common.errors import MPCRunError
     from common.protocol import SessionKeys
     from common.runtime.config import CONFIG_ENV
@@ -289,8 +309,10 @@ def run_over_wan(
     keys = SessionKeys.new()
     session = "wan-" + secrets.token_hex(8)
     port = 29500
-    where = {"model_owner": (wan.ns("mo"), MO), "data_owner": (wan.ns("do"), WAN_DO)}
-    where["dealer"] = (wan.ns("dl"), WAN_DL)
+    direct = rtt_ms is None
+    where = {"model_owner": (wan.ns("mo"), MO)}
+    where["data_owner"] = (wan.ns("do"), MO if direct else WAN_DO)
+    where["dealer"] = (wan.ns("dl"), MO if direct else WAN_DL)
     role_inputs: dict[str, dict[str, Any]] = {
         "model_owner": {"train": str(train), "test": str(test)},
         "data_owner": {"candidates": [str(candidate)]},
@@ -318,7 +340,7 @@ def run_over_wan(
                 party = Party(config, path, work / f"{role}.log")
                 party.log_file = open(party.log_path, "wb")  # noqa: SIM115 - stop_parties closes
                 party.process = subprocess.Popen(
-                    ["ip", "netns", "exec", ns, sys.executable, "-m", "common.runtime.worker"],
+                    ["ip", "netns", "exec", ns, sys.executable, "-c", WORKER],
                     env={**os.environ, CONFIG_ENV: str(path), "PYTHONPATH": str(ROOT)},
                     stdin=subprocess.DEVNULL,
                     stdout=party.log_file,
@@ -337,9 +359,11 @@ def run_over_wan(
             raise MPCRunError(
                 f"WAN run ({method}, RTT {rtt_ms} ms): {report.reason}", report.report
             )
-        relay_proc.send_signal(signal.SIGTERM)
-        out, _ = relay_proc.communicate(timeout=10)
-    counts = json.loads(out.strip().splitlines()[-1])
+        counts = {"upstream": 0, "downstream": 0}
+        if relay_proc is not None:
+            relay_proc.send_signal(signal.SIGTERM)
+            out, _ = relay_proc.communicate(timeout=10)
+            counts = json.loads(out.strip().splitlines()[-1])
     (mine,) = report.results["model_owner"]["results"]
     (theirs,) = report.results["data_owner"]["results"]
     return {
@@ -351,7 +375,7 @@ def run_over_wan(
         "wall_seconds": wall,
         "rounds": mine["rounds"],
         "bytes_between_owners": theirs["bytes_sent"] + theirs["bytes_received"],
-        "relay_bytes": counts["upstream"] + counts["downstream"],
+        "relay_bytes": counts["upstream"] + counts["downstream"] if not direct else None,
     }
 
 
