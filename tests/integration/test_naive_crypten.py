@@ -25,7 +25,7 @@ def test_naive_influence_matches_plaintext(digits_split: ExampleSplit) -> None:
         train=digits_split.train, test=digits_split.test, candidates=[candidate]
     )
     assert run["score"] == pytest.approx(plain, rel=2e-2)
-    # CrypTen's counts on the data owner (the TTP talks only to the model owner): X θ, its softmax
-    # (argmax-based max, exp, reciprocal), R ⊙ (X v), the sum and the reveal
-    assert (run["rounds"], run["bytes_between_owners"]) == (98, 2_489_776)
+    # CrypTen's counts on the data owner (the TTP talks only to the model owner): X [θ | v], the
+    # softmax (argmax-based max, exp, reciprocal), R ⊙ (X v), the sum and the reveal
+    assert (run["rounds"], run["bytes_between_owners"]) == (97, 2_354_576)
     assert run["model_owner_bytes"] - run["bytes_between_owners"] > 0  # the TTP's share requests
