@@ -277,6 +277,25 @@ def relay(wan: Wan, port: int, rtt_ms: float | None) -> Iterator[subprocess.Pope
                 proc.wait()
 
 
+def wait_listening(ns: str, host: str, port: int, party: Any, seconds: float) -> None:
+    """Wait until a TCP socket listens on host:port in namespace ``ns`` (read from ``ss``, which
+    does not connect: a stray connection to the rendezvous would abort the session)."""
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        if party.process.poll() is not None:
+            raise RuntimeError(f"the {party.role} worker exited: {party.log_tail()}")
+        listed = subprocess.run(
+            ["ip", "netns", "exec", ns, "ss", "-Hltn", f"src {host}:{port}"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        if listed.stdout.strip():
+            return
+        time.sleep(0.2)
+    raise RuntimeError(f"the {party.role} worker did not listen on {host}:{port} in {seconds} s")
+
+
 def run_over_wan(
     wan: Wan,
     *,
@@ -319,36 +338,48 @@ def run_over_wan(
         "dealer": {},
     }
     start = time.perf_counter()
-    with relay(wan, port, rtt_ms) as relay_proc, private_workdir() as work:
-        parties = []
+    with private_workdir() as work, contextlib.ExitStack() as stack:
+        parties: list[Party] = []
+
+        def launch(role: str) -> Party:
+            ns, host = where[role]
+            config = party_config(
+                role,
+                job=job,
+                rendezvous=f"tcp://{host}:{port}",
+                workdir=work,
+                timeout=timeout,
+                session_id=session,
+                keys=keys.for_role(role, job.provider),
+                **role_inputs[role],
+            )
+            path = work / f"{role}.json"
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.write(config.model_dump_json())
+            party = Party(config, path, work / f"{role}.log")
+            party.log_file = open(party.log_path, "wb")  # noqa: SIM115 - stop_parties closes
+            party.process = subprocess.Popen(
+                ["ip", "netns", "exec", ns, sys.executable, "-c", WORKER],
+                env={**os.environ, CONFIG_ENV: str(path), "PYTHONPATH": str(ROOT)},
+                stdin=subprocess.DEVNULL,
+                stdout=party.log_file,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                cwd=str(work),
+            )
+            parties.append(party)
+            return party
+
         try:
-            for role, (ns, host) in where.items():
-                config = party_config(
-                    role,
-                    job=job,
-                    rendezvous=f"tcp://{host}:{port}",
-                    workdir=work,
-                    timeout=timeout,
-                    session_id=session,
-                    keys=keys.for_role(role, job.provider),
-                    **role_inputs[role],
-                )
-                path = work / f"{role}.json"
-                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-                with os.fdopen(fd, "w") as f:
-                    f.write(config.model_dump_json())
-                party = Party(config, path, work / f"{role}.log")
-                party.log_file = open(party.log_path, "wb")  # noqa: SIM115 - stop_parties closes
-                party.process = subprocess.Popen(
-                    ["ip", "netns", "exec", ns, sys.executable, "-c", WORKER],
-                    env={**os.environ, CONFIG_ENV: str(path), "PYTHONPATH": str(ROOT)},
-                    stdin=subprocess.DEVNULL,
-                    stdout=party.log_file,
-                    stderr=subprocess.STDOUT,
-                    start_new_session=True,
-                    cwd=str(work),
-                )
-                parties.append(party)
+            # The relay accepts at once, so a peer's handshake clock would start before the model
+            # owner's worker listens (a real network refuses, and the peer retries): start the
+            # model owner first, and the relay and the peers once its port is listening.
+            mo = launch("model_owner")
+            wait_listening(wan.ns("mo"), MO, port, mo, timeout)
+            relay_proc = stack.enter_context(relay(wan, port, rtt_ms))
+            launch("data_owner")
+            launch("dealer")
             report = asyncio.run(
                 supervise(parties, rendezvous_seconds=timeout, compute_seconds=deadline)
             )
