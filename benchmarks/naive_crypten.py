@@ -8,8 +8,7 @@ with ``crypten.cryptensor(..., src=rank)``, and CrypTen's own ``matmul``, ``soft
 
 - influence: S = Σ_a (softmax(X θ̂) − Y) ⊙ (X v), score −S/n (X [θ̂ | v] as one product);
 - gradient norm: G = Xᵀ (softmax(X θ̂) − Y), score ‖G‖ (‖G‖² is revealed and its square root
-  taken in the clear: the same information as the score, and CrypTen's own ``sqrt`` is not
-  accurate at ‖G‖² ≈ 10⁶);
+  taken in the clear: the same information as the score, without an iterative ``sqrt`` under MPC);
 - fine-tuning: T full-batch gradient steps θ ← θ − η (G/N + (2λ/N) θ) on D_tr ∪ D_a from θ̂, then
   the mean test cross-entropy, revealed; the score is that minus the model owner's clear test loss
   at θ̂.
