@@ -13,7 +13,7 @@ LOCK   := requirements/lock.txt
 # plain requirement. `make TORCH_INDEX_URL=` always uses the plain requirement.
 TORCH_INDEX_URL ?= https://download.pytorch.org/whl/cpu
 
-.PHONY: install demo test lint lock bench clean compose-test
+.PHONY: install demo test lint lock bench bench-wan clean compose-test
 
 $(STAMP): pyproject.toml $(LOCK) requirements/crypten.txt Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -58,8 +58,18 @@ lock:
 compose-test: $(STAMP)
 	$(BIN)/python -m tests.e2e.compose_demo
 
+# make bench: plaintext, naive CrypTen and this project on the MNIST-sized case, side by side.
+# make bench WAN=direct,0,20,50 adds the WAN table (root: network namespaces; benchmarks/wan.py) and its
+# plot; make bench-wan runs the WAN table alone. WAN_RATE is every WAN link's tc tbf rate.
+WAN      ?=
+WAN_RTTS := direct,0,20,50
+WAN_RATE ?= 1gbit
+WAN_PLOT ?= docs/performance-wan.svg
 bench: $(STAMP)
-	$(BIN)/python benchmarks/bench_mpc.py
+	$(BIN)/python benchmarks/bench_mpc.py $(if $(WAN),--wan $(WAN) --wan-rate $(WAN_RATE) --plot $(WAN_PLOT))
+
+bench-wan: $(STAMP)
+	$(BIN)/python benchmarks/bench_mpc.py --only-wan --wan $(or $(WAN),$(WAN_RTTS)) --wan-rate $(WAN_RATE) --plot $(WAN_PLOT)
 
 clean:
 	rm -rf $(VENV) .venv-lock demo-data .pytest_cache .mypy_cache .ruff_cache
