@@ -89,7 +89,7 @@ def layout(divisor: int, bound: int) -> Layout:
     """
     E = RING / divisor
     p = min(1.0, bound * divisor / RING)
-    best = Layout(1, 1, 2, 0.0 if bound < E / 2 else p)  # c = y: |y| < E/2 honest, > E/2 failed
+    best = layout_exact(divisor, bound)
     pow2 = divisor & (divisor - 1) == 0
     if not pow2 and divisor < 5:  # three failures of one sign could wrap to about 0
         return best
@@ -110,6 +110,12 @@ def layout(divisor: int, bound: int) -> Layout:
                 break
         g *= 2
     return best
+
+
+def layout_exact(divisor: int, bound: int) -> Layout:
+    """One check per element (c = y): certain when honest results stay below E/2."""
+    p = min(1.0, bound * divisor / RING)
+    return Layout(1, 1, 2, 0.0 if bound < RING / divisor / 2 else p)
 
 
 @dataclass(frozen=True)
@@ -201,11 +207,15 @@ class Ledger:
     def record(self, share: torch.Tensor, divisor: int) -> None:
         """Check values of one truncation's result (this party's share of it)."""
         bound = _site_bound(divisor)
-        site = Site(divisor, bound, share.numel(), layout(divisor, bound))
+        lay = layout(divisor, bound)
+        n = share.numel()
+        exact = layout_exact(divisor, bound)
+        if n <= lay.checks * -(-n // lay.group) and exact.bound == 0.0:
+            lay = exact  # a small result: one check per element is fewer, and certain
+        site = Site(divisor, bound, n, lay)
         self.sites.append(site)
         if self.planning or site.numel == 0:
             return
-        lay = site.layout
         flat = share.reshape(-1)
         if lay.group == 1:
             checks = flat.clone()

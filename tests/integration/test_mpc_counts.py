@@ -31,11 +31,14 @@ def small_files(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str, str
     return paths[0], paths[1], paths[2]
 
 
-# method -> (data owner's bytes sent, received, model owner's rounds, dealer's bytes), measured
+# method -> (data owner's bytes sent, received, model owner's rounds, dealer's bytes), measured.
+# The truncation checks (common/mpc/truncation.py) add one batched comparison of the check values
+# and the opening of the failure count: 9 rounds; at these tiny shapes every one of the many small
+# truncations still needs its few check values, so their bytes weigh more than at real sizes.
 EXPECTED: dict[str, tuple[int, int, int, int]] = {
-    "influence": (32176, 29824, 39, 25029),
-    "gradient-norm": (29996, 28656, 39, 23043),
-    "finetune": (123152, 123492, 228, 102586),
+    "influence": (40956, 38604, 48, 31447),
+    "gradient-norm": (39032, 37692, 48, 29637),
+    "finetune": (197724, 198064, 237, 152889),
 }
 
 
