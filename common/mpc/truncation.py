@@ -43,7 +43,12 @@ crypten = import_crypten()
 from crypten.mpc.primitives.arithmetic import ArithmeticSharedTensor  # noqa: E402
 
 RING = 2.0**64
-BUDGET = 2.0**-72  # undetected-failure probability allowed per truncated element
+# Undetected-failure probability allowed per truncated element: BUDGET in the large sites (those
+# that grow with n and dominate a run's total), SMALL_BUDGET in a site of fewer than SMALL_SITE
+# elements (d×k gradients, scalars: fewer checks where the values are large).
+BUDGET = 2.0**-74
+SMALL_BUDGET = 2.0**-72
+SMALL_SITE = 2**16
 # RANGE (the default site): a pre-truncation value ≤ 2⁴⁰ ring units (a product of fixed-point
 # values of magnitude ≤ 2⁸ at scale 2³²) and a result ≤ 2²⁴ ring units (2⁸ at scale 2¹⁶).
 DEFAULT_PRE = 2**40
@@ -75,9 +80,9 @@ def _pow2_floor(x: float) -> int:
 
 
 @functools.lru_cache(maxsize=4096)
-def layout(divisor: int, bound: int) -> Layout:
+def layout(divisor: int, bound: int, budget: float = BUDGET) -> Layout:
     """The cheapest check of a truncation by ``divisor`` whose honest results are ≤ ``bound``
-    (ring units, rounding included) with undetected-failure probability ≤ BUDGET per element.
+    (ring units, rounding included) with undetected-failure probability ≤ ``budget`` per element.
 
     p = bound·D/2⁶⁴ bounds each element's failure probability. A group of g fails twice with
     probability ≤ (g·p)²/2 and four times with ≤ (g·p)⁴/24; summed over the groups of a site of n
@@ -103,7 +108,7 @@ def layout(divisor: int, bound: int) -> Layout:
         group_p = g * p
         for r in range(1, MAX_CHECKS + 1):
             per_element = p * group_p / 2 * float(n_rho) ** -r + p * group_p**3 / 24
-            if per_element <= BUDGET:
+            if per_element <= budget:
                 candidate = Layout(g, r, rho_max, per_element)
                 if candidate.cost < best.cost:
                     best = candidate
@@ -207,8 +212,8 @@ class Ledger:
     def record(self, share: torch.Tensor, divisor: int) -> None:
         """Check values of one truncation's result (this party's share of it)."""
         bound = _site_bound(divisor)
-        lay = layout(divisor, bound)
         n = share.numel()
+        lay = layout(divisor, bound, BUDGET if n >= SMALL_SITE else SMALL_BUDGET)
         exact = layout_exact(divisor, bound)
         if n <= lay.checks * -(-n // lay.group) and exact.bound == 0.0:
             lay = exact  # a small result: one check per element is fewer, and certain
