@@ -9,9 +9,10 @@ dealer; the data owner also draws its share of ``c``; the dealer sends the model
 The dealer serves a **plan** (:mod:`common.mpc.plan`), a pure function of the public job that it
 computes itself: it pushes each planned value to the model owner in order, without being asked
 (so no request costs a round trip), with the item's description, which the model owner's provider
-checks against what its computation asks for. The model owner sends the dealer one message, at the
-end: ``done`` with the count of items it used. Anything else (a request, a zero-size or surplus
-item) is refused with an :class:`MPCError` naming what was asked and what was planned, and fails
+checks against what its computation asks for. The model owner sends the dealer ``next`` after
+each candidate (or once, ``retry``: the candidate's truncation checks failed and its plan is served
+again, :mod:`common.mpc.truncation`) and, at the end, ``done`` with the count of items it used.
+Anything else (a request, a second retry, a zero-size or surplus item) is refused with an :class:`MPCError` naming what was asked and what was planned, and fails
 the session; nothing is ever computed for it. The data owner's stream is keyed by its own link with
 the dealer, agreed through a handshake that the model owner relays but cannot read.
 """
