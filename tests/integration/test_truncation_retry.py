@@ -118,3 +118,26 @@ def test_a_second_failed_truncation_ends_the_candidate_with_a_clear_error(digits
         assert errors[role]["type"] == "TruncationFailure", errors[role]
         assert "a two-party truncation failed" in errors[role]["message"]
         assert "again in its recomputation" in errors[role]["message"]
+
+
+def test_a_recomputation_reuses_the_data_owners_noise_and_reveals_one_way(digits_split):
+    """With noise and reveal_to = model_owner: one Laplace draw for both attempts, one score, to
+    the model owner only."""
+    from common.ml.data import load_dataset
+    from common.ml.model import prepare_model_owner, v_bound
+
+    train, test = load_dataset(digits_split.train), load_dataset(digits_split.test)
+    state = prepare_model_owner(train.X, train.y, test.X, test.y, n_classes=10, l2=1.0)
+    _, report, outcome, errors, theirs = _run(
+        digits_split,
+        failures=1,
+        method="influence",
+        noise_epsilon=1.0,
+        v_bound=v_bound(state.v),
+        reveal_to="model_owner",
+    )
+    assert errors == {}, errors
+    assert outcome == {"attempts": 2, "injected": 1, "noise_draws": 1}
+    (mine,) = report.results["model_owner"]["results"]
+    assert isinstance(mine["score"], float)
+    assert theirs is not None and theirs["results"][0]["score"] is None

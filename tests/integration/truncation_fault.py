@@ -4,7 +4,7 @@ Run as ``python -m tests.integration.truncation_fault CONFIG.json OUTCOME.json F
 real data owner's worker (:func:`common.runtime.worker.main`) with one change: in each of the first
 ``FAILURES`` attempts at a candidate, the second truncation it checks gets 2⁶⁴/D added to one
 element of its share, exactly what a failed local truncation does to the result. It writes the
-attempts it saw and the failures it injected to OUTCOME.json.
+attempts it saw, the failures it injected and its noise draws to OUTCOME.json.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ TARGET = 1  # which checked truncation of an attempt fails (0-based)
 
 
 def main(argv: list[str]) -> int:
-    from common.mpc import truncation
+    from common.mpc import appraisal, truncation
     from common.runtime import worker
     from common.runtime.config import CONFIG_ENV
 
@@ -40,6 +40,13 @@ def main(argv: list[str]) -> int:
             outcome["injected"] += 1
         original_record(self, share, divisor)
 
+    draw = appraisal.laplace
+
+    def laplace(scale: float) -> float:
+        outcome["noise_draws"] = outcome.get("noise_draws", 0) + 1
+        return draw(scale)
+
+    appraisal.laplace = laplace  # type: ignore[assignment]
     truncation.Ledger.__enter__ = enter  # type: ignore[method-assign]
     truncation.Ledger.record = record  # type: ignore[method-assign]
     os.environ[CONFIG_ENV] = config_path
