@@ -110,3 +110,8 @@ class PeerAuthError(MPCError):
 
 class ChannelClosed(MPCError):
     """The peer closed the connection or its records stopped making sense."""
+
+
+class TruncationFailure(MPCError):
+    """A two-party truncation failed in the first attempt at a candidate and again in its one
+    recomputation (common.mpc.truncation): no result is given rather than a wrong one."""

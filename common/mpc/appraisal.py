@@ -4,6 +4,12 @@ Both owners call :func:`secure_appraisal` with the agreed job and their own inpu
 opened but the statistic (as the method's public, invertible transform of the score,
 :mod:`common.methods`) or, in threshold mode, the single comparison bit; with ``reveal_to`` =
 ``model_owner`` the data owner's share goes one way and it learns nothing.
+
+Before that reveal, every two-party truncation of the attempt is checked
+(:mod:`common.mpc.truncation`) and the count of failed checks is opened to both owners; on a
+failure the candidate is computed once more with fresh randomness (the dealer serves its plan a
+second time, :mod:`common.mpc.dealer`), with the *same* noise, and a second failure ends the
+candidate with :class:`~common.errors.TruncationFailure`. Only one attempt's result is ever opened.
 """
 
 from __future__ import annotations
@@ -12,8 +18,10 @@ from typing import NamedTuple
 
 import numpy as np
 
-from common.errors import ConfigError
+from common.errors import ConfigError, TruncationFailure
 from common.methods import METHODS
+from common.mpc import truncation
+from common.mpc.compat import import_crypten
 from common.mpc.fixedpoint import DATA_OWNER, MODEL_OWNER, reveal_float, share
 from common.mpc.noise import influence_sensitivity, laplace
 from common.mpc.statistics import (
@@ -24,6 +32,15 @@ from common.mpc.statistics import (
     StepCallback,
 )
 from common.protocol import JobSpec
+
+ATTEMPTS = 2  # the first computation and at most one recomputation
+
+
+def _recompute() -> None:
+    """Tell the dealer's provider that this candidate is computed once more (its plan again)."""
+    retry = getattr(import_crypten().mpc.get_default_provider(), "retry", None)
+    if retry is not None:
+        retry()
 
 
 class Revealed(NamedTuple):
@@ -48,13 +65,31 @@ def secure_appraisal(
     shapes = Shapes.of(job, index)
     sizes = job.sizes(index)
     dst = None if job.reveal_to == "both" else MODEL_OWNER
-    stat = STATISTICS[job.method](job, shapes, mo, do, on_step)
-    if job.noise_epsilon is not None:
-        # The data owner's noise, unknown to the model owner, is added before anything is opened.
+    eta = None
+    if job.noise_epsilon is not None and do is not None:
+        # The data owner's noise, unknown to the model owner, drawn once: a recomputation reuses
+        # it, so that no attempt gives a second noisy view of the statistic.
         assert job.v_bound is not None  # JobSpec refuses noise without it
         scale = influence_sensitivity(shapes, job.v_bound) / job.noise_epsilon
-        eta = None if do is None else np.array(laplace(scale))
-        stat = stat + share(eta, (), src=DATA_OWNER)
+        eta = np.array(laplace(scale))
+    stat = None
+    for attempt in range(ATTEMPTS):
+        with truncation.Ledger(truncation.attempt_seed(job.digest(), index, attempt)) as ledger:
+            stat = STATISTICS[job.method](job, shapes, mo, do, on_step)
+            if job.noise_epsilon is not None:  # added before anything is opened
+                stat = stat + share(eta, (), src=DATA_OWNER)
+        failed = ledger.failures()  # opened to both owners; 0 unless a truncation failed
+        if failed == 0:
+            break
+        if attempt + 1 == ATTEMPTS:
+            raise TruncationFailure(
+                f"candidate {index}: a two-party truncation failed ({failed} of "
+                f"{ledger.n_checks} truncation checks out of range) in the first attempt and "
+                "again in its recomputation with fresh randomness; no result is given rather "
+                "than a wrong one"
+            )
+        _recompute()
+    assert stat is not None
 
     if job.reveal == "score":
         opened = reveal_float(stat, dst)

@@ -9,9 +9,10 @@ dealer; the data owner also draws its share of ``c``; the dealer sends the model
 The dealer serves a **plan** (:mod:`common.mpc.plan`), a pure function of the public job that it
 computes itself: it pushes each planned value to the model owner in order, without being asked
 (so no request costs a round trip), with the item's description, which the model owner's provider
-checks against what its computation asks for. The model owner sends the dealer one message, at the
-end: ``done`` with the count of items it used. Anything else (a request, a zero-size or surplus
-item) is refused with an :class:`MPCError` naming what was asked and what was planned, and fails
+checks against what its computation asks for. The model owner sends the dealer ``next`` after
+each candidate (or once, ``retry``: the candidate's truncation checks failed and its plan is served
+again, :mod:`common.mpc.truncation`) and, at the end, ``done`` with the count of items it used.
+Anything else (a request, a second retry, a zero-size or surplus item) is refused with an :class:`MPCError` naming what was asked and what was planned, and fails
 the session; nothing is ever computed for it. The data owner's stream is keyed by its own link with
 the dealer, agreed through a handshake that the model owner relays but cannot read.
 """
@@ -122,6 +123,7 @@ class DealerProvider(TupleProvider):
         self._in_plan = 0  # the index of the next item within the current candidate's plan
         self._masks: list[tuple[tuple[int, ...], int]] = []  # per candidate: shape, holder
         self._rmasks: list[tuple[int, ...]] = []  # per candidate: the rmasks' shapes
+        self._retried = False  # whether the current candidate was recomputed
 
     def begin(self, index: int) -> None:
         """A new candidate: its plan (when checking) and fresh mask numbering."""
@@ -129,14 +131,35 @@ class DealerProvider(TupleProvider):
         self._in_plan = 0
         self._masks = []
         self._rmasks = []
+        self._retried = False
 
-    def end(self) -> None:
-        """The candidate is over: it must have used its whole plan."""
+    def _used_whole_plan(self) -> None:
         if self._plan is not None and self._in_plan != len(self._plan):
             raise MPCError(
                 f"this computation used {self._in_plan} correlated values, its plan has "
                 f"{len(self._plan)}: the computation diverged from the job's plan"
             )
+
+    def _decide(self, fn: str) -> None:
+        if self.dealer is not None:
+            self.dealer.wait(self.dealer.send(json.dumps({"fn": fn}).encode()))
+
+    def retry(self) -> None:
+        """The attempt's truncation checks failed: the candidate's plan once more (at most once),
+        with fresh values (the streams go on); the model owner tells the dealer."""
+        self._used_whole_plan()
+        if self._retried:
+            raise MPCError("a candidate is recomputed at most once")
+        self._retried = True
+        self._decide("retry")
+        self._in_plan = 0
+        self._masks = []
+        self._rmasks = []
+
+    def end(self) -> None:
+        """The candidate is over: it must have used its whole plan; the dealer may go on."""
+        self._used_whole_plan()
+        self._decide("next")
 
     def _check(self, item: Item) -> None:
         check_item(item)
@@ -368,34 +391,53 @@ class Dealer:
         raise MPCError(f"the dealer does not serve {item}")
 
 
+def _request(model_owner: Channel) -> Any:
+    message = bytes(model_owner.recv())
+    try:
+        return json.loads(message)
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return message[:200]
+
+
+def _refuse(request: Any, served: int, expected: str) -> MPCError:
+    return MPCError(
+        f"the model owner asked the dealer for {str(request)[:200]} after the plan's "
+        f"{served} items were served, where {expected} was due: the dealer serves the job's plan "
+        "only, in order, and nothing beyond it"
+    )
+
+
 def serve_dealer(model_owner: Channel, dealer: Dealer, plans: Iterable[list[Item]]) -> int:
     """Push every planned value to the model owner, in order, then expect its ``done``.
 
-    Returns the number of items served. Any other message from the model owner is refused with an
-    :class:`MPCError` that names it: a deviating model owner cannot obtain anything off the plan.
+    After each candidate's plan the model owner says ``next``, or ``retry`` when the candidate's
+    truncation checks failed (:mod:`common.mpc.truncation`): the same plan is served once more,
+    with fresh values, and after it only ``next`` is accepted (a candidate is recomputed at most
+    once). Returns the number of items served. Any other message from the model owner is refused
+    with an :class:`MPCError` that names it: a deviating model owner cannot obtain anything off
+    the plan.
     """
     pending: list[Future[None]] = []
     for plan in plans:
-        dealer.begin()
-        for item in plan:
-            index = dealer.served
-            value = dealer.value(item)
-            if value is None:
-                continue
-            if len(pending) >= WINDOW:
-                model_owner.wait(pending.pop(0))
-            pending.append(model_owner.send(_message(index, item, value)))
+        for attempt in (0, 1):
+            dealer.begin()
+            for item in plan:
+                index = dealer.served
+                value = dealer.value(item)
+                if value is None:
+                    continue
+                if len(pending) >= WINDOW:
+                    model_owner.wait(pending.pop(0))
+                pending.append(model_owner.send(_message(index, item, value)))
+            request = _request(model_owner)
+            if request == {"fn": "next"}:
+                break
+            if request != {"fn": "retry"} or attempt == 1:
+                due = "'next' or one 'retry'" if attempt == 0 else "'next' (after the one retry)"
+                raise _refuse(request, dealer.served, due)
     for future in pending:
         model_owner.wait(future)
-    message = bytes(model_owner.recv())
-    try:
-        request = json.loads(message)
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        request = message[:200]
+    request = _request(model_owner)
     if request != {"fn": "done", "items": dealer.served}:
-        raise MPCError(
-            f"the model owner asked the dealer for {str(request)[:200]} after the plan's "
-            f"{dealer.served} items were served: the dealer serves the job's plan only, in order, "
-            "and nothing beyond it"
-        )
+        raise _refuse(request, dealer.served, "'done'")
     return dealer.served

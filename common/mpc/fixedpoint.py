@@ -21,6 +21,7 @@ import torch
 from common.errors import ConfigError
 from common.mpc.compat import exact_decode, import_crypten
 from common.mpc.plan import COMPARE_SHIFT, COMPARE_WIDTH, shape_memo
+from common.mpc.truncation import bounded
 
 crypten = import_crypten()
 from crypten.mpc.primitives import beaver  # noqa: E402
@@ -435,6 +436,7 @@ def reciprocal_in_range(s: Any, *, upper: float) -> Any:
     return y
 
 
+@bounded(8.0)  # RANGE: every truncated value inside is ≤ 2.2 (truncation checks, docs/protocol.md)
 @shape_memo
 def softmax(z: Any) -> Any:
     """Row-wise softmax of an n×k shared matrix."""

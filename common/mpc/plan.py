@@ -147,7 +147,7 @@ class PlanningProvider(TupleProvider):
         self.items: list[Item] = []
         self.masks: list[tuple[int, ...]] = []
         self.rmasks: list[tuple[int, ...]] = []
-        self.memo: dict[Any, tuple[list[Item], tuple[int, ...], int]] = {}
+        self.memo: dict[Any, tuple[list[Item], tuple[int, ...], int, list[Any]]] = {}
 
     @staticmethod
     def _arith(*sizes: Any) -> tuple[Any, ...]:
@@ -277,8 +277,10 @@ def shape_memo(fn: _Fn) -> _Fn:
     """Plan a function of shared tensors once per input shape.
 
     Its correlated values depend on its inputs' shapes only, so during the planning run a second
-    call with the same shapes appends the items recorded the first time and returns zeros of the
-    recorded output shape, without computing (fine-tuning repeats the same softmax every step).
+    call with the same shapes appends the items recorded the first time (and replays the
+    truncations it made into the active :class:`common.mpc.truncation.Ledger`) and returns zeros
+    of the recorded output shape, without computing (fine-tuning repeats the same softmax every
+    step).
     Outside planning the function runs unchanged.
     """
 
@@ -287,23 +289,31 @@ def shape_memo(fn: _Fn) -> _Fn:
         provider = planning()
         if provider is None:
             return fn(*args, **kwargs)
+        from common.mpc import truncation
+
+        ledger = truncation.current()
         key = (
             fn.__qualname__,
             tuple(tuple(a.size()) if hasattr(a, "size") else repr(a) for a in args),
             tuple(sorted(kwargs.items())),
+            truncation.declared(),
         )
         cached = provider.memo.get(key)
         if cached is not None:
-            items, shape, bits = cached
+            items, shape, bits, sites = cached
             provider.items.extend(items)
             provider.rmasks.extend(it.sizes[0] for it in items if it.fn == "rmask")
+            if ledger is not None:  # the truncations it would have checked
+                ledger.replay(sites)
             return crypten.mpc.MPCTensor.from_shares(
                 torch.zeros(shape, dtype=torch.long), precision=bits
             )
         start = len(provider.items)
+        start_sites = 0 if ledger is None else len(ledger.sites)
         out = fn(*args, **kwargs)
         bits = round(math.log2(out.encoder.scale))
-        provider.memo[key] = (provider.items[start:], tuple(out.size()), bits)
+        sites = [] if ledger is None else ledger.sites[start_sites:]
+        provider.memo[key] = (provider.items[start:], tuple(out.size()), bits, sites)
         return out
 
     return wrapper  # type: ignore[return-value]

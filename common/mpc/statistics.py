@@ -18,6 +18,7 @@ import torch
 
 from common.methods import gradient_norm_scale
 from common.ml.model import minibatches
+from common.mpc import truncation
 from common.mpc.compat import import_crypten
 from common.mpc.fixedpoint import (
     DATA_OWNER,
@@ -180,7 +181,8 @@ def influence_statistic(
     s_scaled = matmul_truncated(G.reshape(1, d * k), v_scaled, SCALE).sum() * s
     if on_step is not None:
         on_step(1, 1)
-    return s_scaled * c_shared
+    with truncation.bounded(2.0**30):  # RANGE: S itself, any representable value (one element)
+        return s_scaled * c_shared
 
 
 def gradient_norm_statistic(
@@ -206,12 +208,14 @@ def gradient_norm_statistic(
     R = softmax(X.matmul(theta)) - Y
     s = gradient_norm_scale(n)
     # X'ᵀ R / s, one truncation; the same masked X as the logits' (E reused, a fresh B)
-    G_scaled = X.tmatmul(R, divisor=SCALE * s)
-    squares = G_scaled.square()
-    log2_bound = round(math.log2(shapes.feature_bound))
+    with truncation.bounded(max(16.0, float(n))):  # RANGE: |G/s| ≤ √n, its squares ≤ n
+        G_scaled = X.tmatmul(R, divisor=SCALE * s)
+        squares = G_scaled.square()
+        log2_bound = round(math.log2(shapes.feature_bound))
+        q = mul_pow2(squares[:-1].sum(), 2 * log2_bound) + squares[-1].sum()
     if on_step is not None:
         on_step(1, 1)
-    return mul_pow2(squares[:-1].sum(), 2 * log2_bound) + squares[-1].sum()
+    return q
 
 
 def _sum_test_loss(theta: Any, X_te: Masked, Y_te: Any, k: int) -> Any:
@@ -269,7 +273,8 @@ def finetune_statistic(
         Yb = Y if selection is None else Y[torch.as_tensor(selection, dtype=torch.long)]
         R = softmax(X.matmul(theta, selection)) - Yb
         divisor = round(SCALE * size / grad_gain)
-        g_hat = X.tmatmul(R, selection, divisor=divisor)
+        with truncation.bounded(grad_gain):  # RANGE: |ĝ| ≤ γ
+            g_hat = X.tmatmul(R, selection, divisor=divisor)
         step = crypten.cat(
             [
                 mul_public(g_hat[:-1], lr * B * B / grad_gain),  # feature rows

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import os
 
 import pytest
 import torch
 
 from common.errors import MPCError
-from common.mpc.dealer import Dealer, result_size
+from common.mpc.dealer import Dealer, result_size, serve_dealer
 from common.mpc.plan import Item
 from common.mpc.streams import StreamRng, install_stream_rng
 
@@ -243,3 +244,41 @@ def test_noise_is_for_influence_with_a_bound_only() -> None:
     with pytest.raises(ValidationError, match="v_bound: noise_epsilon needs"):
         JobSpec(method="influence", noise_epsilon=1.0, **base)
     assert JobSpec(method="influence", noise_epsilon=1.0, v_bound=1.0, **base).noise_epsilon == 1.0
+
+
+class _ScriptedModelOwner:
+    """A channel end for :func:`serve_dealer`: takes what the dealer pushes, answers a script."""
+
+    def __init__(self, script: list[dict[str, object]]):
+        self.script = [json.dumps(m).encode() for m in script]
+        self.pushed = 0
+
+    def send(self, data: object) -> None:
+        self.pushed += 1
+
+    def wait(self, future: object) -> None:
+        return None
+
+    def recv(self) -> bytes:
+        return self.script.pop(0)
+
+
+@pytest.mark.parametrize(
+    ("script", "served"),
+    [
+        ([{"fn": "next"}, {"fn": "done", "items": 1}], 1),
+        ([{"fn": "retry"}, {"fn": "next"}, {"fn": "done", "items": 2}], 2),
+        ([{"fn": "retry"}, {"fn": "retry"}], None),  # a second recomputation
+        ([{"fn": "done", "items": 1}], None),  # no decision after the candidate
+    ],
+)
+def test_the_dealer_serves_a_candidate_again_at_most_once(script, served) -> None:
+    plan = [Item("square", ((3,),))]
+    channel = _ScriptedModelOwner(script)
+    dealer = Dealer(StreamRng(os.urandom(32)), StreamRng(os.urandom(32)))
+    if served is None:
+        with pytest.raises(MPCError, match="the dealer serves the job's plan only"):
+            serve_dealer(channel, dealer, [plan])  # type: ignore[arg-type]
+        return
+    assert serve_dealer(channel, dealer, [plan]) == served  # type: ignore[arg-type]
+    assert channel.pushed == served  # one fresh value per attempt, nothing more
