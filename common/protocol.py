@@ -35,6 +35,11 @@ Provider = Literal["TTP", "TFP"]
 
 MAX_CANDIDATES = 100  # candidates in one session
 MAX_STEPS = 10_000  # fine-tuning steps
+# Rows of the candidate per chunk of the MPC (public): each chunk is masked, sent and consumed on
+# its own, so a party's memory is bounded by the chunk, not by n. 8,192 rows keep an MNIST-sized
+# candidate (6,000 rows) in one chunk; rounds grow with the number of chunks, ⌈n / chunk_rows⌉.
+DEFAULT_CHUNK_ROWS = 8192
+MAX_CHUNK_ROWS = 1 << 20
 MAX_LR = 1e6
 MAX_POWER = 64  # the feature bound and v_bound are powers of two in [2⁻⁶⁴, 2⁶⁴]
 
@@ -227,6 +232,13 @@ class JobSpec(Strict):
     steps: int = Field(default=16, ge=1, le=MAX_STEPS)
     lr: float = Field(default=0.1, gt=0, le=MAX_LR, allow_inf_nan=False)
     batch_size: int | None = Field(default=None, ge=1)
+    chunk_rows: int = Field(
+        default=DEFAULT_CHUNK_ROWS,
+        ge=1,
+        le=MAX_CHUNK_ROWS,
+        description="rows of the candidate per MPC chunk: each is masked and sent on its own, "
+        "so memory is bounded by the chunk; rounds grow with the chunk count",
+    )
     reveal: Reveal = "score"
     direction: Direction | None = Field(
         default=None,

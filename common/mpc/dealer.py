@@ -265,6 +265,12 @@ class Dealer:
     def begin(self) -> None:
         self._masks = []
 
+    def release(self, mask: int) -> None:
+        """Forget mask ``mask`` after its plan's last product: a streamed candidate's chunks are
+        masked one by one, and the dealer then holds one chunk's mask at a time, not n·d."""
+        A, holder = self._masks[mask]
+        self._masks[mask] = (torch.empty((0,) * A.dim(), dtype=torch.long), holder)
+
     def value(self, item: Item) -> torch.Tensor | None:
         """Mirror both owners' draws for ``item``; the model owner's share (None for a mask)."""
         check_item(item)
@@ -316,9 +322,12 @@ def serve_dealer(model_owner: Channel, dealer: Dealer, plans: Iterable[list[Item
     pending: list[Future[None]] = []
     for plan in plans:
         dealer.begin()
-        for item in plan:
+        last_use = {item.mask: j for j, item in enumerate(plan) if item.fn == "product"}
+        for j, item in enumerate(plan):
             index = dealer.served
             value = dealer.value(item)
+            if item.mask is not None and last_use.get(item.mask) == j:
+                dealer.release(item.mask)
             if value is None:
                 continue
             if len(pending) >= WINDOW:

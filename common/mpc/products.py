@@ -144,6 +144,11 @@ class Masked:
         """X[rows]ᵀ @ R, truncated once by ``divisor``."""
         return shared_from_raw(self._raw("tmatmul", R, rows), divisor)
 
+    def raw_tmatmul(self, R: Any) -> torch.Tensor:
+        """This party's share of Xᵀ @ R at scale 2³², not yet truncated: the chunks of a streamed
+        candidate add theirs in the ring and truncate the sum once (:func:`shared_from_raw`)."""
+        return self._raw("tmatmul", R, None)
+
 
 class Stacked:
     """The rows of several masked matrices stacked (D_tr of the model owner over D_a of the data

@@ -9,14 +9,16 @@ and the method's public transform (:mod:`common.methods`) turns it into the scor
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 
+from common.errors import ConfigError, DataError
 from common.methods import gradient_norm_scale
+from common.ml.data import Candidate
 from common.ml.model import minibatches
 from common.mpc.compat import import_crypten
 from common.mpc.fixedpoint import (
@@ -33,7 +35,7 @@ from common.mpc.fixedpoint import (
     share,
     softmax,
 )
-from common.mpc.products import Masked, Stacked, private_operand
+from common.mpc.products import Masked, Stacked, private_operand, shared_from_raw
 from common.protocol import JobSpec
 
 crypten = import_crypten()
@@ -86,8 +88,72 @@ class ModelOwnerInputs:
 
 @dataclass
 class DataOwnerInputs:
-    X: np.ndarray  # candidate, with bias column
-    y: np.ndarray
+    """The data owner's candidate: validated on disk and read in chunks (``candidate``, what the
+    worker gives), or arrays in memory (``X`` with its bias column, and ``y``)."""
+
+    X: np.ndarray | None = None
+    y: np.ndarray | None = None
+    candidate: Candidate | None = None
+
+    def chunks(self, rows: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """The candidate ``rows`` rows at a time, X with its bias column (a fresh array each)."""
+        if self.candidate is not None:
+            if self.candidate.rows != rows:
+                raise ConfigError(
+                    f"the candidate was opened with {self.candidate.rows} rows per chunk, the "
+                    f"job's chunks have {rows}"
+                )
+            yield from self.candidate.chunks(bias=True)
+            return
+        if self.X is None or self.y is None:
+            raise ConfigError("the data owner's inputs have neither a candidate file nor arrays")
+        for lo in range(0, len(self.y), rows):
+            yield np.array(self.X[lo : lo + rows], dtype=np.float64), self.y[lo : lo + rows]
+
+    def whole(self, rows: int) -> tuple[np.ndarray, np.ndarray]:
+        """The whole candidate in memory (fine-tuning, which does not stream yet)."""
+        if self.X is not None and self.y is not None:
+            return self.X, self.y
+        parts = list(self.chunks(rows))
+        return np.concatenate([X for X, _ in parts]), np.concatenate([y for _, y in parts])
+
+
+def chunk_bounds(n: int, rows: int) -> list[tuple[int, int]]:
+    """The public chunks of a candidate of ``n`` rows: ``[lo, hi)`` row ranges of ``rows`` rows
+    (the last one the rest). A function of public metadata only, so the dealer's inputless plan
+    run (:mod:`common.mpc.plan`) cuts the candidate exactly as the owners do."""
+    if rows < 1:
+        raise ConfigError(f"chunk_rows must be at least 1, got {rows}")
+    return [(lo, min(lo + rows, n)) for lo in range(0, n, rows)]
+
+
+def _candidate_chunks(
+    do: DataOwnerInputs | None, shapes: Shapes, rows: int
+) -> Iterator[tuple[Masked, Any]]:
+    """The candidate chunk by chunk: each chunk's X masked once, one way (its own Masked: E sent
+    now and dropped with the chunk), and its labels shared. The data owner reads each chunk from
+    its file as it is due; its size must be the one the public chunking predicts."""
+    k, d = shapes.n_classes, shapes.d
+    source = None if do is None else do.chunks(rows)
+    for lo, hi in chunk_bounds(shapes.n_candidate, rows):
+        m = hi - lo
+        X_plain: np.ndarray | None = None
+        y_plain: np.ndarray | None = None
+        if source is not None:
+            try:
+                X_plain, y_plain = next(source)
+            except StopIteration:
+                raise DataError(f"the candidate ended at row {lo}, the job says {hi}") from None
+            if len(y_plain) != m:
+                raise DataError(
+                    f"the candidate's chunk at row {lo} has {len(y_plain)} rows, not {m}"
+                )
+            X_plain[:, :-1] /= shapes.feature_bound  # _rows, in place on the fresh chunk
+        X = Masked(X_plain, (m, d), holder=DATA_OWNER)
+        del X_plain
+        Y = share(_one_hot(y_plain, k), (m, k), src=DATA_OWNER)
+        yield X, Y
+        del X, Y  # before the next chunk is read: one chunk's E, A and X in memory at a time
 
 
 def _one_hot(y: np.ndarray | None, k: int) -> np.ndarray | None:
@@ -122,11 +188,14 @@ def _params(P: np.ndarray, bound: float) -> np.ndarray:
     return out
 
 
-def _candidate(do: DataOwnerInputs | None, shapes: Shapes) -> tuple[Masked, Any]:
-    """The candidate's X masked once (:class:`common.mpc.products.Masked`) and its labels shared."""
+def _candidate(do: DataOwnerInputs | None, shapes: Shapes, rows: int) -> tuple[Masked, Any]:
+    """The whole candidate's X masked once (:class:`common.mpc.products.Masked`), labels shared."""
     n, d, k = shapes.n_candidate, shapes.d, shapes.n_classes
-    X = Masked(None if do is None else _rows(do.X, shapes.feature_bound), (n, d), holder=DATA_OWNER)
-    Y = share(None if do is None else _one_hot(do.y, k), (n, k), src=DATA_OWNER)
+    X_do, y_do = (None, None) if do is None else do.whole(rows)
+    X = Masked(
+        None if X_do is None else _rows(X_do, shapes.feature_bound), (n, d), holder=DATA_OWNER
+    )
+    Y = share(_one_hot(y_do, k), (n, k), src=DATA_OWNER)
     return X, Y
 
 
@@ -155,7 +224,6 @@ def influence_statistic(
     under MPC, so the data owner never learns the magnitude of v.
     """
     d, k = shapes.d, shapes.n_classes
-    X, Y = _candidate(do, shapes)
     if mo is not None:
         assert mo.v is not None
         v = _params(mo.v, shapes.feature_bound)
@@ -166,10 +234,14 @@ def influence_statistic(
         W_plain, c_plain = None, None
     W = private_operand(W_plain, (d, 2 * k), owner=MODEL_OWNER)
     c_shared = share(c_plain, (), src=MODEL_OWNER)
-    ZU = X.matmul(W)  # RANGE: logits and X v/c, both O(10)
-    Z, U = ZU[:, :k], ZU[:, k:]
-    R = softmax(Z) - Y  # entries in [−1, 1]
-    s_scaled = (R * U).sum()  # ≤ 8·n·k in magnitude
+    s_scaled: Any = None
+    for X, Y in _candidate_chunks(do, shapes, job.chunk_rows):
+        ZU = X.matmul(W)  # RANGE: logits and X v/c, both O(10)
+        Z, U = ZU[:, :k], ZU[:, k:]
+        R = softmax(Z) - Y  # entries in [−1, 1]
+        part = (R * U).sum()  # ≤ 8·m·k in magnitude
+        s_scaled = part if s_scaled is None else s_scaled + part  # ≤ 8·n·k in all
+        del X, Y, ZU, Z, U, R
     if on_step is not None:
         on_step(1, 1)
     return s_scaled * c_shared
@@ -192,13 +264,19 @@ def gradient_norm_statistic(
     of two: exact).
     """
     d, k, n = shapes.d, shapes.n_classes, shapes.n_candidate
-    X, Y = _candidate(do, shapes)
     theta_plain = None if mo is None else _params(mo.theta, shapes.feature_bound)
     theta = private_operand(theta_plain, (d, k), owner=MODEL_OWNER)
-    R = softmax(X.matmul(theta)) - Y
     s = gradient_norm_scale(n)
-    # X'ᵀ R / s, one truncation; the same masked X as the logits' (E reused, a fresh B)
-    G_scaled = X.tmatmul(R, divisor=SCALE * s)
+    # X'ᵀ R / s, one truncation: each chunk's raw shares of X_cᵀ R_c (scale 2³², the chunk's own
+    # masked X, E reused with a fresh B) are added in the ring, then truncated once for the sum
+    raw: torch.Tensor | None = None
+    for X, Y in _candidate_chunks(do, shapes, job.chunk_rows):
+        R = softmax(X.matmul(theta)) - Y
+        part = X.raw_tmatmul(R)
+        raw = part if raw is None else raw + part
+        del X, Y, R
+    assert raw is not None  # n ≥ 1
+    G_scaled = shared_from_raw(raw, SCALE * s)
     squares = G_scaled.square()
     log2_bound = round(math.log2(shapes.feature_bound))
     if on_step is not None:
@@ -239,7 +317,7 @@ def finetune_statistic(
     steps, lr, l2 = job.steps, job.lr, job.l2
     d, k = shapes.d, shapes.n_classes
     n_tr, n_a, n_te = shapes.n_train, shapes.n_candidate, shapes.n_test
-    X_a, Y_a = _candidate(do, shapes)
+    X_a, Y_a = _candidate(do, shapes, job.chunk_rows)  # not streamed yet: the whole candidate
     B = shapes.feature_bound
     # Each owner's rows masked once, one way, and reused in every step (common.mpc.products).
     X_tr = Masked(None if mo is None else _rows(mo.X_train, B), (n_tr, d), holder=MODEL_OWNER)

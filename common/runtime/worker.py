@@ -52,6 +52,7 @@ PROCESS_NAMES = {
 }
 
 log = logging.getLogger("data_appraisal.worker")
+STREAMED_MAX_BYTES = 1 << 40  # a candidate read in chunks: its size bounds time, not memory
 
 
 def _report(config: PartyConfig, event: str, **fields: object) -> None:
@@ -151,6 +152,7 @@ def run_dealer(config: PartyConfig) -> dict[str, object]:
         "requests": requests,
         "bytes_sent": mo.bytes_sent,
         "bytes_received": mo.bytes_received,
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
     }
 
 
@@ -207,25 +209,31 @@ def _load_model_owner(config: PartyConfig) -> ModelOwnerInputs:
 
 
 def _load_data_owner(config: PartyConfig) -> list[DataOwnerInputs]:
-    from common.ml.data import load_dataset
-    from common.ml.model import add_bias
+    """Validate every candidate in one streaming pass, before any MPC, and keep it on disk.
+
+    The MPC then reads each candidate again in chunks of the job's public ``chunk_rows``
+    (:func:`common.mpc.statistics.chunk_bounds`), so influence and gradient norm hold one chunk at
+    a time whatever the file's size. Fine-tuning still assembles the whole candidate in memory,
+    so its files keep :data:`common.ml.data.DEFAULT_MAX_BYTES`'s limit.
+    """
+    from common.ml.data import DEFAULT_MAX_BYTES, open_candidate
     from common.mpc.statistics import DataOwnerInputs
 
     job = config.job
+    max_bytes = DEFAULT_MAX_BYTES if job.method == "finetune" else STREAMED_MAX_BYTES
     inputs = []
     for path, meta in zip(config.candidates, job.candidates, strict=True):
-        ds = load_dataset(
+        candidate = open_candidate(
             path,
-            label_column=config.label_column,
             n_features=job.n_features,
             n_classes=job.n_classes,
+            n_samples=meta.n_samples,
+            feature_bound=job.feature_bound,
+            label_column=config.label_column,
+            rows=job.chunk_rows,
+            max_bytes=max_bytes,
         )
-        _check_bound(ds, job.feature_bound)
-        if ds.n_samples != meta.n_samples:
-            raise ConfigError(
-                f"{path}: has {ds.n_samples} samples, the agreed metadata says {meta.n_samples}"
-            )
-        inputs.append(DataOwnerInputs(X=add_bias(ds.X), y=ds.y))
+        inputs.append(DataOwnerInputs(candidate=candidate))
     return inputs
 
 
