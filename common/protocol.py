@@ -390,14 +390,15 @@ def range_problem(job: JobSpec, v_norm: float | None = None) -> str | None:
         n = candidate.n_samples
         where = f"candidate {candidate.name!r} (n = {n}, n_features = {d}, feature_bound = {B:g}"
         if job.method == "influence" and v_norm is not None:
-            # S = Σ_a ∇L_aᵀ v is formed as a product of two shared values (the scaled sum and the
-            # model owner's private scale), so |S| itself must stay below MAX_PRODUCT.
+            # S = Σ_a ∇L_aᵀ v is the scaled sum S/c (terms ≤ 8, fixed point) times the model
+            # owner's private integer scale c, an integer product without truncation: |S| is
+            # bounded by the statistic's own limit, MAX_STATISTIC.
             bound = n * influence_term_bound(d, B, v_norm)
-            if bound > MAX_PRODUCT:
+            if bound > MAX_STATISTIC:
                 return (
                     f"candidates: the influence statistic S = Σ ∇Lᵀv of {where}, "
                     f"max‖v_j‖ ≤ {v_norm:g}) can reach n·2·√(d·B²+1)·max‖v_j‖ = {bound:.3g}, "
-                    f"above 2²⁷ (16 times below 2³¹, where its product under MPC wraps); "
+                    f"above 2⁴⁰ (the largest statistic the fixed-point ring opens or compares); "
                     "appraise a smaller candidate, or scale the features down"
                 )
         elif job.method == "gradient-norm":

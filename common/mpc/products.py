@@ -25,6 +25,7 @@ products of an ordinarily shared X.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -76,9 +77,21 @@ def _select(t: torch.Tensor, rows: Sequence[int] | None) -> torch.Tensor:
 
 
 class Masked:
-    """A matrix held in the clear by party ``holder``, opened once as E = X − A."""
+    """A matrix held in the clear by party ``holder``, opened once as E = X − A.
 
-    def __init__(self, value: np.ndarray | None, shape: tuple[int, int], *, holder: int):
+    With ``spill`` (a private directory) the party's tensors (E; the holder's X and A) are written
+    there once and read back for each product, so that a matrix reused across many products
+    (fine-tuning's candidate chunks) is not held in memory between them.
+    """
+
+    def __init__(
+        self,
+        value: np.ndarray | None,
+        shape: tuple[int, int],
+        *,
+        holder: int,
+        spill: Path | None = None,
+    ):
         self.comm = crypten.communicator.get()
         self.rank = self.comm.get_rank()
         self.holder = holder
@@ -87,6 +100,7 @@ class Masked:
         self.fallback = not hasattr(self.provider, "mask")
         self.X: torch.Tensor | None = None
         self.A: torch.Tensor | None = None
+        self.E: torch.Tensor | None = None
         if self.fallback:  # TFP: an ordinary sharing, CrypTen's Beaver products
             self.shared = share(value, self.shape, src=holder)
             return
@@ -105,6 +119,30 @@ class Masked:
             self.X, self.A = X, A
         else:
             self.E = self.comm.recv(torch.empty(self.shape, dtype=torch.long), src=holder)
+        self._spilled: dict[str, Path] = {}
+        if spill is not None and not _planning():
+            self._spill(spill)
+
+    def _spill(self, directory: Path) -> None:
+        """Write this party's tensors to ``directory`` and drop them from memory."""
+        names = ("X", "A") if self.rank == self.holder else ("E",)
+        if self.rank == self.holder:
+            self.E = None  # sent: the holder never uses E again
+        for name in names:
+            tensor = getattr(self, name)
+            file = directory / f"masked-{id(self):x}-{name}.npy"
+            np.save(file, tensor.numpy())
+            self._spilled[name] = file
+            setattr(self, name, None)
+
+    def _held(self, name: str) -> torch.Tensor:
+        """This party's tensor ``name`` (E, X or A): in memory, or read back from its spill file."""
+        file = self._spilled.get(name)
+        if file is not None:
+            return torch.from_numpy(np.load(file))
+        tensor = getattr(self, name)
+        assert tensor is not None
+        return tensor
 
     def _raw(self, op: str, W: Any, rows: Sequence[int] | None) -> torch.Tensor:
         """This party's share of X[rows]·W (op matmul) or X[rows]ᵀ·W (tmatmul), at scale 2³²."""
@@ -128,12 +166,11 @@ class Masked:
         if self.rank != self.holder:
             assert B is not None
             self.comm.send(mine - B, dst=self.holder)
-            return apply(self.E, mine) + correction
+            return apply(self._held("E"), mine) + correction
         F = self.comm.recv(torch.empty(mine.shape, dtype=torch.long), src=1 - self.holder)
-        assert self.X is not None and self.A is not None
-        out = apply(self.A, F) + correction
+        out = apply(self._held("A"), F) + correction
         if planning or bool(mine.any()):  # W's share here is not a private operand's 0
-            out += apply(self.X, mine)
+            out += apply(self._held("X"), mine)
         return out
 
     def matmul(self, W: Any, rows: Sequence[int] | None = None, *, divisor: int = SCALE) -> Any:
@@ -168,7 +205,9 @@ class Stacked:
                 continue
             positions = np.nonzero((rows >= lo) & (rows < hi))[0]
             if len(positions):
-                out.append((p, rows[positions] - lo, positions))
+                part_rows = rows[positions] - lo
+                whole = len(part_rows) == hi - lo and bool((np.diff(part_rows) == 1).all())
+                out.append((p, None if whole and part_rows[0] == 0 else part_rows, positions))
         return out
 
     def matmul(self, W: Any, rows: np.ndarray | None = None) -> Any:
@@ -185,6 +224,10 @@ class Stacked:
 
     def tmatmul(self, R: Any, rows: np.ndarray | None = None, *, divisor: int = SCALE) -> Any:
         """X[rows]ᵀ @ R (R's rows in the selection's order), one truncation for the sum."""
+        return shared_from_raw(self.raw_tmatmul(R, rows), divisor)
+
+    def raw_tmatmul(self, R: Any, rows: np.ndarray | None = None) -> torch.Tensor:
+        """This party's share of X[rows]ᵀ @ R at scale 2³², not yet truncated."""
         total: torch.Tensor | None = None
         for part, part_rows, positions in self._split(rows):
             R_part = (
@@ -195,4 +238,4 @@ class Stacked:
             raw = part._raw("tmatmul", R_part, None if part_rows is None else part_rows.tolist())
             total = raw if total is None else total + raw
         assert total is not None
-        return shared_from_raw(total, divisor)
+        return total

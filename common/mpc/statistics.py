@@ -8,9 +8,12 @@ and the method's public transform (:mod:`common.methods`) turns it into the scor
 
 from __future__ import annotations
 
+import itertools
 import math
+import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -110,13 +113,6 @@ class DataOwnerInputs:
         for lo in range(0, len(self.y), rows):
             yield np.array(self.X[lo : lo + rows], dtype=np.float64), self.y[lo : lo + rows]
 
-    def whole(self, rows: int) -> tuple[np.ndarray, np.ndarray]:
-        """The whole candidate in memory (fine-tuning, which does not stream yet)."""
-        if self.X is not None and self.y is not None:
-            return self.X, self.y
-        parts = list(self.chunks(rows))
-        return np.concatenate([X for X, _ in parts]), np.concatenate([y for _, y in parts])
-
 
 def chunk_bounds(n: int, rows: int) -> list[tuple[int, int]]:
     """The public chunks of a candidate of ``n`` rows: ``[lo, hi)`` row ranges of ``rows`` rows
@@ -128,7 +124,7 @@ def chunk_bounds(n: int, rows: int) -> list[tuple[int, int]]:
 
 
 def _candidate_chunks(
-    do: DataOwnerInputs | None, shapes: Shapes, rows: int
+    do: DataOwnerInputs | None, shapes: Shapes, rows: int, *, spill: Path | None = None
 ) -> Iterator[tuple[Masked, Any]]:
     """The candidate chunk by chunk: each chunk's X masked once, one way (its own Masked: E sent
     now and dropped with the chunk), and its labels shared. The data owner reads each chunk from
@@ -149,7 +145,7 @@ def _candidate_chunks(
                     f"the candidate's chunk at row {lo} has {len(y_plain)} rows, not {m}"
                 )
             X_plain[:, :-1] /= shapes.feature_bound  # _rows, in place on the fresh chunk
-        X = Masked(X_plain, (m, d), holder=DATA_OWNER)
+        X = Masked(X_plain, (m, d), holder=DATA_OWNER, spill=spill)
         del X_plain
         Y = share(_one_hot(y_plain, k), (m, k), src=DATA_OWNER)
         yield X, Y
@@ -188,17 +184,6 @@ def _params(P: np.ndarray, bound: float) -> np.ndarray:
     return out
 
 
-def _candidate(do: DataOwnerInputs | None, shapes: Shapes, rows: int) -> tuple[Masked, Any]:
-    """The whole candidate's X masked once (:class:`common.mpc.products.Masked`), labels shared."""
-    n, d, k = shapes.n_candidate, shapes.d, shapes.n_classes
-    X_do, y_do = (None, None) if do is None else do.whole(rows)
-    X = Masked(
-        None if X_do is None else _rows(X_do, shapes.feature_bound), (n, d), holder=DATA_OWNER
-    )
-    Y = share(_one_hot(y_do, k), (n, k), src=DATA_OWNER)
-    return X, Y
-
-
 def _v_scale(v: np.ndarray) -> float:
     """The model owner's private power of two c with max_j ‖v_j/c‖₁ ≤ 8 (v normalised).
 
@@ -233,7 +218,11 @@ def influence_statistic(
     else:
         W_plain, c_plain = None, None
     W = private_operand(W_plain, (d, 2 * k), owner=MODEL_OWNER)
-    c_shared = share(c_plain, (), src=MODEL_OWNER)
+    # c is an integer (a power of two ≥ 1), shared at scale 1: S/c · c is then an integer product
+    # with no truncation, so |S| may reach MAX_STATISTIC (2⁴⁰), not 2³¹ as a fixed-point product's
+    # 2³²-scaled intermediate allows: a candidate of 10⁶ rows fits (common.protocol.range_problem).
+    c_tensor = torch.zeros(()) if c_plain is None else torch.as_tensor(c_plain, dtype=torch.float64)
+    c_shared = crypten.cryptensor(c_tensor, src=MODEL_OWNER, precision=0)
     s_scaled: Any = None
     for X, Y in _candidate_chunks(do, shapes, job.chunk_rows):
         ZU = X.matmul(W)  # RANGE: logits and X v/c, both O(10)
@@ -314,31 +303,67 @@ def finetune_statistic(
     normalised coordinates (θ'_feature = B·θ_feature, ∇' = ∇/B) the feature rows' step is
     B²·η/γ·ĝ, the bias row's η/γ·ĝ.
     """
+    with tempfile.TemporaryDirectory(prefix="da-finetune-") as spill:  # mkdtemp: mode 0700
+        return _finetune(job, shapes, mo, do, on_step, Path(spill))
+
+
+def _finetune(
+    job: JobSpec,
+    shapes: Shapes,
+    mo: ModelOwnerInputs | None,
+    do: DataOwnerInputs | None,
+    on_step: StepCallback | None,
+    spill: Path,
+) -> Any:
+    """:func:`finetune_statistic`'s body; the candidate's chunks kept in ``spill`` between steps.
+
+    The candidate is masked once, chunk by chunk (one Masked per public chunk, E sent once), and
+    each party writes its tensors of each chunk (the model owner's E, the data owner's X and A)
+    to its private ``spill`` directory. Each step's gradient is then computed group by group: the
+    model owner's D_tr with the candidate's first chunk, then each further chunk; a minibatch's
+    rows are sorted first (the batch's gradient is a sum: its order does not matter), so each
+    group reads its chunk back once. The groups' raw shares of Xᵀ R (scale 2³²) are added in the
+    ring and truncated once, as in one piece. What stays in memory is D_tr, D_te, θ, one chunk's
+    tensors and the labels' shares (n·k ring elements).
+    """
     steps, lr, l2 = job.steps, job.lr, job.l2
     d, k = shapes.d, shapes.n_classes
     n_tr, n_a, n_te = shapes.n_train, shapes.n_candidate, shapes.n_test
-    X_a, Y_a = _candidate(do, shapes, job.chunk_rows)  # not streamed yet: the whole candidate
     B = shapes.feature_bound
     # Each owner's rows masked once, one way, and reused in every step (common.mpc.products).
+    chunks = list(_candidate_chunks(do, shapes, job.chunk_rows, spill=spill))
     X_tr = Masked(None if mo is None else _rows(mo.X_train, B), (n_tr, d), holder=MODEL_OWNER)
     Y_tr = share(None if mo is None else _one_hot(mo.y_train, k), (n_tr, k), src=MODEL_OWNER)
     X_te = Masked(None if mo is None else _rows(mo.X_test, B), (n_te, d), holder=MODEL_OWNER)
     Y_te = share(None if mo is None else _one_hot(mo.y_test, k), (n_te, k), src=MODEL_OWNER)
     theta0 = share(None if mo is None else _params(mo.theta, B), (d, k), src=MODEL_OWNER)
 
-    X = Stacked([X_tr, X_a])
-    Y = crypten.cat([Y_tr, Y_a], dim=0)
+    X = Stacked([X_tr, *(X_c for X_c, _ in chunks)])
+    Y = crypten.cat([Y_tr, *(Y_c for _, Y_c in chunks)], dim=0)
+    del chunks
+    # the groups' edges in the stacked rows: D_tr with the first chunk, then each chunk (public)
+    edges = np.array([0, *(n_tr + hi for _, hi in chunk_bounds(n_a, job.chunk_rows))])
     grad_gain = 16  # ĝ = γ · mean gradient, |ĝ| ≤ 16
     theta = theta0
     batches = minibatches(n_tr + n_a, job.batch_size)
     for t in range(steps):
         rows = batches[t % len(batches)]
         size = len(rows)
-        selection = None if size == n_tr + n_a else np.asarray(rows)
-        Yb = Y if selection is None else Y[torch.as_tensor(selection, dtype=torch.long)]
-        R = softmax(X.matmul(theta, selection)) - Yb
-        divisor = round(SCALE * size / grad_gain)
-        g_hat = X.tmatmul(R, selection, divisor=divisor)
+        full = size == n_tr + n_a
+        ordered = np.arange(size) if full else np.sort(rows)
+        cuts = np.searchsorted(ordered, edges)
+        raw: torch.Tensor | None = None
+        for lo, hi in itertools.pairwise(cuts):
+            if lo == hi:
+                continue
+            selection = None if full and (lo, hi) == (0, size) else ordered[lo:hi]
+            Yb = Y if selection is None else Y[torch.as_tensor(selection, dtype=torch.long)]
+            R = softmax(X.matmul(theta, selection)) - Yb
+            part = X.raw_tmatmul(R, selection)
+            raw = part if raw is None else raw + part
+            del Yb, R
+        assert raw is not None
+        g_hat = shared_from_raw(raw, round(SCALE * size / grad_gain))
         step = crypten.cat(
             [
                 mul_public(g_hat[:-1], lr * B * B / grad_gain),  # feature rows

@@ -26,6 +26,7 @@ import os
 import resource
 import secrets
 import sys
+import tempfile
 import threading
 import time
 import traceback
@@ -140,11 +141,16 @@ def run_dealer(config: PartyConfig) -> dict[str, object]:
     try:
         link = _relayed_link(config, mo)
         _report(config, "joined", total=len(config.job.candidates))
-        dealer = Dealer(StreamRng(mo.derive("triples")), StreamRng(link.derive("derived/triples")))
-        install_stream_rng()
-        # the plan of each candidate, computed here from the public job alone, when it is due
-        plans = (compute_plan(config.job, i) for i in range(len(config.job.candidates)))
-        requests = serve_dealer(mo, dealer, plans)
+        with tempfile.TemporaryDirectory(prefix="da-dealer-") as spill:  # mkdtemp: mode 0700
+            dealer = Dealer(
+                StreamRng(mo.derive("triples")),
+                StreamRng(link.derive("derived/triples")),
+                spill=Path(spill),
+            )
+            install_stream_rng()
+            # the plan of each candidate, computed here from the public job alone, when it is due
+            plans = (compute_plan(config.job, i) for i in range(len(config.job.candidates)))
+            requests = serve_dealer(mo, dealer, plans)
     finally:
         close_channels(mo)
     return {
@@ -212,15 +218,14 @@ def _load_data_owner(config: PartyConfig) -> list[DataOwnerInputs]:
     """Validate every candidate in one streaming pass, before any MPC, and keep it on disk.
 
     The MPC then reads each candidate again in chunks of the job's public ``chunk_rows``
-    (:func:`common.mpc.statistics.chunk_bounds`), so influence and gradient norm hold one chunk at
-    a time whatever the file's size. Fine-tuning still assembles the whole candidate in memory,
-    so its files keep :data:`common.ml.data.DEFAULT_MAX_BYTES`'s limit.
+    (:func:`common.mpc.statistics.chunk_bounds`) and holds one chunk at a time whatever the
+    file's size (fine-tuning keeps its chunks in a private spill directory between steps).
     """
-    from common.ml.data import DEFAULT_MAX_BYTES, open_candidate
+    from common.ml.data import open_candidate
     from common.mpc.statistics import DataOwnerInputs
 
     job = config.job
-    max_bytes = DEFAULT_MAX_BYTES if job.method == "finetune" else STREAMED_MAX_BYTES
+    max_bytes = STREAMED_MAX_BYTES
     inputs = []
     for path, meta in zip(config.candidates, job.candidates, strict=True):
         candidate = open_candidate(

@@ -92,3 +92,22 @@ def test_a_short_last_chunk_is_appraised_like_the_others(digits_split, candidate
     """4 chunks: 100, 100, 100 and 84 rows."""
     run = _run("influence", digits_split, candidate_384, 100)
     _assert_close(run)
+
+
+@pytest.mark.parametrize("batch_size", [None, 150])
+def test_finetune_over_chunks_kept_on_disk_matches_plaintext(
+    batch_size: int | None, digits_split, candidate_384
+) -> None:
+    """Fine-tuning with the candidate in 3 chunks (each party's tensors in its spill directory
+    between steps), full batch and minibatches that span chunks (rows sorted per batch)."""
+    run = run_local(
+        method="finetune",
+        train=digits_split.train,
+        test=digits_split.test,
+        candidates=[candidate_384],
+        chunk_rows=N // 3,
+        batch_size=batch_size,
+        steps=8,
+        check=True,
+    )
+    _assert_close(run)
