@@ -24,6 +24,7 @@ products of an ordinarily shared X.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -70,6 +71,9 @@ def private_operand(value: np.ndarray | None, shape: tuple[int, ...], *, owner: 
     else:
         encoded = torch.zeros(shape, dtype=torch.long)
     return crypten.mpc.MPCTensor.from_shares(encoded, precision=16)
+
+
+_SPILLED = itertools.count()  # names of spill files, unique within the process
 
 
 def _select(t: torch.Tensor, rows: Sequence[int] | None) -> torch.Tensor:
@@ -130,7 +134,7 @@ class Masked:
             self.E = None  # sent: the holder never uses E again
         for name in names:
             tensor = getattr(self, name)
-            file = directory / f"masked-{id(self):x}-{name}.npy"
+            file = directory / f"masked-{next(_SPILLED)}-{name}.npy"
             np.save(file, tensor.numpy())
             self._spilled[name] = file
             setattr(self, name, None)

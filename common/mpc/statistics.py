@@ -38,6 +38,7 @@ from common.mpc.fixedpoint import (
     share,
     softmax,
 )
+from common.mpc.plan import planning
 from common.mpc.products import Masked, Stacked, private_operand, shared_from_raw
 from common.protocol import JobSpec
 
@@ -303,6 +304,8 @@ def finetune_statistic(
     normalised coordinates (θ'_feature = B·θ_feature, ∇' = ∇/B) the feature rows' step is
     B²·η/γ·ĝ, the bias row's η/γ·ĝ.
     """
+    if planning() is not None:  # the plan's inputless run has nothing to keep
+        return _finetune(job, shapes, mo, do, on_step, None)
     with tempfile.TemporaryDirectory(prefix="da-finetune-") as spill:  # mkdtemp: mode 0700
         return _finetune(job, shapes, mo, do, on_step, Path(spill))
 
@@ -313,7 +316,7 @@ def _finetune(
     mo: ModelOwnerInputs | None,
     do: DataOwnerInputs | None,
     on_step: StepCallback | None,
-    spill: Path,
+    spill: Path | None,
 ) -> Any:
     """:func:`finetune_statistic`'s body; the candidate's chunks kept in ``spill`` between steps.
 

@@ -429,6 +429,9 @@ def main() -> int:
         format=f"%(asctime)s {config.role} rank={RANKS[config.role]} %(levelname)s %(message)s",
     )
     _exit_with_parent()
+    # this party's temporary files (fine-tuning's spilled chunks) go to its private 0700 workdir,
+    # which the supervisor removes even if this process is killed
+    tempfile.tempdir = str(Path(config.result_file).parent)
     try:
         check_policy(config)
         _configure_crypten(config.job)
