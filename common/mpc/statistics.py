@@ -1,9 +1,11 @@
 """The appraisal statistics under two-party MPC (CrypTen, arithmetic secret sharing).
 
 Both owners call the same function with their own inputs; the other party's are ``None``. Rank 0 is
-the model owner (θ̂, v, D_tr, D_te), rank 1 the data owner (D_a). Shapes are public metadata. Each
-function returns a *shared* statistic; :mod:`common.mpc.appraisal` opens it (or compares it with τ),
-and the method's public transform (:mod:`common.methods`) turns it into the score.
+the model owner (θ̂, v, D_tr, D_te), rank 1 the data owner (D_a). Shapes are public metadata, and
+so is the cut of the candidate into chunks of ``job.chunk_rows`` rows, which every method streams
+(one masked copy per chunk; docs/protocol.md, "Streaming"). Each function returns a *shared*
+statistic; :mod:`common.mpc.appraisal` opens it (or compares it with τ), and the method's public
+transform (:mod:`common.methods`) turns it into the score.
 """
 
 from __future__ import annotations
@@ -207,7 +209,9 @@ def influence_statistic(
     ∇L_aᵀ v = Σ_j (p_aj − y_aj)(x_a · v_j): one masked product X [θ | v/c] (X masked once, one
     way; [θ | v/c] is the model owner's in the clear) gives the logits and X v/c together, then
     an elementwise product and a sum. The model owner's private scale c is multiplied back in
-    under MPC, so the data owner never learns the magnitude of v.
+    under MPC, so the data owner never learns the magnitude of v. The candidate streams: each
+    public chunk (:func:`chunk_bounds`) is masked, multiplied and summed on its own, and the
+    chunks' shared sums are added before the one product with c.
     """
     d, k = shapes.d, shapes.n_classes
     if mo is not None:
