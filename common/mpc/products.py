@@ -104,34 +104,33 @@ class Masked:
         self.fallback = not hasattr(self.provider, "mask")
         self.X: torch.Tensor | None = None
         self.A: torch.Tensor | None = None
-        self.E: torch.Tensor | None = None
+        self.E: torch.Tensor | None = None  # the other owner's (the holder sends it and drops it)
+        self._spilled: dict[str, Path] = {}
         if self.fallback:  # TFP: an ordinary sharing, CrypTen's Beaver products
             self.shared = share(value, self.shape, src=holder)
             return
         self.id, A = self.provider.mask(self.shape, holder)
+        if _planning():  # the plan's run keeps no tensor: its products answer zeros (below)
+            return
         if self.rank == holder:
-            if value is None and not _planning():
+            if value is None:
                 raise ConfigError(f"party {holder} must give its matrix of shape {self.shape}")
-            X = torch.zeros(self.shape, dtype=torch.long) if value is None else encode(value)
+            X = encode(value)
             if tuple(X.shape) != self.shape:
                 raise ConfigError(
                     f"party {holder} input has shape {tuple(X.shape)}, agreed {shape}"
                 )
             assert A is not None
-            self.E = X - A
-            self.comm.send(self.E, dst=1 - holder)
+            self.comm.send(X - A, dst=1 - holder)
             self.X, self.A = X, A
         else:
             self.E = self.comm.recv(torch.empty(self.shape, dtype=torch.long), src=holder)
-        self._spilled: dict[str, Path] = {}
-        if spill is not None and not _planning():
+        if spill is not None:
             self._spill(spill)
 
     def _spill(self, directory: Path) -> None:
         """Write this party's tensors to ``directory`` and drop them from memory."""
         names = ("X", "A") if self.rank == self.holder else ("E",)
-        if self.rank == self.holder:
-            self.E = None  # sent: the holder never uses E again
         for name in names:
             tensor = getattr(self, name)
             file = directory / f"masked-{next(_SPILLED)}-{name}.npy"
@@ -156,14 +155,10 @@ class Masked:
             return beaver.matmul(left, W._tensor).share
         mine = W._tensor.share
         B, correction = self.provider.product(self.id, op, tuple(mine.shape), rows, self.holder)
-
-        planning = _planning()
+        if _planning():  # shapes only: the planning provider's zeros have the product's shape
+            return correction
 
         def apply(left: torch.Tensor, right: torch.Tensor) -> torch.Tensor:
-            n = left.shape[0] if rows is None else len(rows)
-            if planning:  # shapes only: the plan's run skips the arithmetic
-                shape = (n, right.shape[1]) if op == "matmul" else (left.shape[1], right.shape[1])
-                return torch.zeros(shape, dtype=torch.long)
             left = _select(left, rows)
             return left @ right if op == "matmul" else left.t() @ right
 
@@ -173,7 +168,7 @@ class Masked:
             return apply(self._held("E"), mine) + correction
         F = self.comm.recv(torch.empty(mine.shape, dtype=torch.long), src=1 - self.holder)
         out = apply(self._held("A"), F) + correction
-        if planning or bool(mine.any()):  # W's share here is not a private operand's 0
+        if bool(mine.any()):  # W's share here is not a private operand's 0
             out += apply(self._held("X"), mine)
         return out
 
