@@ -12,7 +12,9 @@ streaming pass and the MPC reads it again in chunks of the job's public ``chunk_
 - chunks: ⌈n / chunk_rows⌉; rounds grow with it (each chunk runs the softmax's rounds);
 - MPC s (the model owner's compute time for the candidate, after the rendezvous) and wall s
   (the whole run: process start, validation, θ̂ and v, rendezvous); plaintext s, the streamed
-  plaintext twin (:func:`common.ml.twins.streamed_score`, one chunked pass), and MPC/plain;
+  validation pass and plaintext twin (:func:`common.ml.data.open_candidate`, then
+  :func:`common.ml.twins.streamed_score`: one chunked pass, fine-tuning one per step) given θ̂
+  and v, and MPC/plain;
 - bytes between the owners (what the data owner's worker sent and received) and their ratio to
   the floor n·(d+1)·8 (the candidate masked once, sent once, one way);
 - peak RSS of each party's process (ru_maxrss of the model owner's, the data owner's and the
