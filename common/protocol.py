@@ -35,6 +35,11 @@ Provider = Literal["TTP", "TFP"]
 
 MAX_CANDIDATES = 100  # candidates in one session
 MAX_STEPS = 10_000  # fine-tuning steps
+# Rows of the candidate per chunk of the MPC (public): each chunk is masked, sent and consumed on
+# its own, so a party's memory is bounded by the chunk, not by n. 8,192 rows keep an MNIST-sized
+# candidate (6,000 rows) in one chunk; rounds grow with the number of chunks, ⌈n / chunk_rows⌉.
+DEFAULT_CHUNK_ROWS = 8192
+MAX_CHUNK_ROWS = 1 << 20
 MAX_LR = 1e6
 MAX_POWER = 64  # the feature bound and v_bound are powers of two in [2⁻⁶⁴, 2⁶⁴]
 
@@ -227,6 +232,13 @@ class JobSpec(Strict):
     steps: int = Field(default=16, ge=1, le=MAX_STEPS)
     lr: float = Field(default=0.1, gt=0, le=MAX_LR, allow_inf_nan=False)
     batch_size: int | None = Field(default=None, ge=1)
+    chunk_rows: int = Field(
+        default=DEFAULT_CHUNK_ROWS,
+        ge=1,
+        le=MAX_CHUNK_ROWS,
+        description="rows of the candidate per MPC chunk: each is masked and sent on its own, "
+        "so memory is bounded by the chunk; rounds grow with the chunk count",
+    )
     reveal: Reveal = "score"
     direction: Direction | None = Field(
         default=None,
@@ -378,14 +390,15 @@ def range_problem(job: JobSpec, v_norm: float | None = None) -> str | None:
         n = candidate.n_samples
         where = f"candidate {candidate.name!r} (n = {n}, n_features = {d}, feature_bound = {B:g}"
         if job.method == "influence" and v_norm is not None:
-            # S = Σ_a ∇L_aᵀ v is formed as a product of two shared values (the scaled sum and the
-            # model owner's private scale), so |S| itself must stay below MAX_PRODUCT.
+            # S = Σ_a ∇L_aᵀ v is the scaled sum S/c (terms ≤ 8, fixed point) times the model
+            # owner's private integer scale c, an integer product without truncation: |S| is
+            # bounded by the statistic's own limit, MAX_STATISTIC.
             bound = n * influence_term_bound(d, B, v_norm)
-            if bound > MAX_PRODUCT:
+            if bound > MAX_STATISTIC:
                 return (
                     f"candidates: the influence statistic S = Σ ∇Lᵀv of {where}, "
                     f"max‖v_j‖ ≤ {v_norm:g}) can reach n·2·√(d·B²+1)·max‖v_j‖ = {bound:.3g}, "
-                    f"above 2²⁷ (16 times below 2³¹, where its product under MPC wraps); "
+                    f"above 2⁴⁰ (the largest statistic the fixed-point ring opens or compares); "
                     "appraise a smaller candidate, or scale the features down"
                 )
         elif job.method == "gradient-norm":

@@ -23,6 +23,7 @@ import json
 import struct
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -52,6 +53,7 @@ OPS = {"mul": torch.mul, "matmul": torch.matmul}
 COMPARE_BITS = (1 << COMPARE_WIDTH) - 1  # a ``compare`` item's XOR-shared bits of a
 _HEADER = struct.Struct("!I")
 WINDOW = 2  # values the dealer keeps queued ahead of the model owner (bounds its memory)
+SPILL_ELEMENTS = 1 << 20  # masks from 8 MB up go to the dealer's spill directory while live
 
 
 def _shape(value: Any, what: str) -> tuple[int, ...]:
@@ -315,17 +317,48 @@ class DealerProvider(TupleProvider):
 
 
 class Dealer:
-    """The dealer's state: one stream per owner, mirrored draw for draw, and the plan it serves."""
+    """The dealer's state: one stream per owner, mirrored draw for draw, and the plan it serves.
 
-    def __init__(self, stream_mo: StreamRng, stream_do: StreamRng):
+    With ``spill`` (a private directory), a large mask still needed when the next one is drawn
+    (fine-tuning reuses every chunk's mask in every step) is kept there, not in memory, and read
+    back for each product.
+    """
+
+    def __init__(self, stream_mo: StreamRng, stream_do: StreamRng, spill: Path | None = None):
         self.streams = (stream_mo, stream_do)
         self.served = 0  # items of the session's plans served so far
-        self._masks: list[tuple[torch.Tensor, int]] = []  # the candidate's masks A, holders
+        self.spill = spill
+        self._masks: list[tuple[torch.Tensor | Path | None, int]] = []  # masks A (or files)
         self._rmasks: list[torch.Tensor] = []  # the candidate's last rmasks a (both shares' sum)
 
     def begin(self) -> None:
+        for i in range(len(self._masks)):
+            self.release(i)
         self._masks = []
         self._rmasks = []
+
+    def release(self, mask: int) -> None:
+        """Forget mask ``mask`` after its plan's last product: a streamed candidate's chunks are
+        masked one by one, and the dealer then holds one chunk's mask at a time, not n·d."""
+        A, holder = self._masks[mask]
+        if isinstance(A, Path):
+            A.unlink(missing_ok=True)
+        self._masks[mask] = (None, holder)
+
+    def _spill_live(self) -> None:
+        if self.spill is None:
+            return
+        for i, (A, holder) in enumerate(self._masks):
+            if isinstance(A, torch.Tensor) and A.numel() >= SPILL_ELEMENTS:
+                file = self.spill / f"mask-{i}.npy"
+                np.save(file, A.numpy())
+                self._masks[i] = (file, holder)
+
+    def _mask(self, mask: int) -> tuple[torch.Tensor, int]:
+        A, holder = self._masks[mask]
+        if A is None:
+            raise MPCError(f"the plan uses mask {mask} after its last product")
+        return (torch.from_numpy(np.load(A)) if isinstance(A, Path) else A), holder
 
     def value(self, item: Item) -> torch.Tensor | None:
         """Mirror both owners' draws for ``item``; the model owner's share (None for a mask)."""
@@ -354,12 +387,13 @@ class Dealer:
             value = (r0 + r1) * (r0 + r1) if item.fn == "square" else count_wraps([r0, r1])
             return value - s1.int64(size)
         if item.fn == "mask" and item.holder in (0, 1) and len(sizes) == 1:
+            self._spill_live()
             self._masks.append((self.streams[item.holder].int64(sizes[0]), item.holder))
             return None
         if item.fn == "product" and item.mask is not None and len(sizes) == 1:
             if not 0 <= item.mask < len(self._masks):
                 raise MPCError(f"the product {item} names a mask that was not drawn")
-            A, holder = self._masks[item.mask]
+            A, holder = self._mask(item.mask)
             product_size(item, tuple(A.shape))
             # B comes from the party that does not hold the mask (the holder's stream drew A)
             B = self.streams[1 - holder].int64(sizes[0])
@@ -419,11 +453,14 @@ def serve_dealer(model_owner: Channel, dealer: Dealer, plans: Iterable[list[Item
     """
     pending: list[Future[None]] = []
     for plan in plans:
+        last_use = {item.mask: j for j, item in enumerate(plan) if item.fn == "product"}
         for attempt in (0, 1):
             dealer.begin()
-            for item in plan:
+            for j, item in enumerate(plan):
                 index = dealer.served
                 value = dealer.value(item)
+                if item.mask is not None and last_use.get(item.mask) == j:
+                    dealer.release(item.mask)  # a streamed candidate's chunk mask, done with
                 if value is None:
                     continue
                 if len(pending) >= WINDOW:

@@ -24,7 +24,9 @@ products of an ordinarily shared X.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -71,14 +73,29 @@ def private_operand(value: np.ndarray | None, shape: tuple[int, ...], *, owner: 
     return crypten.mpc.MPCTensor.from_shares(encoded, precision=16)
 
 
+_SPILLED = itertools.count()  # names of spill files, unique within the process
+
+
 def _select(t: torch.Tensor, rows: Sequence[int] | None) -> torch.Tensor:
     return t if rows is None else t[torch.as_tensor(rows, dtype=torch.long)]
 
 
 class Masked:
-    """A matrix held in the clear by party ``holder``, opened once as E = X − A."""
+    """A matrix held in the clear by party ``holder``, opened once as E = X − A.
 
-    def __init__(self, value: np.ndarray | None, shape: tuple[int, int], *, holder: int):
+    With ``spill`` (a private directory) the party's tensors (E; the holder's X and A) are written
+    there once and read back for each product, so that a matrix reused across many products
+    (fine-tuning's candidate chunks) is not held in memory between them.
+    """
+
+    def __init__(
+        self,
+        value: np.ndarray | None,
+        shape: tuple[int, int],
+        *,
+        holder: int,
+        spill: Path | None = None,
+    ):
         self.comm = crypten.communicator.get()
         self.rank = self.comm.get_rank()
         self.holder = holder
@@ -87,24 +104,48 @@ class Masked:
         self.fallback = not hasattr(self.provider, "mask")
         self.X: torch.Tensor | None = None
         self.A: torch.Tensor | None = None
+        self.E: torch.Tensor | None = None  # the other owner's (the holder sends it and drops it)
+        self._spilled: dict[str, Path] = {}
         if self.fallback:  # TFP: an ordinary sharing, CrypTen's Beaver products
             self.shared = share(value, self.shape, src=holder)
             return
         self.id, A = self.provider.mask(self.shape, holder)
+        if _planning():  # the plan's run keeps no tensor: its products answer zeros (below)
+            return
         if self.rank == holder:
-            if value is None and not _planning():
+            if value is None:
                 raise ConfigError(f"party {holder} must give its matrix of shape {self.shape}")
-            X = torch.zeros(self.shape, dtype=torch.long) if value is None else encode(value)
+            X = encode(value)
             if tuple(X.shape) != self.shape:
                 raise ConfigError(
                     f"party {holder} input has shape {tuple(X.shape)}, agreed {shape}"
                 )
             assert A is not None
-            self.E = X - A
-            self.comm.send(self.E, dst=1 - holder)
+            self.comm.send(X - A, dst=1 - holder)
             self.X, self.A = X, A
         else:
             self.E = self.comm.recv(torch.empty(self.shape, dtype=torch.long), src=holder)
+        if spill is not None:
+            self._spill(spill)
+
+    def _spill(self, directory: Path) -> None:
+        """Write this party's tensors to ``directory`` and drop them from memory."""
+        names = ("X", "A") if self.rank == self.holder else ("E",)
+        for name in names:
+            tensor = getattr(self, name)
+            file = directory / f"masked-{next(_SPILLED)}-{name}.npy"
+            np.save(file, tensor.numpy())
+            self._spilled[name] = file
+            setattr(self, name, None)
+
+    def _held(self, name: str) -> torch.Tensor:
+        """This party's tensor ``name`` (E, X or A): in memory, or read back from its spill file."""
+        file = self._spilled.get(name)
+        if file is not None:
+            return torch.from_numpy(np.load(file))
+        tensor = getattr(self, name)
+        assert tensor is not None
+        return tensor
 
     def _raw(self, op: str, W: Any, rows: Sequence[int] | None) -> torch.Tensor:
         """This party's share of X[rows]·W (op matmul) or X[rows]ᵀ·W (tmatmul), at scale 2³²."""
@@ -114,14 +155,10 @@ class Masked:
             return beaver.matmul(left, W._tensor).share
         mine = W._tensor.share
         B, correction = self.provider.product(self.id, op, tuple(mine.shape), rows, self.holder)
-
-        planning = _planning()
+        if _planning():  # shapes only: the planning provider's zeros have the product's shape
+            return correction
 
         def apply(left: torch.Tensor, right: torch.Tensor) -> torch.Tensor:
-            n = left.shape[0] if rows is None else len(rows)
-            if planning:  # shapes only: the plan's run skips the arithmetic
-                shape = (n, right.shape[1]) if op == "matmul" else (left.shape[1], right.shape[1])
-                return torch.zeros(shape, dtype=torch.long)
             left = _select(left, rows)
             # Xᵀ·R as (Rᵀ·X)ᵀ: torch's int64 kernel runs it about 6× faster (rows of X contiguous)
             return left @ right if op == "matmul" else (right.t() @ left).t()
@@ -129,12 +166,11 @@ class Masked:
         if self.rank != self.holder:
             assert B is not None
             self.comm.send(mine - B, dst=self.holder)
-            return apply(self.E, mine) + correction
+            return apply(self._held("E"), mine) + correction
         F = self.comm.recv(torch.empty(mine.shape, dtype=torch.long), src=1 - self.holder)
-        assert self.X is not None and self.A is not None
-        out = apply(self.A, F) + correction
-        if planning or bool(mine.any()):  # W's share here is not a private operand's 0
-            out += apply(self.X, mine)
+        out = apply(self._held("A"), F) + correction
+        if bool(mine.any()):  # W's share here is not a private operand's 0
+            out += apply(self._held("X"), mine)
         return out
 
     def matmul(self, W: Any, rows: Sequence[int] | None = None, *, divisor: int = SCALE) -> Any:
@@ -144,6 +180,11 @@ class Masked:
     def tmatmul(self, R: Any, rows: Sequence[int] | None = None, *, divisor: int = SCALE) -> Any:
         """X[rows]ᵀ @ R, truncated once by ``divisor``."""
         return shared_from_raw(self._raw("tmatmul", R, rows), divisor)
+
+    def raw_tmatmul(self, R: Any) -> torch.Tensor:
+        """This party's share of Xᵀ @ R at scale 2³², not yet truncated: the chunks of a streamed
+        candidate add theirs in the ring and truncate the sum once (:func:`shared_from_raw`)."""
+        return self._raw("tmatmul", R, None)
 
 
 class Stacked:
@@ -164,7 +205,9 @@ class Stacked:
                 continue
             positions = np.nonzero((rows >= lo) & (rows < hi))[0]
             if len(positions):
-                out.append((p, rows[positions] - lo, positions))
+                part_rows = rows[positions] - lo
+                whole = len(part_rows) == hi - lo and bool((np.diff(part_rows) == 1).all())
+                out.append((p, None if whole and part_rows[0] == 0 else part_rows, positions))
         return out
 
     def matmul(self, W: Any, rows: np.ndarray | None = None) -> Any:
@@ -181,6 +224,10 @@ class Stacked:
 
     def tmatmul(self, R: Any, rows: np.ndarray | None = None, *, divisor: int = SCALE) -> Any:
         """X[rows]ᵀ @ R (R's rows in the selection's order), one truncation for the sum."""
+        return shared_from_raw(self.raw_tmatmul(R, rows), divisor)
+
+    def raw_tmatmul(self, R: Any, rows: np.ndarray | None = None) -> torch.Tensor:
+        """This party's share of X[rows]ᵀ @ R at scale 2³², not yet truncated."""
         total: torch.Tensor | None = None
         for part, part_rows, positions in self._split(rows):
             R_part = (
@@ -191,4 +238,4 @@ class Stacked:
             raw = part._raw("tmatmul", R_part, None if part_rows is None else part_rows.tolist())
             total = raw if total is None else total + raw
         assert total is not None
-        return shared_from_raw(total, divisor)
+        return total

@@ -1,22 +1,29 @@
 """The appraisal statistics under two-party MPC (CrypTen, arithmetic secret sharing).
 
 Both owners call the same function with their own inputs; the other party's are ``None``. Rank 0 is
-the model owner (θ̂, v, D_tr, D_te), rank 1 the data owner (D_a). Shapes are public metadata. Each
-function returns a *shared* statistic; :mod:`common.mpc.appraisal` opens it (or compares it with τ),
-and the method's public transform (:mod:`common.methods`) turns it into the score.
+the model owner (θ̂, v, D_tr, D_te), rank 1 the data owner (D_a). Shapes are public metadata, and
+so is the cut of the candidate into chunks of ``job.chunk_rows`` rows, which every method streams
+(one masked copy per chunk; docs/protocol.md, "Streaming"). Each function returns a *shared*
+statistic; :mod:`common.mpc.appraisal` opens it (or compares it with τ), and the method's public
+transform (:mod:`common.methods`) turns it into the score.
 """
 
 from __future__ import annotations
 
+import itertools
 import math
-from collections.abc import Callable
+import tempfile
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from common.errors import ConfigError, DataError
 from common.methods import gradient_norm_scale
+from common.ml.data import Candidate
 from common.ml.model import minibatches
 from common.mpc import truncation
 from common.mpc.compat import import_crypten
@@ -36,7 +43,8 @@ from common.mpc.fixedpoint import (
     share,
     softmax,
 )
-from common.mpc.products import Masked, Stacked, private_operand
+from common.mpc.plan import planning
+from common.mpc.products import Masked, Stacked, private_operand, shared_from_raw
 from common.protocol import JobSpec
 
 crypten = import_crypten()
@@ -89,8 +97,65 @@ class ModelOwnerInputs:
 
 @dataclass
 class DataOwnerInputs:
-    X: np.ndarray  # candidate, with bias column
-    y: np.ndarray
+    """The data owner's candidate: validated on disk and read in chunks (``candidate``, what the
+    worker gives), or arrays in memory (``X`` with its bias column, and ``y``)."""
+
+    X: np.ndarray | None = None
+    y: np.ndarray | None = None
+    candidate: Candidate | None = None
+
+    def chunks(self, rows: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """The candidate ``rows`` rows at a time, X with its bias column (a fresh array each)."""
+        if self.candidate is not None:
+            if self.candidate.rows != rows:
+                raise ConfigError(
+                    f"the candidate was opened with {self.candidate.rows} rows per chunk, the "
+                    f"job's chunks have {rows}"
+                )
+            yield from self.candidate.chunks(bias=True)
+            return
+        if self.X is None or self.y is None:
+            raise ConfigError("the data owner's inputs have neither a candidate file nor arrays")
+        for lo in range(0, len(self.y), rows):
+            yield np.array(self.X[lo : lo + rows], dtype=np.float64), self.y[lo : lo + rows]
+
+
+def chunk_bounds(n: int, rows: int) -> list[tuple[int, int]]:
+    """The public chunks of a candidate of ``n`` rows: ``[lo, hi)`` row ranges of ``rows`` rows
+    (the last one the rest). A function of public metadata only, so the dealer's inputless plan
+    run (:mod:`common.mpc.plan`) cuts the candidate exactly as the owners do."""
+    if rows < 1:
+        raise ConfigError(f"chunk_rows must be at least 1, got {rows}")
+    return [(lo, min(lo + rows, n)) for lo in range(0, n, rows)]
+
+
+def _candidate_chunks(
+    do: DataOwnerInputs | None, shapes: Shapes, rows: int, *, spill: Path | None = None
+) -> Iterator[tuple[Masked, Any]]:
+    """The candidate chunk by chunk: each chunk's X masked once, one way (its own Masked: E sent
+    now and dropped with the chunk), and its labels shared. The data owner reads each chunk from
+    its file as it is due; its size must be the one the public chunking predicts."""
+    k, d = shapes.n_classes, shapes.d
+    source = None if do is None else do.chunks(rows)
+    for lo, hi in chunk_bounds(shapes.n_candidate, rows):
+        m = hi - lo
+        X_plain: np.ndarray | None = None
+        y_plain: np.ndarray | None = None
+        if source is not None:
+            try:
+                X_plain, y_plain = next(source)
+            except StopIteration:
+                raise DataError(f"the candidate ended at row {lo}, the job says {hi}") from None
+            if len(y_plain) != m:
+                raise DataError(
+                    f"the candidate's chunk at row {lo} has {len(y_plain)} rows, not {m}"
+                )
+            X_plain[:, :-1] /= shapes.feature_bound  # _rows, in place on the fresh chunk
+        X = Masked(X_plain, (m, d), holder=DATA_OWNER, spill=spill)
+        del X_plain
+        Y = share(_one_hot(y_plain, k), (m, k), src=DATA_OWNER)
+        yield X, Y
+        del X, Y  # before the next chunk is read: one chunk's E, A and X in memory at a time
 
 
 def _one_hot(y: np.ndarray | None, k: int) -> np.ndarray | None:
@@ -125,14 +190,6 @@ def _params(P: np.ndarray, bound: float) -> np.ndarray:
     return out
 
 
-def _candidate(do: DataOwnerInputs | None, shapes: Shapes) -> tuple[Masked, Any]:
-    """The candidate's X masked once (:class:`common.mpc.products.Masked`) and its labels shared."""
-    n, d, k = shapes.n_candidate, shapes.d, shapes.n_classes
-    X = Masked(None if do is None else _rows(do.X, shapes.feature_bound), (n, d), holder=DATA_OWNER)
-    Y = share(None if do is None else _one_hot(do.y, k), (n, k), src=DATA_OWNER)
-    return X, Y
-
-
 def _v_scale(v: np.ndarray) -> float:
     """The model owner's private power of two c with max_j ‖v_j/c‖₁ ≤ 8 (v normalised).
 
@@ -158,11 +215,12 @@ def influence_statistic(
     share of R, masked, one way: n·k elements, where an elementwise R ⊙ Xv opened both operands in
     both directions, 4·n·k). Then ⟨G, v/c⟩ is one d·k Beaver product summed before its single
     truncation. The model owner's private scale c is multiplied back in under MPC, so the data
-    owner never learns the magnitude of v. RANGE: |G| ≤ √n per entry (|x|, |R| ≤ 1), |v/c|
-    entries ≤ 8, and the sum ⟨G, v/c⟩ = S/(s·c) is what is truncated.
+    owner never learns the magnitude of v. The candidate streams: each public chunk
+    (:func:`chunk_bounds`) is masked and its raw shares of X_cᵀ R_c (scale 2³²) are added in the
+    ring, so G is truncated once for the whole candidate. RANGE: |G| ≤ √n per entry (|x|,
+    |R| ≤ 1), |v/c| entries ≤ 8, and the sum ⟨G, v/c⟩ = S/(s·c) is what is truncated.
     """
     d, k, n = shapes.d, shapes.n_classes, shapes.n_candidate
-    X, Y = _candidate(do, shapes)
     if mo is not None:
         assert mo.v is not None
         v = _params(mo.v, shapes.feature_bound)
@@ -174,11 +232,23 @@ def influence_statistic(
         theta_plain, v_plain, c_plain = None, None, None
     theta = private_operand(theta_plain, (d, k), owner=MODEL_OWNER)
     v_scaled = private_operand(v_plain, (d * k, 1), owner=MODEL_OWNER)
-    c_shared = share(c_plain, (), src=MODEL_OWNER)
-    R = softmax(X.matmul(theta)) - Y  # RANGE: logits O(10); entries of R in [−1, 1]
+    # c is an integer (a power of two ≥ 1), shared at scale 1: S/c · c is then an integer product
+    # with no truncation, so |S| may reach MAX_STATISTIC (2⁴⁰), not 2³¹ as a fixed-point product's
+    # 2³²-scaled intermediate allows: a candidate of 10⁶ rows fits (common.protocol.range_problem).
+    c_tensor = torch.zeros(()) if c_plain is None else torch.as_tensor(c_plain, dtype=torch.float64)
+    c_shared = crypten.cryptensor(c_tensor, src=MODEL_OWNER, precision=0)
     s = gradient_norm_scale(n)
-    G = X.tmatmul(R, divisor=SCALE * s)  # XᵀR/s: the same E, a fresh B
-    s_scaled = matmul_truncated(G.reshape(1, d * k), v_scaled, SCALE).sum() * s
+    raw: torch.Tensor | None = None
+    for X, Y in _candidate_chunks(do, shapes, job.chunk_rows):
+        R = softmax(X.matmul(theta)) - Y  # RANGE: logits O(10); entries of R in [−1, 1]
+        part = X.raw_tmatmul(R)  # the chunk's X_cᵀ R_c at scale 2³²: the same E, a fresh B
+        raw = part if raw is None else raw + part
+        del X, Y, R
+    assert raw is not None  # n ≥ 1
+    # RANGE: |G| = |XᵀR/s| ≤ √n per entry, |⟨G, v/c⟩| ≤ 8·d·k·√n (worst cases: aligned gradients)
+    with truncation.bounded(max(16.0, 8.0 * d * k * math.sqrt(n))):
+        G = shared_from_raw(raw, SCALE * s)  # XᵀR/s, one truncation for all chunks
+        s_scaled = matmul_truncated(G.reshape(1, d * k), v_scaled, SCALE).sum() * s
     if on_step is not None:
         on_step(1, 1)
     with truncation.bounded(2.0**30):  # RANGE: S itself, any representable value (one element)
@@ -202,14 +272,20 @@ def gradient_norm_statistic(
     of two: exact).
     """
     d, k, n = shapes.d, shapes.n_classes, shapes.n_candidate
-    X, Y = _candidate(do, shapes)
     theta_plain = None if mo is None else _params(mo.theta, shapes.feature_bound)
     theta = private_operand(theta_plain, (d, k), owner=MODEL_OWNER)
-    R = softmax(X.matmul(theta)) - Y
     s = gradient_norm_scale(n)
-    # X'ᵀ R / s, one truncation; the same masked X as the logits' (E reused, a fresh B)
+    # X'ᵀ R / s, one truncation: each chunk's raw shares of X_cᵀ R_c (scale 2³², the chunk's own
+    # masked X, E reused with a fresh B) are added in the ring, then truncated once for the sum
+    raw: torch.Tensor | None = None
+    for X, Y in _candidate_chunks(do, shapes, job.chunk_rows):
+        R = softmax(X.matmul(theta)) - Y
+        part = X.raw_tmatmul(R)
+        raw = part if raw is None else raw + part
+        del X, Y, R
+    assert raw is not None  # n ≥ 1
     with truncation.bounded(max(16.0, float(n))):  # RANGE: |G/s| ≤ √n, its squares ≤ n
-        G_scaled = X.tmatmul(R, divisor=SCALE * s)
+        G_scaled = shared_from_raw(raw, SCALE * s)
         squares = G_scaled.square()
         log2_bound = round(math.log2(shapes.feature_bound))
         q = mul_pow2(squares[:-1].sum(), 2 * log2_bound) + squares[-1].sum()
@@ -249,32 +325,70 @@ def finetune_statistic(
     normalised coordinates (θ'_feature = B·θ_feature, ∇' = ∇/B) the feature rows' step is
     B²·η/γ·ĝ, the bias row's η/γ·ĝ.
     """
+    if planning() is not None:  # the plan's inputless run has nothing to keep
+        return _finetune(job, shapes, mo, do, on_step, None)
+    with tempfile.TemporaryDirectory(prefix="da-finetune-") as spill:  # mkdtemp: mode 0700
+        return _finetune(job, shapes, mo, do, on_step, Path(spill))
+
+
+def _finetune(
+    job: JobSpec,
+    shapes: Shapes,
+    mo: ModelOwnerInputs | None,
+    do: DataOwnerInputs | None,
+    on_step: StepCallback | None,
+    spill: Path | None,
+) -> Any:
+    """:func:`finetune_statistic`'s body; the candidate's chunks kept in ``spill`` between steps.
+
+    The candidate is masked once, chunk by chunk (one Masked per public chunk, E sent once), and
+    each party writes its tensors of each chunk (the model owner's E, the data owner's X and A)
+    to its private ``spill`` directory. Each step's gradient is then computed group by group: the
+    model owner's D_tr with the candidate's first chunk, then each further chunk; a minibatch's
+    rows are sorted first (the batch's gradient is a sum: its order does not matter), so each
+    group reads its chunk back once. The groups' raw shares of Xᵀ R (scale 2³²) are added in the
+    ring and truncated once, as in one piece. What stays in memory is D_tr, D_te, θ, one chunk's
+    tensors and the labels' shares (n·k ring elements).
+    """
     steps, lr, l2 = job.steps, job.lr, job.l2
     d, k = shapes.d, shapes.n_classes
     n_tr, n_a, n_te = shapes.n_train, shapes.n_candidate, shapes.n_test
-    X_a, Y_a = _candidate(do, shapes)
     B = shapes.feature_bound
     # Each owner's rows masked once, one way, and reused in every step (common.mpc.products).
+    chunks = list(_candidate_chunks(do, shapes, job.chunk_rows, spill=spill))
     X_tr = Masked(None if mo is None else _rows(mo.X_train, B), (n_tr, d), holder=MODEL_OWNER)
     Y_tr = share(None if mo is None else _one_hot(mo.y_train, k), (n_tr, k), src=MODEL_OWNER)
     X_te = Masked(None if mo is None else _rows(mo.X_test, B), (n_te, d), holder=MODEL_OWNER)
     Y_te = share(None if mo is None else _one_hot(mo.y_test, k), (n_te, k), src=MODEL_OWNER)
     theta0 = share(None if mo is None else _params(mo.theta, B), (d, k), src=MODEL_OWNER)
 
-    X = Stacked([X_tr, X_a])
-    Y = crypten.cat([Y_tr, Y_a], dim=0)
+    X = Stacked([X_tr, *(X_c for X_c, _ in chunks)])
+    Y = crypten.cat([Y_tr, *(Y_c for _, Y_c in chunks)], dim=0)
+    del chunks
+    # the groups' edges in the stacked rows: D_tr with the first chunk, then each chunk (public)
+    edges = np.array([0, *(n_tr + hi for _, hi in chunk_bounds(n_a, job.chunk_rows))])
     grad_gain = 16  # ĝ = γ · mean gradient, |ĝ| ≤ 16
     theta = theta0
     batches = minibatches(n_tr + n_a, job.batch_size)
     for t in range(steps):
         rows = batches[t % len(batches)]
         size = len(rows)
-        selection = None if size == n_tr + n_a else np.asarray(rows)
-        Yb = Y if selection is None else Y[torch.as_tensor(selection, dtype=torch.long)]
-        R = softmax(X.matmul(theta, selection)) - Yb
-        divisor = round(SCALE * size / grad_gain)
+        full = size == n_tr + n_a
+        ordered = np.arange(size) if full else np.sort(rows)
+        cuts = np.searchsorted(ordered, edges)
+        raw: torch.Tensor | None = None
+        for lo, hi in itertools.pairwise(cuts):
+            if lo == hi:
+                continue
+            selection = None if full and (lo, hi) == (0, size) else ordered[lo:hi]
+            Yb = Y if selection is None else Y[torch.as_tensor(selection, dtype=torch.long)]
+            R = softmax(X.matmul(theta, selection)) - Yb
+            part = X.raw_tmatmul(R, selection)
+            raw = part if raw is None else raw + part
+            del Yb, R
+        assert raw is not None
         with truncation.bounded(grad_gain):  # RANGE: |ĝ| ≤ γ
-            g_hat = X.tmatmul(R, selection, divisor=divisor)
+            g_hat = shared_from_raw(raw, round(SCALE * size / grad_gain))
         step = crypten.cat(
             [
                 mul_public(g_hat[:-1], lr * B * B / grad_gain),  # feature rows

@@ -16,13 +16,21 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from pydantic import ValidationError
 
 from common.errors import ConfigError, MPCError, MPCRunError, PeerTimeout
-from common.ml.data import Dataset, load_dataset
+from common.ml.data import Candidate, Dataset, load_dataset, open_candidate
 from common.ml.model import ModelOwnerState, feature_bound, prepare_model_owner, v_bound
-from common.ml.twins import plaintext_score
-from common.protocol import CandidateMeta, CandidateResult, JobSpec, SessionKeys, config_error
+from common.ml.twins import streamed_score
+from common.protocol import (
+    DEFAULT_CHUNK_ROWS,
+    CandidateMeta,
+    CandidateResult,
+    JobSpec,
+    SessionKeys,
+    config_error,
+)
 from common.runtime.config import PartyConfig
 from common.runtime.supervisor import (
     free_port,
@@ -31,6 +39,7 @@ from common.runtime.supervisor import (
     start_party,
     supervise,
 )
+from common.runtime.worker import STREAMED_MAX_BYTES
 
 
 @dataclass(frozen=True)
@@ -43,6 +52,7 @@ class LocalRun:
     data_owner: list[CandidateResult]
     dealer_bytes: int  # bytes the dealer sent during the whole run (all candidates)
     plaintext: list[float] | None = None
+    dealer_peak_rss_mb: float | None = None  # the dealer's peak resident memory (no dealer: None)
 
     def to_json(self) -> list[dict[str, Any]]:
         rows = []
@@ -62,7 +72,7 @@ class LocalInputs:
 
     train: Dataset
     test: Dataset
-    candidates: list[Dataset]
+    candidates: list[Candidate]  # validated in one streaming pass, read again in chunks
     n_features: int
     n_classes: int
 
@@ -100,7 +110,10 @@ def load_inputs(
     *,
     label_column: str | None = None,
 ) -> LocalInputs:
-    """Load and cross-validate every file; feature and class counts come from the training set."""
+    """Load and cross-validate every file; feature and class counts come from the training set.
+
+    The candidates are validated in one streaming pass and stay on disk (:func:`open_candidate`):
+    this process, like the data owner's worker, never holds a whole candidate."""
     if not candidates:
         raise ConfigError("give at least one --candidate file")
     train_ds = load_dataset(train, label_column=label_column)
@@ -108,7 +121,13 @@ def load_inputs(
     test_ds = load_dataset(test, label_column=label_column, n_features=n_features)
     n_classes = int(max(train_ds.y.max(), test_ds.y.max())) + 1
     cands = [
-        load_dataset(c, label_column=label_column, n_features=n_features, n_classes=n_classes)
+        open_candidate(
+            c,
+            label_column=label_column,
+            n_features=n_features,
+            n_classes=n_classes,
+            max_bytes=STREAMED_MAX_BYTES,
+        )
         for c in candidates
     ]
     return LocalInputs(train_ds, test_ds, cands, n_features, n_classes)
@@ -121,13 +140,15 @@ def build_job(inputs: LocalInputs, names: Sequence[str], **params: Any) -> JobSp
             n_features=inputs.n_features,
             n_classes=inputs.n_classes,
             candidates=[
-                CandidateMeta(name=name, n_samples=ds.n_samples)
-                for name, ds in zip(names, inputs.candidates, strict=True)
+                CandidateMeta(name=name, n_samples=c.info.n_samples)
+                for name, c in zip(names, inputs.candidates, strict=True)
             ],
             n_train=inputs.train.n_samples,
             n_test=inputs.test.n_samples,
             feature_bound=feature_bound(
-                inputs.train.X, inputs.test.X, *(c.X for c in inputs.candidates)
+                inputs.train.X,
+                inputs.test.X,
+                np.array([c.info.max_abs for c in inputs.candidates]),
             ),
             **params,
         )
@@ -145,6 +166,7 @@ def run_local(
     steps: int = 16,
     lr: float = 0.1,
     batch_size: int | None = None,
+    chunk_rows: int = DEFAULT_CHUNK_ROWS,
     reveal: str = "score",
     threshold: float | None = None,
     direction: str | None = None,
@@ -181,6 +203,7 @@ def run_local(
         steps=steps,
         lr=lr,
         batch_size=batch_size,
+        chunk_rows=chunk_rows,
         reveal=reveal,
         direction=direction,
         provider="TFP" if insecure_tfp else "TTP",
@@ -231,10 +254,19 @@ def run_local(
     if check:
         assert state is not None
         plain = [
-            plaintext_score(job, state, inputs.train, inputs.test, c) for c in inputs.candidates
+            streamed_score(job, state, inputs.train, inputs.test, c.chunks)
+            for c in inputs.candidates
         ]
     dealer = reports.get("dealer", {})
-    return LocalRun(job, mine, theirs, int(dealer.get("bytes_sent", 0)), plain)
+    rss = dealer.get("peak_rss_mb")
+    return LocalRun(
+        job,
+        mine,
+        theirs,
+        int(dealer.get("bytes_sent", 0)),
+        plain,
+        None if rss is None else float(rss),
+    )
 
 
 def _run(
@@ -284,4 +316,6 @@ def plaintext_scores(
     names = candidate_names(candidates)
     job = build_job(inputs, names, method=method, l2=l2, steps=steps, lr=lr, batch_size=batch_size)
     state = inputs.model_owner_state(l2)
-    return [plaintext_score(job, state, inputs.train, inputs.test, c) for c in inputs.candidates]
+    return [
+        streamed_score(job, state, inputs.train, inputs.test, c.chunks) for c in inputs.candidates
+    ]

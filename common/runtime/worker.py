@@ -26,6 +26,7 @@ import os
 import resource
 import secrets
 import sys
+import tempfile
 import threading
 import time
 import traceback
@@ -52,6 +53,7 @@ PROCESS_NAMES = {
 }
 
 log = logging.getLogger("data_appraisal.worker")
+STREAMED_MAX_BYTES = 1 << 40  # a candidate read in chunks: its size bounds time, not memory
 
 
 def _report(config: PartyConfig, event: str, **fields: object) -> None:
@@ -139,11 +141,16 @@ def run_dealer(config: PartyConfig) -> dict[str, object]:
     try:
         link = _relayed_link(config, mo)
         _report(config, "joined", total=len(config.job.candidates))
-        dealer = Dealer(StreamRng(mo.derive("triples")), StreamRng(link.derive("derived/triples")))
-        install_stream_rng()
-        # the plan of each candidate, computed here from the public job alone, when it is due
-        plans = (compute_plan(config.job, i) for i in range(len(config.job.candidates)))
-        requests = serve_dealer(mo, dealer, plans)
+        with tempfile.TemporaryDirectory(prefix="da-dealer-") as spill:  # mkdtemp: mode 0700
+            dealer = Dealer(
+                StreamRng(mo.derive("triples")),
+                StreamRng(link.derive("derived/triples")),
+                spill=Path(spill),
+            )
+            install_stream_rng()
+            # the plan of each candidate, computed here from the public job alone, when it is due
+            plans = (compute_plan(config.job, i) for i in range(len(config.job.candidates)))
+            requests = serve_dealer(mo, dealer, plans)
     finally:
         close_channels(mo)
     return {
@@ -151,6 +158,7 @@ def run_dealer(config: PartyConfig) -> dict[str, object]:
         "requests": requests,
         "bytes_sent": mo.bytes_sent,
         "bytes_received": mo.bytes_received,
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
     }
 
 
@@ -207,25 +215,30 @@ def _load_model_owner(config: PartyConfig) -> ModelOwnerInputs:
 
 
 def _load_data_owner(config: PartyConfig) -> list[DataOwnerInputs]:
-    from common.ml.data import load_dataset
-    from common.ml.model import add_bias
+    """Validate every candidate in one streaming pass, before any MPC, and keep it on disk.
+
+    The MPC then reads each candidate again in chunks of the job's public ``chunk_rows``
+    (:func:`common.mpc.statistics.chunk_bounds`) and holds one chunk at a time whatever the
+    file's size (fine-tuning keeps its chunks in a private spill directory between steps).
+    """
+    from common.ml.data import open_candidate
     from common.mpc.statistics import DataOwnerInputs
 
     job = config.job
+    max_bytes = STREAMED_MAX_BYTES
     inputs = []
     for path, meta in zip(config.candidates, job.candidates, strict=True):
-        ds = load_dataset(
+        candidate = open_candidate(
             path,
-            label_column=config.label_column,
             n_features=job.n_features,
             n_classes=job.n_classes,
+            n_samples=meta.n_samples,
+            feature_bound=job.feature_bound,
+            label_column=config.label_column,
+            rows=job.chunk_rows,
+            max_bytes=max_bytes,
         )
-        _check_bound(ds, job.feature_bound)
-        if ds.n_samples != meta.n_samples:
-            raise ConfigError(
-                f"{path}: has {ds.n_samples} samples, the agreed metadata says {meta.n_samples}"
-            )
-        inputs.append(DataOwnerInputs(X=add_bias(ds.X), y=ds.y))
+        inputs.append(DataOwnerInputs(candidate=candidate))
     return inputs
 
 
@@ -416,6 +429,9 @@ def main() -> int:
         format=f"%(asctime)s {config.role} rank={RANKS[config.role]} %(levelname)s %(message)s",
     )
     _exit_with_parent()
+    # this party's temporary files (fine-tuning's spilled chunks) go to its private 0700 workdir,
+    # which the supervisor removes even if this process is killed
+    tempfile.tempdir = str(Path(config.result_file).parent)
     try:
         check_policy(config)
         _configure_crypten(config.job)

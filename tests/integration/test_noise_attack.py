@@ -21,7 +21,14 @@ from common.errors import ConfigError
 from common.ml.data import load_dataset
 from common.ml.examples import ExampleSplit
 from common.ml.model import feature_bound, prepare_model_owner, v_bound
-from common.protocol import MAX_NOISE, MAX_PRODUCT, NOISE_CLAMP, CandidateMeta, JobSpec, SessionKeys
+from common.protocol import (
+    MAX_NOISE,
+    MAX_STATISTIC,
+    NOISE_CLAMP,
+    CandidateMeta,
+    JobSpec,
+    SessionKeys,
+)
 from common.runtime.config import PartyConfig
 from common.runtime.local import run_local
 from common.runtime.supervisor import free_port, party_config, private_workdir
@@ -142,8 +149,8 @@ def test_a_tiny_epsilon_that_is_allowed_releases_fresh_noise_every_run(
         theirs = report.results["data_owner"]["results"][0]["score"]
         assert mine == theirs  # one opened value, seen by both
         assert isinstance(mine, float) and math.isfinite(mine)
-        # |S + η| ≤ |S| + clamp: S ≤ 2²⁷ by the contract, η clamped at NOISE_CLAMP·b ≤ 2⁴⁰
-        assert abs(mine) * n <= NOISE_CLAMP * scale + MAX_PRODUCT
+        # |S + η| ≤ |S| + clamp: S ≤ 2⁴⁰ by the contract, η clamped at NOISE_CLAMP·b ≤ 2⁴⁰
+        assert abs(mine) * n <= NOISE_CLAMP * scale + MAX_STATISTIC
         scores.append(mine)
     # the draws are Laplace of scale b/n ≈ 1e8 on the score: equal with probability ≈ 0
     assert scores[0] != scores[1]
@@ -163,15 +170,15 @@ def test_an_influence_statistic_beyond_the_range_is_refused_by_the_model_owners_
     digits_split: ExampleSplit, tmp_path
 ) -> None:
     """Without noise v is the model owner's secret, so the public metadata cannot bound S; its
-    worker checks S ≤ n·2·√(d·B²+1)·max‖v_j‖ against 2²⁷ with its own v before the rendezvous.
-    A model whose v is 10⁵ times too large fails the session there, naming the sizes."""
+    worker checks S ≤ n·2·√(d·B²+1)·max‖v_j‖ against 2⁴⁰ with its own v before the rendezvous.
+    A model whose v is 10¹⁰ times too large fails the session there, naming the sizes."""
     import numpy as np
 
     fields = {**_fields(digits_split), "v_bound": None}
     train, test = load_dataset(digits_split.train), load_dataset(digits_split.test)
     state = prepare_model_owner(train.X, train.y, test.X, test.y, n_classes=10, l2=1.0)
     path = tmp_path / "state.npz"
-    np.savez(path, theta=state.theta, v=state.v * 1e5, test_loss=state.test_loss)
+    np.savez(path, theta=state.theta, v=state.v * 1e10, test_loss=state.test_loss)
     job = JobSpec(**fields)  # valid: nothing public bounds S
     inputs = {
         "model_owner": {
@@ -187,6 +194,6 @@ def test_an_influence_statistic_beyond_the_range_is_refused_by_the_model_owners_
         report = supervised(configs, work)
     assert report.outcome == "failed", report
     assert "the model owner worker failed" in report.reason, report.reason
-    for words in ("influence statistic S", "n = 130", "above 2²⁷"):
+    for words in ("influence statistic S", "n = 130", "above 2⁴⁰"):
         assert words in report.reason, report.reason
     assert not report.results.get("data_owner", {}).get("results"), report.results

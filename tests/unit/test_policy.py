@@ -1096,7 +1096,7 @@ async def test_a_model_whose_influence_statistic_would_leave_the_range_is_refuse
     apps = stack()
     model = apps.mo.state.service.model
     model.state = model.state.__class__(
-        **{**vars(model.state), "v": model.state.v * 1e6}  # a v 10⁶ times too large
+        **{**vars(model.state), "v": model.state.v * 1e10}  # a v 10¹⁰ times too large
     )
     async with apps.client(MO, TOKENS["mo"]) as mo:
         response = await mo.post(
@@ -1104,6 +1104,6 @@ async def test_a_model_whose_influence_statistic_would_leave_the_range_is_refuse
         )
     assert response.status_code == 422, response.text
     detail = response.json()["detail"]
-    assert "the influence statistic" in detail and "above 2²⁷" in detail, detail
+    assert "the influence statistic" in detail and "above 2⁴⁰" in detail, detail
     assert recorder(apps, "do.test").bodies("POST", "/v1/invitations") == []
     assert workers.configs == []

@@ -191,6 +191,57 @@ def test_the_plan_is_a_function_of_the_job_alone() -> None:
     assert all(all(s > 0 for size in item.sizes for s in size) for item in compute_plan(job, 0))
 
 
+def test_the_plan_masks_a_candidate_chunk_by_chunk() -> None:
+    """⌈n / chunk_rows⌉ masks of the chunks' sizes (a public cut), one per chunk, each used by
+    its own products; one chunk is the unchunked plan."""
+    from common.mpc.plan import compute_plan
+    from common.protocol import CandidateMeta, JobSpec
+
+    def masks(method: str, rows: int) -> list[tuple[int, ...]]:
+        job = JobSpec(
+            method=method,
+            n_features=6,
+            n_classes=3,
+            candidates=[CandidateMeta(name="c", n_samples=20)],
+            n_train=5,
+            n_test=5,
+            chunk_rows=rows,
+        )
+        plan = compute_plan(job, 0)
+        products = {item.mask for item in plan if item.fn == "product"}
+        drawn = [item for item in plan if item.fn == "mask"]
+        assert products == set(range(len(drawn)))  # every mask is used
+        return [item.sizes[0] for item in drawn if item.holder == 1]
+
+    for method in ("influence", "gradient-norm", "finetune"):
+        assert masks(method, 8) == [(8, 7), (8, 7), (4, 7)]
+        assert masks(method, 20) == masks(method, 64) == [(20, 7)]
+
+
+def test_the_dealer_spills_live_masks_and_forgets_released_ones(tmp_path) -> None:
+    """A large mask still live when the next is drawn goes to the spill directory and is read
+    back for its products (the same shares); a released mask is gone, its file deleted."""
+    from common.mpc.dealer import SPILL_ELEMENTS
+
+    k0, k1 = os.urandom(32), os.urandom(32)
+    p0, p1 = StreamRng(k0), StreamRng(k1)
+    dealer = Dealer(StreamRng(k0), StreamRng(k1), spill=tmp_path)
+    rows = SPILL_ELEMENTS // 4
+    shape = (rows, 4)
+    for _ in range(2):
+        assert dealer.value(Item("mask", (shape,), holder=1)) is None
+    A0, A1 = p1.int64(shape), p1.int64(shape)
+    assert [f.name for f in tmp_path.iterdir()] == ["mask-0.npy"]  # mask 0 was live at mask 1
+    for mask, A in ((0, A0), (1, A1)):
+        B = p0.int64((4, 2))
+        c0 = dealer.value(Item("product", ((4, 2),), op="matmul", mask=mask))
+        assert c0 is not None and torch.equal(c0 + p1.int64((rows, 2)), A @ B)
+    dealer.release(0)
+    assert list(tmp_path.iterdir()) == []
+    with pytest.raises(MPCError, match="after its last product"):
+        dealer.value(Item("product", ((4, 2),), op="matmul", mask=0))
+
+
 def test_laplace_draws_have_the_stated_scale() -> None:
     from common.mpc.noise import laplace
 
