@@ -3,6 +3,7 @@ shared stack of real services; the in-process apps (``tests/apps.py``)."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import uuid
@@ -102,6 +103,42 @@ def supervised(configs: list, work: Path, *, rendezvous: float = 60, compute: fl
         return await supervise(parties, rendezvous_seconds=rendezvous, compute_seconds=compute)
 
     return asyncio.run(run())
+
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@contextlib.contextmanager
+def stand_in_party(module: str, config, work: Path, *args: str) -> Iterator[None]:
+    """A party's process running the test module ``module`` (a real worker with behaviour
+    injected, or an attacker) on ``config``, written 0600 into ``work``; its output goes to
+    ``work/<module>.log``. The block runs the other parties; the process is waited for after it."""
+    import subprocess
+    import sys
+
+    name = module.rsplit(".", 1)[-1]
+    path = work / f"{name}.json"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(config.model_dump_json())
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+    with open(work / f"{name}.log", "wb") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", module, str(path), *args],
+            env=env,
+            cwd=str(ROOT),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        try:
+            yield
+        finally:
+            try:
+                process.wait(60)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
 
 
 # Tag every process this test session starts, so that leftover workers are ours, not another run's.

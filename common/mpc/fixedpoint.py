@@ -213,6 +213,25 @@ def _packed_and(x: torch.Tensor, y: torch.Tensor, stride: int) -> torch.Tensor:
     return _unpack(z, stride, _lanes(stride), x)
 
 
+def _carry_tree(g: torch.Tensor, p: torch.Tensor, width: int) -> torch.Tensor:
+    """XOR shares of the carry out of each ``width``-bit lane, from its (generate, propagate) bits.
+
+    Each level combines the lanes 2i+1 (high) and 2i (low) with one AND: the high propagate bit is
+    copied beside itself and ANDed with the low generate and propagate bits packed side by side.
+    At stride s only the bits at multiples of s matter, so s elements share one word. The carry of
+    each lane ends at its lowest bit."""
+    stride = 1
+    while stride < width:
+        m = _lanes(2 * stride)
+        p_hi = (p >> stride) & m
+        g_hi = (g >> stride) & m
+        z = _packed_and(p_hi ^ (p_hi << stride), (g & m) ^ ((p & m) << stride), stride)
+        g = g_hi ^ (z & m)
+        p = (z >> stride) & m
+        stride *= 2
+    return g
+
+
 def _b2a_bit(bit: torch.Tensor) -> torch.Tensor:
     """This party's arithmetic share of a bit held as XOR shares (bit 0 of ``bit``): open
     c = bit ⊕ r for the dealer's random bit r (64 elements' c per opened word), then
@@ -255,15 +274,7 @@ def ltz(x: Any) -> Any:
     p = p_full & low63
     if rank == 0:
         p = p ^ top  # lane 63: propagate, no generate (a public constant, XORed by one party)
-    stride = 1
-    while stride < 64:
-        m = _lanes(2 * stride)
-        p_hi = (p >> stride) & m
-        g_hi = (g >> stride) & m
-        z = _packed_and(p_hi ^ (p_hi << stride), (g & m) ^ ((p & m) << stride), stride)
-        g = g_hi ^ (z & m)
-        p = (z >> stride) & m
-        stride *= 2
+    g = _carry_tree(g, p, 64)
     msb = ((p_full >> 63) & 1) ^ g
     return crypten.mpc.MPCTensor.from_shares(_b2a_bit(msb), precision=0)
 
@@ -332,15 +343,7 @@ def _select_max(x: Any, y: Any) -> Any:
     g, p = _pack_lanes(g & below, width), _pack_lanes(p_full & below, width)
     if rank == 0:  # the top lane of each element: propagate, no generate (the root is its carry)
         p = p ^ _int64(sum(1 << (j * width + top) for j in range(64 // width)))
-    stride = 1
-    while stride < width:
-        m = _lanes(2 * stride)
-        p_hi = (p >> stride) & m
-        g_hi = (g >> stride) & m
-        z = _packed_and(p_hi ^ (p_hi << stride), (g & m) ^ ((p & m) << stride), stride)
-        g = g_hi ^ (z & m)
-        p = (z >> stride) & m
-        stride *= 2
+    g = _carry_tree(g, p, width)
     negative = ((p_full >> top) & 1) ^ _unpack_lanes(g, width, p_full)  # XOR shares of [d < 0]
     from crypten.mpc.primitives import BinarySharedTensor
 

@@ -28,14 +28,12 @@ from common.protocol import (
     CandidateMeta,
     CandidateResult,
     JobSpec,
-    SessionKeys,
     config_error,
 )
 from common.runtime.config import PartyConfig
 from common.runtime.supervisor import (
-    free_port,
-    party_config,
     private_workdir,
+    session_configs,
     start_party,
     supervise,
 )
@@ -211,38 +209,25 @@ def run_local(
         noise_epsilon=noise_epsilon,
         v_bound=bound,
     )
-    rendezvous = f"tcp://127.0.0.1:{free_port()}"
-    keys = SessionKeys.new()
-    session_id = "local-" + secrets.token_hex(8)
+    role_inputs: dict[str, dict[str, Any]] = {
+        "model_owner": {"train": str(train), "test": str(test), "threshold": threshold},
+        "data_owner": {"candidates": [str(c) for c in candidates], "label_column": label_column},
+    }
+    if not insecure_tfp:
+        role_inputs["dealer"] = {}
     with private_workdir() as work:
-
-        def party(role: str, **role_inputs: Any) -> PartyConfig:
-            try:
-                return party_config(
-                    role,
-                    job=job,
-                    rendezvous=rendezvous,
-                    workdir=work,
-                    timeout=timeout,
-                    session_id=session_id,
-                    keys=keys.for_role(role, job.provider),
-                    allow_insecure_tfp=insecure_tfp,
-                    **role_inputs,
-                )
-            except ValidationError as exc:
-                raise config_error(exc) from None
-
-        configs = [
-            party(
-                "model_owner",
-                train=str(train),
-                test=str(test),
-                threshold=threshold,
-            ),
-            party("data_owner", candidates=[str(c) for c in candidates], label_column=label_column),
-        ]
-        if not insecure_tfp:
-            configs.append(party("dealer"))
+        try:
+            by_role = session_configs(
+                job,
+                work,
+                role_inputs,
+                timeout=timeout,
+                session_id="local-" + secrets.token_hex(8),
+                allow_insecure_tfp=insecure_tfp,
+            )
+        except ValidationError as exc:
+            raise config_error(exc) from None
+        configs = list(by_role.values())
         reports = _run(configs, work, timeout, deadline, on_progress)
 
     mine = [CandidateResult.model_validate(r) for r in reports["model_owner"]["results"]]

@@ -69,6 +69,38 @@ def party_config(
     )
 
 
+def session_configs(
+    job: JobSpec,
+    workdir: Path,
+    inputs: dict[str, dict[str, Any]],
+    *,
+    timeout: float,
+    session_id: str,
+    **options: Any,
+) -> dict[str, PartyConfig]:
+    """Every party's configuration of one session on this machine: fresh session keys, each role
+    given its links' keys only, and a free loopback rendezvous port. ``inputs`` maps each role to
+    its inputs (``train``, ``candidates``, ...); ``options`` go to every party."""
+    from common.protocol import SessionKeys
+
+    keys = SessionKeys.new()
+    rendezvous = f"tcp://127.0.0.1:{free_port()}"
+    return {
+        role: party_config(
+            role,
+            job=job,
+            rendezvous=rendezvous,
+            workdir=workdir,
+            timeout=timeout,
+            session_id=session_id,
+            keys=keys.for_role(role, job.provider),
+            **options,
+            **role_inputs,
+        )
+        for role, role_inputs in inputs.items()
+    }
+
+
 @dataclass(frozen=True)
 class WorkerProgress:
     """A worker's progress file, read: how many candidates there are, how many entered the MPC

@@ -10,20 +10,16 @@ only: the session fails, and the attacker receives nothing beyond the plan's val
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from common.mpc.plan import compute_plan
-from common.protocol import CandidateMeta, JobSpec, SessionKeys
-from common.runtime.supervisor import free_port, party_config, private_workdir
-from tests.conftest import supervised
+from common.protocol import CandidateMeta, JobSpec
+from common.runtime.supervisor import private_workdir, session_configs
+from tests.conftest import stand_in_party, supervised
 
 pytestmark = pytest.mark.mpc
-ROOT = Path(__file__).resolve().parents[2]
 
 
 def _job(split) -> JobSpec:
@@ -43,53 +39,17 @@ def _job(split) -> JobSpec:
 @pytest.mark.parametrize("when", ["start", "end"])
 def test_the_dealer_serves_nothing_off_the_plan(digits_split, when: str) -> None:
     job = _job(digits_split)
-    keys = SessionKeys.new()
-    rendezvous = f"tcp://127.0.0.1:{free_port()}"
     inputs = {
         "model_owner": {"train": str(digits_split.train), "test": str(digits_split.test)},
         "data_owner": {"candidates": [str(digits_split.candidates[0])]},
         "dealer": {},
     }
     with private_workdir() as work:
-        configs = {
-            role: party_config(
-                role,
-                job=job,
-                rendezvous=rendezvous,
-                workdir=work,
-                timeout=15,
-                session_id="dealer-attack",
-                keys=keys.for_role(role, job.provider),
-                **extra,
-            )
-            for role, extra in inputs.items()
-        }
-        mo_config = work / "attacker.json"
-        fd = os.open(mo_config, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write(configs["model_owner"].model_dump_json())
+        configs = session_configs(job, work, inputs, timeout=15, session_id="dealer-attack")
         outcome_path = work / "outcome.json"
-        env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
-        with open(work / "attacker.log", "wb") as log:
-            attacker = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "tests.integration.dealer_attacker",
-                    str(mo_config),
-                    str(outcome_path),
-                    when,
-                ],
-                env=env,
-                cwd=str(ROOT),
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
-            try:
-                report = supervised([configs["data_owner"], configs["dealer"]], work)
-            finally:
-                attacker.wait(60)
+        attacker = ("tests.integration.dealer_attacker", configs["model_owner"], work)
+        with stand_in_party(*attacker, str(outcome_path), when):
+            report = supervised([configs["data_owner"], configs["dealer"]], work)
         outcome = json.loads(outcome_path.read_text())
         dealer_error = json.loads(Path(configs["dealer"].error_file).read_text())
     assert outcome["asked"] is True

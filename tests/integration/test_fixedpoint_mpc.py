@@ -12,15 +12,14 @@ the reciprocal, the softmax and log are within their stated accuracy.
 from __future__ import annotations
 
 import multiprocessing
-import os
+from typing import Any
 
 import numpy as np
 import pytest
 
-from common.runtime.supervisor import free_port
+from tests.integration.two_party import run_pair
 
 pytestmark = pytest.mark.mpc
-SESSION, DIGEST = "ltz-test", b"\1" * 32
 
 
 def _values() -> np.ndarray:
@@ -29,53 +28,22 @@ def _values() -> np.ndarray:
     return np.concatenate([edge, rng.normal(scale=3.0, size=500), rng.uniform(-1e6, 1e6, 200)])
 
 
-def _party(rank: int, port: int, psk: bytes, out: multiprocessing.Queue) -> None:
-    import torch
-
-    from common.mpc import transport
-    from common.mpc.communicator import SecureCommunicator, close_channels, installed
+def _party(rank: int, pair: Any, out: multiprocessing.Queue) -> None:
     from common.mpc.compat import import_crypten
     from common.mpc.fixedpoint import DATA_OWNER, ltz, row_max, share
-    from common.mpc.streams import owner_generators
 
     crypten = import_crypten()
     crypten.cfg.mpc.provider = "TFP"  # the test harness only: no dealer needed
-    if rank == 0:
-        peer = transport.accept_peers(
-            "127.0.0.1", port, {"data_owner": psk}, session_id=SESSION, job_digest=DIGEST, window=20
-        )["data_owner"]
-    else:
-        peer = transport.connect(
-            "data_owner", "127.0.0.1", port, psk, session_id=SESSION, job_digest=DIGEST, window=20
-        )
-    try:
-        with installed(SecureCommunicator(rank, peer), owner_generators(rank, peer), None):
-            values = _values()
-            x = share(values if rank == DATA_OWNER else None, values.shape, src=DATA_OWNER)
-            mine = ltz(x).get_plain_text()
-            theirs = x._ltz().get_plain_text()
-            grid = values[: 60 * 7].reshape(60, 7) / 1e3  # logits-like rows, k = 7 (odd)
-            z = share(grid if rank == DATA_OWNER else None, grid.shape, src=DATA_OWNER)
-            top = row_max(z).get_plain_text()
-            out.put((rank, mine.tolist(), theirs.tolist(), top.double().tolist()))
-            crypten.communicator.get().barrier()
-    finally:
-        close_channels(peer)
-        del torch
-
-
-def _run(target) -> list:  # type: ignore[no-untyped-def]
-    ctx = multiprocessing.get_context("fork")
-    out: multiprocessing.Queue = ctx.Queue()
-    port, psk = free_port(), os.urandom(32)
-    parties = [ctx.Process(target=target, args=(r, port, psk, out)) for r in (0, 1)]
-    for p in parties:
-        p.start()
-    results = [out.get(timeout=120) for _ in parties]
-    for p in parties:
-        p.join(30)
-        assert p.exitcode == 0
-    return results
+    with pair() as comm:
+        values = _values()
+        x = share(values if rank == DATA_OWNER else None, values.shape, src=DATA_OWNER)
+        mine = ltz(x).get_plain_text()
+        theirs = x._ltz().get_plain_text()
+        grid = values[: 60 * 7].reshape(60, 7) / 1e3  # logits-like rows, k = 7 (odd)
+        z = share(grid if rank == DATA_OWNER else None, grid.shape, src=DATA_OWNER)
+        top = row_max(z).get_plain_text()
+        out.put((rank, (mine.tolist(), theirs.tolist(), top.double().tolist())))
+        comm.barrier()
 
 
 def _mirror_provider(rank: int):  # type: ignore[no-untyped-def]
@@ -106,9 +74,7 @@ def _mirror_provider(rank: int):  # type: ignore[no-untyped-def]
     return Mirror()
 
 
-def _dealer_party(rank: int, port: int, psk: bytes, out: multiprocessing.Queue) -> None:
-    from common.mpc import transport
-    from common.mpc.communicator import SecureCommunicator, close_channels, installed
+def _dealer_party(rank: int, pair: Any, out: multiprocessing.Queue) -> None:
     from common.mpc.fixedpoint import (
         DATA_OWNER,
         exp_nonpositive,
@@ -118,39 +84,23 @@ def _dealer_party(rank: int, port: int, psk: bytes, out: multiprocessing.Queue) 
         share,
         softmax,
     )
-    from common.mpc.streams import owner_generators
 
-    if rank == 0:
-        peer = transport.accept_peers(
-            "127.0.0.1", port, {"data_owner": psk}, session_id=SESSION, job_digest=DIGEST, window=20
-        )["data_owner"]
-    else:
-        peer = transport.connect(
-            "data_owner", "127.0.0.1", port, psk, session_id=SESSION, job_digest=DIGEST, window=20
-        )
-    try:
-        comm = SecureCommunicator(rank, peer)
-        with installed(comm, owner_generators(rank, peer), _mirror_provider(rank)):
-            mine = rank == DATA_OWNER
-            z_plain, x_plain, s_plain = _dealer_inputs()
-            z = share(z_plain if mine else None, z_plain.shape, src=DATA_OWNER)
-            x = share(x_plain if mine else None, x_plain.shape, src=DATA_OWNER)
-            s = share(s_plain if mine else None, s_plain.shape, src=DATA_OWNER)
-            figures = {
-                "max": row_max(z).get_plain_text().double().tolist(),
-                "exp": exp_nonpositive(x, halvings=6, order=4).get_plain_text().double().tolist(),
-                "exp6": exp_nonpositive(x / 16, halvings=3, order=6)
-                .get_plain_text()
-                .double()
-                .tolist(),
-                "inv": reciprocal_in_range(s, upper=10.0).get_plain_text().double().tolist(),
-                "log": log_in_range(s, upper=10.0).get_plain_text().double().tolist(),
-                "softmax": softmax(z).get_plain_text().double().tolist(),
-            }
-            out.put((rank, figures))
-            comm.barrier()
-    finally:
-        close_channels(peer)
+    with pair(_mirror_provider(rank)) as comm:
+        mine = rank == DATA_OWNER
+        z_plain, x_plain, s_plain = _dealer_inputs()
+        z = share(z_plain if mine else None, z_plain.shape, src=DATA_OWNER)
+        x = share(x_plain if mine else None, x_plain.shape, src=DATA_OWNER)
+        s = share(s_plain if mine else None, s_plain.shape, src=DATA_OWNER)
+        figures = {
+            "max": row_max(z).get_plain_text().double().tolist(),
+            "exp": exp_nonpositive(x, halvings=6, order=4).get_plain_text().double().tolist(),
+            "exp6": exp_nonpositive(x / 16, halvings=3, order=6).get_plain_text().double().tolist(),
+            "inv": reciprocal_in_range(s, upper=10.0).get_plain_text().double().tolist(),
+            "log": log_in_range(s, upper=10.0).get_plain_text().double().tolist(),
+            "softmax": softmax(z).get_plain_text().double().tolist(),
+        }
+        out.put((rank, figures))
+        comm.barrier()
 
 
 def _dealer_inputs():  # type: ignore[no-untyped-def]
@@ -168,7 +118,7 @@ def test_reused_openings_match_plaintext() -> None:
 
     z, x, s = _dealer_inputs()
     grid = np.round(z * 2**16) / 2**16
-    for _, got in _run(_dealer_party):
+    for got in run_pair(_dealer_party).values():
         top = np.array(got["max"])[:, 0]
         assert all(t in row for t, row in zip(top, grid, strict=True))  # one of the entries
         assert np.all(top <= grid.max(axis=1))
@@ -185,20 +135,11 @@ def test_reused_openings_match_plaintext() -> None:
 
 
 def test_carry_only_comparison_matches_crypten_and_row_max_is_exact() -> None:
-    ctx = multiprocessing.get_context("fork")
-    out: multiprocessing.Queue = ctx.Queue()
-    port, psk = free_port(), os.urandom(32)
-    parties = [ctx.Process(target=_party, args=(r, port, psk, out)) for r in (0, 1)]
-    for p in parties:
-        p.start()
-    results = [out.get(timeout=120) for _ in parties]
-    for p in parties:
-        p.join(30)
-        assert p.exitcode == 0
+    results = run_pair(_party)
     values = _values()
     expected = (values < 0).astype(float)
     grid = values[: 60 * 7].reshape(60, 7) / 1e3
-    for _, mine, theirs, top in results:
+    for mine, theirs, top in results.values():
         assert np.array_equal(np.array(mine), expected)
         assert np.array_equal(np.array(theirs), expected)
         # the maximum of the fixed-point values, to within the encoder's rounding

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from common.protocol import CandidateMeta, JobSpec, SessionKeys
-from common.runtime.supervisor import free_port, party_config, private_workdir, read_progress
+from common.protocol import CandidateMeta, JobSpec
+from common.runtime.supervisor import private_workdir, read_progress, session_configs
 from tests.conftest import supervised
 
 pytestmark = pytest.mark.mpc
@@ -28,27 +28,13 @@ def _run(split, method: str, **changes) -> dict[str, list[dict]]:
         n_test=400,
         **changes,
     )
-    keys = SessionKeys.new()
-    rendezvous = f"tcp://127.0.0.1:{free_port()}"
     inputs = {
         "model_owner": {"train": str(split.train), "test": str(split.test)},
         "data_owner": {"candidates": [str(c) for c in cands]},
         "dealer": {},
     }
     with private_workdir() as work:
-        configs = [
-            party_config(
-                role,
-                job=job,
-                rendezvous=rendezvous,
-                workdir=work,
-                timeout=30,
-                session_id="steps",
-                keys=keys.for_role(role, job.provider),
-                **extra,
-            )
-            for role, extra in inputs.items()
-        ]
+        configs = list(session_configs(job, work, inputs, timeout=30, session_id="steps").values())
         report = supervised(configs, work)
         assert report.outcome == "completed", report.reason
         events = {}

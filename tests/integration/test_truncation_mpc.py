@@ -9,15 +9,14 @@ failed element sits in a grouped site (many elements per check value) or an exac
 from __future__ import annotations
 
 import multiprocessing
-import os
+from typing import Any
 
 import numpy as np
 import pytest
 
-from common.runtime.supervisor import free_port
+from tests.integration.two_party import run_pair
 
 pytestmark = pytest.mark.mpc
-SESSION, DIGEST = "truncation-test", b"\2" * 32
 N, D = 5000, 1024
 EDGE = 2**63 - 1000  # a share this close to 2⁶³ overflows when the value is negative
 SCENARIOS = {  # name -> (crafted elements of the grouped site, of the exact site)
@@ -44,57 +43,35 @@ def _shares(rank: int, crafted: tuple[int, ...]):  # type: ignore[no-untyped-def
     return mask if rank == 0 else ring - mask
 
 
-def _party(rank: int, port: int, psk: bytes, out: multiprocessing.Queue) -> None:
-    from common.mpc import transport, truncation
-    from common.mpc.communicator import SecureCommunicator, close_channels, installed
+def _party(rank: int, pair: Any, out: multiprocessing.Queue) -> None:
+    from common.mpc import truncation
     from common.mpc.compat import import_crypten
-    from common.mpc.streams import owner_generators
 
     crypten = import_crypten()
     crypten.cfg.mpc.provider = "TFP"  # the test harness only: no dealer needed
-    if rank == 0:
-        peer = transport.accept_peers(
-            "127.0.0.1", port, {"data_owner": psk}, session_id=SESSION, job_digest=DIGEST, window=20
-        )["data_owner"]
-    else:
-        peer = transport.connect(
-            "data_owner", "127.0.0.1", port, psk, session_id=SESSION, job_digest=DIGEST, window=20
-        )
-    try:
-        with installed(SecureCommunicator(rank, peer), owner_generators(rank, peer), None):
-            results = {}
-            for name, (grouped, exact) in SCENARIOS.items():
-                a = crypten.mpc.MPCTensor.from_shares(_shares(rank, grouped), precision=16)
-                b = crypten.mpc.MPCTensor.from_shares(_shares(rank, exact), precision=16)
-                with truncation.Ledger(name.encode()) as ledger:
-                    ya = a.div(D)  # the default site: grouped checks
-                    with truncation.bounded(2.0**30):  # a wide declared range: one check each
-                        yb = b[:8].div(D)
-                layouts = [s.layout for s in ledger.sites]
-                count = ledger.failures()
-                results[name] = (
-                    count,
-                    [(lay.group, lay.checks) for lay in layouts],
-                    ya.get_plain_text().double().tolist(),
-                    yb.get_plain_text().double().tolist(),
-                )
-            out.put((rank, results))
-            crypten.communicator.get().barrier()
-    finally:
-        close_channels(peer)
+    with pair() as comm:
+        results = {}
+        for name, (grouped, exact) in SCENARIOS.items():
+            a = crypten.mpc.MPCTensor.from_shares(_shares(rank, grouped), precision=16)
+            b = crypten.mpc.MPCTensor.from_shares(_shares(rank, exact), precision=16)
+            with truncation.Ledger(name.encode()) as ledger:
+                ya = a.div(D)  # the default site: grouped checks
+                with truncation.bounded(2.0**30):  # a wide declared range: one check each
+                    yb = b[:8].div(D)
+            layouts = [s.layout for s in ledger.sites]
+            count = ledger.failures()
+            results[name] = (
+                count,
+                [(lay.group, lay.checks) for lay in layouts],
+                ya.get_plain_text().double().tolist(),
+                yb.get_plain_text().double().tolist(),
+            )
+        out.put((rank, results))
+        comm.barrier()
 
 
 def test_a_forced_truncation_failure_is_counted_and_an_honest_run_counts_none() -> None:
-    ctx = multiprocessing.get_context("fork")
-    out: multiprocessing.Queue = ctx.Queue()
-    port, psk = free_port(), os.urandom(32)
-    parties = [ctx.Process(target=_party, args=(r, port, psk, out)) for r in (0, 1)]
-    for p in parties:
-        p.start()
-    results = dict(out.get(timeout=120) for _ in parties)
-    for p in parties:
-        p.join(30)
-        assert p.exitcode == 0
+    results = run_pair(_party)
     assert results[0].keys() == results[1].keys() == SCENARIOS.keys()
     expected = _values() / D
     for name, (grouped, exact) in SCENARIOS.items():

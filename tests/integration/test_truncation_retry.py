@@ -10,21 +10,17 @@ fails with a TruncationFailure, and no score is given.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from common.mpc.plan import compute_plan
-from common.protocol import CandidateMeta, JobSpec, SessionKeys
+from common.protocol import CandidateMeta, JobSpec
 from common.runtime.local import plaintext_scores
-from common.runtime.supervisor import free_port, party_config, private_workdir
-from tests.conftest import supervised
+from common.runtime.supervisor import private_workdir, session_configs
+from tests.conftest import stand_in_party, supervised
 
 pytestmark = pytest.mark.mpc
-ROOT = Path(__file__).resolve().parents[2]
 
 
 def _run(split, failures: int, **job_fields):  # type: ignore[no-untyped-def]
@@ -39,47 +35,17 @@ def _run(split, failures: int, **job_fields):  # type: ignore[no-untyped-def]
         n_test=400,
         **job_fields,
     )
-    keys = SessionKeys.new()
-    rendezvous = f"tcp://127.0.0.1:{free_port()}"
     inputs = {
         "model_owner": {"train": str(split.train), "test": str(split.test)},
         "data_owner": {"candidates": [str(cand)]},
         "dealer": {},
     }
     with private_workdir() as work:
-        configs = {
-            role: party_config(
-                role,
-                job=job,
-                rendezvous=rendezvous,
-                workdir=work,
-                timeout=30,
-                session_id="truncation-retry",
-                keys=keys.for_role(role, job.provider),
-                **extra,
-            )
-            for role, extra in inputs.items()
-        }
-        do_config = work / "faulty.json"
-        fd = os.open(do_config, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write(configs["data_owner"].model_dump_json())
+        configs = session_configs(job, work, inputs, timeout=30, session_id="truncation-retry")
         outcome_path = work / "outcome.json"
-        env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
-        command = [sys.executable, "-m", "tests.integration.truncation_fault"]
-        with open(work / "faulty.log", "wb") as log:
-            faulty = subprocess.Popen(
-                [*command, str(do_config), str(outcome_path), str(failures)],
-                env=env,
-                cwd=str(ROOT),
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
-            try:
-                report = supervised([configs["model_owner"], configs["dealer"]], work)
-            finally:
-                faulty.wait(60)
+        faulty = ("tests.integration.truncation_fault", configs["data_owner"], work)
+        with stand_in_party(*faulty, str(outcome_path), str(failures)):
+            report = supervised([configs["model_owner"], configs["dealer"]], work)
         outcome = json.loads(outcome_path.read_text())
         errors = {}
         for role, config in configs.items():
