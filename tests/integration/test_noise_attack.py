@@ -27,11 +27,10 @@ from common.protocol import (
     NOISE_CLAMP,
     CandidateMeta,
     JobSpec,
-    SessionKeys,
 )
 from common.runtime.config import PartyConfig
 from common.runtime.local import run_local
-from common.runtime.supervisor import free_port, party_config, private_workdir
+from common.runtime.supervisor import private_workdir, session_configs
 from tests.conftest import supervised
 
 pytestmark = pytest.mark.mpc
@@ -60,21 +59,7 @@ def _configs(
 ) -> list[PartyConfig]:
     """One worker configuration per role in ``inputs`` (its extra fields), sharing a fresh
     rendezvous and session keys."""
-    rendezvous = f"tcp://127.0.0.1:{free_port()}"
-    keys = SessionKeys.new()
-    return [
-        party_config(
-            role,
-            job=job,
-            rendezvous=rendezvous,
-            workdir=work,
-            timeout=30,
-            session_id=session_id,
-            keys=keys.for_role(role),
-            **extra,
-        )
-        for role, extra in inputs.items()
-    ]
+    return list(session_configs(job, work, inputs, timeout=30, session_id=session_id).values())
 
 
 def _run(split: ExampleSplit, job: JobSpec, *, written: JobSpec | None = None):  # type: ignore[no-untyped-def]

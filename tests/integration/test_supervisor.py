@@ -15,13 +15,13 @@ import pytest
 
 import common.runtime.local
 from common.errors import MPCError
-from common.protocol import CandidateMeta, JobSpec, SessionKeys
+from common.protocol import CandidateMeta, JobSpec
 from common.runtime import supervisor
 from common.runtime.local import run_local
 from common.runtime.supervisor import (
-    free_port,
     party_config,
     private_workdir,
+    session_configs,
 )
 from tests.conftest import supervised, worker_pids
 
@@ -41,26 +41,14 @@ def _configs(work: Path, split, *, roles, n_samples=None, timeout=30.0, method="
         n_train=100,
         n_test=400,
     )
-    rendezvous = f"tcp://127.0.0.1:{free_port()}"
-    keys = SessionKeys.new()
     extra = {
         "model_owner": {"train": str(split.train), "test": str(split.test)},
         "data_owner": {"candidates": [str(cand)]},
         "dealer": {},
     }
-    return [
-        party_config(
-            role,
-            job=job,
-            rendezvous=rendezvous,
-            workdir=work,
-            timeout=timeout,
-            session_id="launcher-test",
-            keys=keys.for_role(role),
-            **extra[role],
-        )
-        for role in roles
-    ]
+    inputs = {role: extra[role] for role in roles}
+    configs = session_configs(job, work, inputs, timeout=timeout, session_id="launcher-test")
+    return list(configs.values())
 
 
 def test_three_parties_complete(digits_split) -> None:
