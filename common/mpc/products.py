@@ -35,6 +35,7 @@ import torch
 from common.errors import ConfigError
 from common.mpc.compat import import_crypten
 from common.mpc.fixedpoint import SCALE, share
+from common.mpc.plan import planning
 
 crypten = import_crypten()
 from crypten.mpc.primitives import beaver  # noqa: E402
@@ -52,15 +53,10 @@ def shared_from_raw(raw_share: torch.Tensor, divisor: int) -> Any:
     return result
 
 
-def _planning() -> bool:
-    """Whether this is the inputless run that computes the plan (:mod:`common.mpc.plan`)."""
-    return getattr(crypten.mpc.get_default_provider(), "NAME", None) == "plan"
-
-
 def private_operand(value: np.ndarray | None, shape: tuple[int, ...], *, owner: int) -> Any:
     """A matrix ``owner`` holds in the clear as the sharing (value, 0): no traffic at all."""
     rank = crypten.communicator.get().get_rank()
-    if rank == owner and not _planning():
+    if rank == owner and planning() is None:
         if value is None:
             raise ConfigError(f"party {owner} must give its operand of shape {shape}")
         encoded = encode(value)
@@ -110,7 +106,8 @@ class Masked:
             self.shared = share(value, self.shape, src=holder)
             return
         self.id, A = self.provider.mask(self.shape, holder)
-        if _planning():  # the plan's run keeps no tensor: its products answer zeros (below)
+        # the plan's run keeps no tensor: its products answer zeros (below)
+        if planning() is not None:
             return
         if self.rank == holder:
             if value is None:
@@ -155,7 +152,8 @@ class Masked:
             return beaver.matmul(left, W._tensor).share
         mine = W._tensor.share
         B, correction = self.provider.product(self.id, op, tuple(mine.shape), rows, self.holder)
-        if _planning():  # shapes only: the planning provider's zeros have the product's shape
+        # shapes only: the planning provider's zeros have the product's shape
+        if planning() is not None:
             return correction
 
         def apply(left: torch.Tensor, right: torch.Tensor) -> torch.Tensor:

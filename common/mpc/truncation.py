@@ -38,6 +38,7 @@ import torch
 
 from common.errors import MPCError
 from common.mpc.compat import import_crypten
+from common.mpc.plan import planning
 
 crypten = import_crypten()
 from crypten.mpc.primitives.arithmetic import ArithmeticSharedTensor  # noqa: E402
@@ -163,10 +164,6 @@ def _site_bound(divisor: int) -> int:
     return min(DEFAULT_POST, DEFAULT_PRE // divisor) + ROUNDING
 
 
-def _planning() -> bool:
-    return getattr(crypten.mpc.get_default_provider(), "NAME", None) == "plan"
-
-
 class Ledger:
     """The check values of one attempt at one candidate's statistic (a context manager)."""
 
@@ -175,7 +172,7 @@ class Ledger:
         self.sites: list[Site] = []
         self._checks: list[tuple[torch.Tensor, int]] = []  # check values' shares and E/2
         self._rho: dict[tuple[int, int, int], torch.Tensor] = {}
-        self.planning = _planning()
+        self.planning = planning() is not None
         self.rank = crypten.communicator.get().get_rank()
 
     def __enter__(self) -> Ledger:
