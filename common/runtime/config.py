@@ -16,6 +16,11 @@ from pydantic import Field, model_validator
 from common.protocol import JobSpec, Rendezvous, Role, SessionKeys, Strict, threshold_problem
 
 CONFIG_ENV = "DATA_APPRAISAL_WORKER_CONFIG"
+# The workers' environment for torch's CPU allocator, set before torch is imported (it reads it
+# once): allocations from 2 MB up on transparent huge pages. A worker's large tensors (masks,
+# encodings, shares of n·d elements) are fresh allocations each time, and faulting their memory
+# in 4 KB pages cost about as much as computing them (docs/performance.md, "Using the cores").
+WORKER_ENV = {"THP_MEM_ALLOC_ENABLE": "1"}
 
 
 class PartyConfig(Strict):
