@@ -33,6 +33,7 @@ import numpy as np
 import torch
 
 from common.errors import ConfigError
+from common.mpc import ringmath
 from common.mpc.compat import import_crypten
 from common.mpc.fixedpoint import SCALE, share
 from common.mpc.plan import planning
@@ -41,9 +42,18 @@ crypten = import_crypten()
 from crypten.mpc.primitives import beaver  # noqa: E402
 
 
+def encode_exact(value: np.ndarray) -> torch.Tensor:
+    """The fixed-point encoding as float64 integers, rounded to the nearest (half to even, as
+    ``np.round``), with one temporary: exact while |value·2¹⁶| < 2⁵³, as every operand of a
+    product here is (a candidate chunk's n·d encoding is on the data owner's critical path)."""
+    scaled = np.multiply(np.asarray(value, dtype=np.float64), SCALE)
+    np.rint(scaled, out=scaled)
+    return torch.from_numpy(scaled)
+
+
 def encode(value: np.ndarray) -> torch.Tensor:
     """Fixed-point encoding with rounding to the nearest (as :func:`common.mpc.fixedpoint.share`)."""
-    return torch.from_numpy(np.round(np.asarray(value, dtype=np.float64) * SCALE).astype(np.int64))
+    return encode_exact(value).to(torch.int64)
 
 
 def shared_from_raw(raw_share: torch.Tensor, divisor: int) -> Any:
@@ -72,6 +82,13 @@ def private_operand(value: np.ndarray | None, shape: tuple[int, ...], *, owner: 
 _SPILLED = itertools.count()  # names of spill files, unique within the process
 
 
+def _within(t: torch.Tensor, bound: float) -> bool:
+    """Whether every entry of the non-empty ``t`` is at most ``bound`` in absolute value (one
+    pass, no temporary)."""
+    lo, hi = torch.aminmax(t)
+    return max(float(hi), -float(lo)) <= bound
+
+
 def _select(t: torch.Tensor, rows: Sequence[int] | None) -> torch.Tensor:
     return t if rows is None else t[torch.as_tensor(rows, dtype=torch.long)]
 
@@ -98,8 +115,9 @@ class Masked:
         self.shape = tuple(shape)
         self.provider = crypten.mpc.get_default_provider()
         self.fallback = not hasattr(self.provider, "mask")
-        self.X: torch.Tensor | None = None
+        self.X: torch.Tensor | None = None  # the holder's, its encoding as float64 integers
         self.A: torch.Tensor | None = None
+        self._small = False  # whether X is within ringmath's bound (its products through BLAS)
         self.E: torch.Tensor | None = None  # the other owner's (the holder sends it and drops it)
         self._spilled: dict[str, Path] = {}
         if self.fallback:  # TFP: an ordinary sharing, CrypTen's Beaver products
@@ -112,14 +130,18 @@ class Masked:
         if self.rank == holder:
             if value is None:
                 raise ConfigError(f"party {holder} must give its matrix of shape {self.shape}")
-            X = encode(value)
+            X = encode_exact(value)  # kept as float64 for the BLAS products (ringmath)
             if tuple(X.shape) != self.shape:
                 raise ConfigError(
                     f"party {holder} input has shape {tuple(X.shape)}, agreed {shape}"
                 )
             assert A is not None
-            self.comm.send(X - A, dst=1 - holder)
+            E = X.to(torch.int64)
+            E -= A
+            self.comm.send(E, dst=1 - holder)
+            del E
             self.X, self.A = X, A
+            self._small = X.numel() == 0 or _within(X, 2**ringmath.SMALL_BITS)
         else:
             self.E = self.comm.recv(torch.empty(self.shape, dtype=torch.long), src=holder)
         if spill is not None:
@@ -157,9 +179,7 @@ class Masked:
             return correction
 
         def apply(left: torch.Tensor, right: torch.Tensor) -> torch.Tensor:
-            left = _select(left, rows)
-            # Xᵀ·R as (Rᵀ·X)ᵀ: torch's int64 kernel runs it about 6× faster (rows of X contiguous)
-            return left @ right if op == "matmul" else (right.t() @ left).t()
+            return ringmath.ring_product(op, _select(left, rows), right)
 
         if self.rank != self.holder:
             assert B is not None
@@ -168,8 +188,19 @@ class Masked:
         F = self.comm.recv(torch.empty(mine.shape, dtype=torch.long), src=1 - self.holder)
         out = apply(self._held("A"), F) + correction
         if bool(mine.any()):  # W's share here is not a private operand's 0
-            out += apply(self._held("X"), mine)
+            out += self._clear_product(op, _select(self._held("X"), rows), mine)
         return out
+
+    def _clear_product(self, op: str, X: torch.Tensor, mine: torch.Tensor) -> torch.Tensor:
+        """The holder's X[rows]·W_h (or its transpose's), exactly in the ring: through float64
+        BLAS when X is within :mod:`common.mpc.ringmath`'s bound, else torch's int64 kernel."""
+        if self._small:
+            return (
+                ringmath.small_matmul(X, mine)
+                if op == "matmul"
+                else ringmath.small_tmatmul(X, mine)
+            )
+        return ringmath.ring_product(op, X.to(torch.int64), mine)
 
     def matmul(self, W: Any, rows: Sequence[int] | None = None, *, divisor: int = SCALE) -> Any:
         """X[rows] @ W, truncated once by ``divisor`` (2¹⁶: an ordinary fixed-point product)."""

@@ -341,9 +341,9 @@ def _finetune(
 ) -> Any:
     """:func:`finetune_statistic`'s body; the candidate's chunks kept in ``spill`` between steps.
 
-    The candidate is masked once, chunk by chunk (one Masked per public chunk, E sent once), and
-    each party writes its tensors of each chunk (the model owner's E, the data owner's X and A)
-    to its private ``spill`` directory. Each step's gradient is then computed group by group: the
+    The candidate is masked once, chunk by chunk (one Masked per public chunk, E sent once), and,
+    when it has more than one chunk, each party writes its tensors of each chunk (the model
+    owner's E, the data owner's X and A) to its private ``spill`` directory. Each step's gradient is then computed group by group: the
     model owner's D_tr with the candidate's first chunk, then each further chunk; a minibatch's
     rows are sorted first (the batch's gradient is a sum: its order does not matter), so each
     group reads its chunk back once. The groups' raw shares of Xᵀ R (scale 2³²) are added in the
@@ -355,7 +355,10 @@ def _finetune(
     n_tr, n_a, n_te = shapes.n_train, shapes.n_candidate, shapes.n_test
     B = shapes.feature_bound
     # Each owner's rows masked once, one way, and reused in every step (common.mpc.products).
-    chunks = list(_candidate_chunks(do, shapes, job.chunk_rows, spill=spill))
+    # A candidate of one chunk stays in memory: each product would read that chunk back anyway,
+    # so spilling it bounds nothing and costs a read of its n·d tensors per product.
+    several = len(chunk_bounds(n_a, job.chunk_rows)) > 1
+    chunks = list(_candidate_chunks(do, shapes, job.chunk_rows, spill=spill if several else None))
     X_tr = Masked(None if mo is None else _rows(mo.X_train, B), (n_tr, d), holder=MODEL_OWNER)
     Y_tr = share(None if mo is None else _one_hot(mo.y_train, k), (n_tr, k), src=MODEL_OWNER)
     X_te = Masked(None if mo is None else _rows(mo.X_test, B), (n_te, d), holder=MODEL_OWNER)
