@@ -1,8 +1,10 @@
-"""The workers' allocator settings (:data:`common.runtime.config.WORKER_ENV`), set on import.
+"""The workers' allocator and OpenMP settings (:data:`common.runtime.config.WORKER_ENV`), set on
+import.
 
 The fork server imports this module before :mod:`common.runtime.preload` imports torch, whose CPU
-allocator reads its environment once; a spawned worker gets the same variables in its
-environment (:func:`common.runtime.supervisor.start_party`). A variable already set is kept.
+allocator and OpenMP runtime read their environment once; a spawned worker gets the same
+variables in its environment (:func:`common.runtime.supervisor.start_party`). A variable already
+set is kept.
 """
 
 from __future__ import annotations
