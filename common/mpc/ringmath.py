@@ -85,5 +85,6 @@ def small_tmatmul(small: torch.Tensor, ring: torch.Tensor) -> torch.Tensor:
     limbs = _limbs(ring)
     out = torch.zeros((small.shape[1], k), dtype=torch.int64)
     for lo in range(0, inner, MAX_INNER):
-        out += _recombine(small[lo : lo + MAX_INNER].t() @ limbs[lo : lo + MAX_INNER], k)
+        # Xᵀ·L as (Lᵀ·X)ᵀ: MKL runs it about twice as fast at 6,000 × 785 × 30
+        out += _recombine((limbs[lo : lo + MAX_INNER].t() @ small[lo : lo + MAX_INNER]).t(), k)
     return out
