@@ -31,11 +31,12 @@ import csv
 import math
 import os
 import tempfile
+import threading
 import zipfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -1057,6 +1058,71 @@ class Candidate:
                     yield np.hstack([X, np.ones((len(X), 1))]), y
                 else:
                     yield X, y
+
+
+_T = TypeVar("_T")
+_POLL_SECONDS = 0.1  # how often a waiting reader looks whether its consumer has gone
+
+
+class ReadAhead(Iterator[_T]):
+    """``items``, each one read in a background thread while the previous one is used.
+
+    At most one item is ahead: the thread reads item j + 1 once item j has been taken, so a
+    candidate read this way holds two chunks at most (the one in use and the next). Reading (the
+    file, its checks, the copies) releases the GIL, so it overlaps the MPC's waits and, for the
+    first chunk, the rendezvous (:meth:`common.mpc.statistics.DataOwnerInputs.prefetch`). An
+    error while reading is raised where the item would have been taken; :meth:`close` (or
+    dropping the iterator) stops the thread and closes ``items``.
+    """
+
+    def __init__(self, items: Iterator[_T]):
+        self._items = items
+        self._wanted = threading.Semaphore(1)  # one item may be read before it is asked for
+        self._ready = threading.Semaphore(0)
+        self._stopped = threading.Event()
+        self._slot: tuple[bool, Any] | None = None  # (done, item or error)
+        self._thread = threading.Thread(target=self._read, name="read-ahead", daemon=True)
+        self._thread.start()
+
+    def _read(self) -> None:
+        try:
+            while not self._stopped.is_set():
+                if not self._wanted.acquire(timeout=_POLL_SECONDS):
+                    continue
+                try:
+                    self._slot = (False, next(self._items))
+                except StopIteration:
+                    self._slot = (True, None)
+                except BaseException as exc:  # raised in the consumer's thread
+                    self._slot = (True, exc)
+                self._ready.release()
+                if self._slot[0]:
+                    return
+        finally:
+            close = getattr(self._items, "close", None)
+            if close is not None:
+                close()
+
+    def __next__(self) -> _T:
+        if self._stopped.is_set():
+            raise StopIteration
+        self._ready.acquire()
+        assert self._slot is not None
+        done, value = self._slot
+        self._slot = None
+        if done:
+            self._stopped.set()
+            if value is not None:
+                raise value
+            raise StopIteration
+        self._wanted.release()  # the next item may be read now
+        return value
+
+    def close(self) -> None:
+        self._stopped.set()
+
+    def __del__(self) -> None:
+        self._stopped.set()
 
 
 def _stamp(path: Path) -> tuple[int, int, int]:

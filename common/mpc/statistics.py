@@ -14,7 +14,7 @@ import itertools
 import math
 import tempfile
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +23,7 @@ import torch
 
 from common.errors import ConfigError, DataError
 from common.methods import gradient_norm_scale
-from common.ml.data import Candidate
+from common.ml.data import Candidate, ReadAhead
 from common.ml.model import minibatches
 from common.mpc import truncation
 from common.mpc.compat import import_crypten
@@ -103,16 +103,33 @@ class DataOwnerInputs:
     X: np.ndarray | None = None
     y: np.ndarray | None = None
     candidate: Candidate | None = None
+    _ahead: ReadAhead[tuple[np.ndarray, np.ndarray]] | None = field(
+        default=None, init=False, repr=False
+    )
+
+    def prefetch(self) -> None:
+        """Start reading the candidate's first chunk in the background, before it is due (the
+        worker calls it before the rendezvous, and for the next candidate after each one)."""
+        if self.candidate is not None and self._ahead is None:
+            self._ahead = ReadAhead(self.candidate.chunks(bias=True))
 
     def chunks(self, rows: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        """The candidate ``rows`` rows at a time, X with its bias column (a fresh array each)."""
+        """The candidate ``rows`` rows at a time, X with its bias column (a fresh array each).
+
+        A file's next chunk is read in the background while this one is used (:class:`ReadAhead`:
+        two chunks in memory at most)."""
         if self.candidate is not None:
             if self.candidate.rows != rows:
                 raise ConfigError(
                     f"the candidate was opened with {self.candidate.rows} rows per chunk, the "
                     f"job's chunks have {rows}"
                 )
-            yield from self.candidate.chunks(bias=True)
+            ahead, self._ahead = self._ahead, None
+            ahead = ahead or ReadAhead(self.candidate.chunks(bias=True))
+            try:
+                yield from ahead
+            finally:
+                ahead.close()
             return
         if self.X is None or self.y is None:
             raise ConfigError("the data owner's inputs have neither a candidate file nor arrays")

@@ -322,6 +322,8 @@ def run_party(config: PartyConfig) -> dict[str, object]:
     do = _load_data_owner(config) if config.role == "data_owner" else None
     checks_plans = config.role == "data_owner" and job.provider == "TTP"
     plans = job_plans(job) if checks_plans else None
+    if do:  # the first chunk read while the parties meet (wall time, not a candidate's MPC)
+        do[0].prefetch()
     _report(config, "ready")
     results: list[dict[str, object]] = []
     with _secure_session(config, plans) as (comm, provider):
@@ -365,6 +367,8 @@ def run_party(config: PartyConfig) -> dict[str, object]:
             ).model_dump()
             results.append(result)
             _report(config, "result", index=index, result=result)
+            if do is not None and index + 1 < len(do):
+                do[index + 1].prefetch()
     return {"role": config.role, "results": results}
 
 
