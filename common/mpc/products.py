@@ -96,6 +96,7 @@ def _select(t: torch.Tensor, rows: Sequence[int] | None) -> torch.Tensor:
 class Masked:
     """A matrix held in the clear by party ``holder``, opened once as E = X − A.
 
+    ``value``: the holder's matrix, or its encoding by :func:`encode_exact` (a float64 tensor).
     With ``spill`` (a private directory) the party's tensors (E; the holder's X and A) are written
     there once and read back for each product, so that a matrix reused across many products
     (fine-tuning's candidate chunks) is not held in memory between them.
@@ -103,7 +104,7 @@ class Masked:
 
     def __init__(
         self,
-        value: np.ndarray | None,
+        value: np.ndarray | torch.Tensor | None,
         shape: tuple[int, int],
         *,
         holder: int,
@@ -130,7 +131,8 @@ class Masked:
         if self.rank == holder:
             if value is None:
                 raise ConfigError(f"party {holder} must give its matrix of shape {self.shape}")
-            X = encode_exact(value)  # kept as float64 for the BLAS products (ringmath)
+            # kept as float64 for the BLAS products (ringmath); a tensor is already encoded
+            X = value if isinstance(value, torch.Tensor) else encode_exact(value)
             if tuple(X.shape) != self.shape:
                 raise ConfigError(
                     f"party {holder} input has shape {tuple(X.shape)}, agreed {shape}"

@@ -44,7 +44,7 @@ from common.mpc.fixedpoint import (
     softmax,
 )
 from common.mpc.plan import planning
-from common.mpc.products import Masked, Stacked, private_operand, shared_from_raw
+from common.mpc.products import Masked, Stacked, encode_exact, private_operand, shared_from_raw
 from common.protocol import JobSpec
 
 crypten = import_crypten()
@@ -103,38 +103,51 @@ class DataOwnerInputs:
     X: np.ndarray | None = None
     y: np.ndarray | None = None
     candidate: Candidate | None = None
-    _ahead: ReadAhead[tuple[np.ndarray, np.ndarray]] | None = field(
+    _ahead: tuple[tuple[int, float], ReadAhead[tuple[torch.Tensor, np.ndarray]]] | None = field(
         default=None, init=False, repr=False
     )
 
-    def prefetch(self) -> None:
-        """Start reading the candidate's first chunk in the background, before it is due (the
-        worker calls it before the rendezvous, and for the next candidate after each one)."""
-        if self.candidate is not None and self._ahead is None:
-            self._ahead = ReadAhead(self.candidate.chunks(bias=True))
-
     def chunks(self, rows: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        """The candidate ``rows`` rows at a time, X with its bias column (a fresh array each).
-
-        A file's next chunk is read in the background while this one is used (:class:`ReadAhead`:
-        two chunks in memory at most)."""
+        """The candidate ``rows`` rows at a time, X with its bias column (a fresh array each)."""
         if self.candidate is not None:
             if self.candidate.rows != rows:
                 raise ConfigError(
                     f"the candidate was opened with {self.candidate.rows} rows per chunk, the "
                     f"job's chunks have {rows}"
                 )
-            ahead, self._ahead = self._ahead, None
-            ahead = ahead or ReadAhead(self.candidate.chunks(bias=True))
-            try:
-                yield from ahead
-            finally:
-                ahead.close()
+            yield from self.candidate.chunks(bias=True)
             return
         if self.X is None or self.y is None:
             raise ConfigError("the data owner's inputs have neither a candidate file nor arrays")
         for lo in range(0, len(self.y), rows):
             yield np.array(self.X[lo : lo + rows], dtype=np.float64), self.y[lo : lo + rows]
+
+    def _encoding(self, rows: int, bound: float) -> Iterator[tuple[torch.Tensor, np.ndarray]]:
+        for X, y in self.chunks(rows):
+            X[:, :-1] /= bound  # _rows, in place on the fresh chunk
+            yield encode_exact(X), y
+
+    def prefetch(self, rows: int, bound: float) -> None:
+        """Start reading and encoding the first chunk in the background, before it is due (the
+        worker calls it before the rendezvous, and for the next candidate after each one)."""
+        if self._ahead is None:
+            self._ahead = ((rows, bound), ReadAhead(self._encoding(rows, bound)))
+
+    def encoded(self, rows: int, bound: float) -> Iterator[tuple[torch.Tensor, np.ndarray]]:
+        """The chunks with their features divided by ``bound``, fixed-point encoded
+        (:func:`common.mpc.products.encode_exact`), and the labels. Each next chunk is read and
+        encoded in the background while this one is used (:class:`ReadAhead`: two chunks in
+        memory at most); the first one may already be (:meth:`prefetch`)."""
+        key, ahead = self._ahead or ((rows, bound), None)
+        self._ahead = None
+        if ahead is None or key != (rows, bound):
+            if ahead is not None:
+                ahead.close()
+            ahead = ReadAhead(self._encoding(rows, bound))
+        try:
+            yield from ahead
+        finally:
+            ahead.close()
 
 
 def chunk_bounds(n: int, rows: int) -> list[tuple[int, int]]:
@@ -153,10 +166,10 @@ def _candidate_chunks(
     now and dropped with the chunk), and its labels shared. The data owner reads each chunk from
     its file as it is due; its size must be the one the public chunking predicts."""
     k, d = shapes.n_classes, shapes.d
-    source = None if do is None else do.chunks(rows)
+    source = None if do is None else do.encoded(rows, shapes.feature_bound)
     for lo, hi in chunk_bounds(shapes.n_candidate, rows):
         m = hi - lo
-        X_plain: np.ndarray | None = None
+        X_plain: torch.Tensor | None = None  # rows [x/B, 1], encoded
         y_plain: np.ndarray | None = None
         if source is not None:
             try:
@@ -167,7 +180,6 @@ def _candidate_chunks(
                 raise DataError(
                     f"the candidate's chunk at row {lo} has {len(y_plain)} rows, not {m}"
                 )
-            X_plain[:, :-1] /= shapes.feature_bound  # _rows, in place on the fresh chunk
         X = Masked(X_plain, (m, d), holder=DATA_OWNER, spill=spill)
         del X_plain
         Y = share(_one_hot(y_plain, k), (m, k), src=DATA_OWNER)

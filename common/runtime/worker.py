@@ -323,7 +323,7 @@ def run_party(config: PartyConfig) -> dict[str, object]:
     checks_plans = config.role == "data_owner" and job.provider == "TTP"
     plans = job_plans(job) if checks_plans else None
     if do:  # the first chunk read while the parties meet (wall time, not a candidate's MPC)
-        do[0].prefetch()
+        do[0].prefetch(job.chunk_rows, job.feature_bound)
     _report(config, "ready")
     results: list[dict[str, object]] = []
     with _secure_session(config, plans) as (comm, provider):
@@ -368,7 +368,7 @@ def run_party(config: PartyConfig) -> dict[str, object]:
             results.append(result)
             _report(config, "result", index=index, result=result)
             if do is not None and index + 1 < len(do):
-                do[index + 1].prefetch()
+                do[index + 1].prefetch(job.chunk_rows, job.feature_bound)
     return {"role": config.role, "results": results}
 
 

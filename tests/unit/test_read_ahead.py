@@ -68,14 +68,20 @@ def test_close_stops_the_reader_and_closes_the_items() -> None:
 
 
 def test_a_prefetched_candidate_reads_its_chunks_as_before(tmp_path) -> None:
+    """Prefetched or not, the encoded chunks are the file's rows [x/B, 1] at scale 2^16."""
     rng = np.random.default_rng(0)
-    X, y = rng.random((50, 4)), rng.integers(0, 3, 50)
+    X, y = rng.random((50, 4)) * 4 - 2, rng.integers(0, 3, 50)
     path = save_npz(tmp_path / "c.npz", (X, y))
     candidate = open_candidate(path, n_features=4, n_classes=3, rows=16)
+    expected = np.round(np.hstack([X / 2.0, np.ones((50, 1))]) * 2**16)
     do = DataOwnerInputs(candidate=candidate)
-    do.prefetch()
-    for _ in range(2):  # prefetched, then a fresh pass (a recomputation reads it again)
-        chunks = list(do.chunks(16))
+    do.prefetch(16, 2.0)
+    # prefetched; a fresh pass (a recomputation reads it again); one after a prefetch that does
+    # not fit (another bound: dropped)
+    for prefetch in (None, None, (16, 4.0)):
+        if prefetch is not None:
+            do.prefetch(*prefetch)
+        chunks = list(do.encoded(16, 2.0))
         assert [len(c[1]) for c in chunks] == [16, 16, 16, 2]
-        np.testing.assert_array_equal(np.vstack([c[0] for c in chunks])[:, :-1], X)
+        np.testing.assert_array_equal(np.vstack([c[0].numpy() for c in chunks]), expected)
         np.testing.assert_array_equal(np.concatenate([c[1] for c in chunks]), y)
