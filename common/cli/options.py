@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 from common.methods import METHOD_NAMES
+from common.protocol import MAX_CHUNK_ROWS
 
 # one choice per registered method (common.methods): a new method needs no change here
 MethodChoice = enum.StrEnum(  # type: ignore[misc]
@@ -62,6 +63,13 @@ NoiseOpt = Annotated[
     typer.Option(
         help="influence only: the data owner adds Laplace noise so that each released score is "
         "(ε, δ)-differentially private for one candidate sample (see docs/threat-model.md); ε > 0.",
+    ),
+]
+ChunkRowsOpt = Annotated[
+    int | None,
+    typer.Option(
+        help="Candidate rows per MPC chunk (public): memory is bounded by one chunk, rounds grow "
+        f"with the chunk count. Default: 8192, at most {MAX_CHUNK_ROWS}.",
     ),
 ]
 JsonOpt = Annotated[

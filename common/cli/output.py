@@ -28,6 +28,7 @@ OPTIONS = {
     "lr": "--lr",
     "l2": "--l2",
     "batch_size": "--batch-size",
+    "chunk_rows": "--chunk-rows",
     "method": "--method",
 }
 
