@@ -9,7 +9,9 @@ two-party MPC with real workers (model owner, data owner and dealer over loopbac
 streaming pass and the MPC reads it again in chunks of the job's public ``chunk_rows``
 (``--chunk-rows``, default the job's 8,192), one masked copy per chunk. It prints, per (method, n):
 
-- chunks: ⌈n / chunk_rows⌉; rounds grow with it (each chunk runs the softmax's rounds);
+- chunks: ⌈n / chunk_rows⌉, and g, the job's ``softmax_chunks`` (``--softmax-chunks``, a comma
+  list runs each): rounds grow with ⌈chunks / g⌉, the softmaxes run (each chunk's own products
+  add two rounds);
 - MPC s (the model owner's compute time for the candidate, after the rendezvous) and wall s
   (the whole run: process start, validation, θ̂ and v, rendezvous); plaintext s, the streamed
   validation pass and plaintext twin (:func:`common.ml.data.open_candidate`, then
@@ -26,12 +28,14 @@ the accuracy do not depend on the model being good). Times are wall-clock on a s
 the load average is printed at the start and the end.
 
 Usage: ``.venv/bin/python benchmarks/bench_mpc_scale.py [--sizes 6000,60000]
-[--methods influence,gradient-norm] [--chunk-rows 8192] [--dir D] [--json F]``
+[--methods influence,gradient-norm] [--chunk-rows 8192] [--softmax-chunks 1,8] [--dir D]
+[--json F]``
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import math
 import os
@@ -99,6 +103,7 @@ def measure(
         "n": n,
         "chunk_rows": chunk_rows,
         "chunks": math.ceil(n / chunk_rows),
+        "softmax_chunks": run.job.softmax_chunks,
         "mpc_s": mo.seconds,
         "wall_s": wall,
         "plain_s": plain_s,
@@ -116,7 +121,7 @@ def measure(
 
 def print_table(rows: list[dict[str, Any]]) -> None:
     head = (
-        f"{'method':<13} {'n':>9} {'chunks':>6} {'MPC s':>8} {'wall s':>8} {'plain s':>8} "
+        f"{'method':<13} {'n':>9} {'chunks':>6} {'g':>3} {'MPC s':>8} {'wall s':>8} {'plain s':>8} "
         f"{'MPC/plain':>9} {'s/Mrow':>7} {'bytes MB':>9} {'/floor':>6} {'rounds':>7} "
         f"{'RSS MO':>7} {'RSS DO':>7} {'RSS dealer':>10} {'rel err':>8}"
     )
@@ -125,7 +130,8 @@ def print_table(rows: list[dict[str, Any]]) -> None:
     for r in rows:
         dealer = r["rss_dealer_mb"]
         print(
-            f"{r['method']:<13} {r['n']:>9,} {r['chunks']:>6} {r['mpc_s']:>8.2f} "
+            f"{r['method']:<13} {r['n']:>9,} {r['chunks']:>6} {r['softmax_chunks']:>3} "
+            f"{r['mpc_s']:>8.2f} "
             f"{r['wall_s']:>8.1f} {r['plain_s']:>8.2f} {r['mpc_s'] / r['plain_s']:>9.1f} "
             f"{r['mpc_s'] / r['n'] * 1e6:>7.1f} {r['bytes'] / 1e6:>9.1f} "
             f"{r['bytes'] / r['floor']:>6.2f} {r['rounds']:>7} {r['rss_mo_mb']:>7.0f} "
@@ -144,12 +150,18 @@ def main() -> None:
     parser.add_argument("--sizes", default="6000,60000,200000,1000000")
     parser.add_argument("--methods", default="influence,gradient-norm")
     parser.add_argument("--chunk-rows", type=int, default=DEFAULT_CHUNK_ROWS)
+    parser.add_argument(
+        "--softmax-chunks",
+        default="1",
+        help="chunks per softmax (the job's softmax_chunks); a comma list runs each in turn",
+    )
     parser.add_argument("--steps", type=int, default=16, help="fine-tuning steps")
     parser.add_argument("--dir", type=Path, help="where the files go (default: a temp dir)")
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
     methods = args.methods.split(",")
+    groups = [int(g) for g in args.softmax_chunks.split(",")]
     print(f"load average at the start: {_load()}", flush=True)
     rows = []
     with tempfile.TemporaryDirectory(dir=args.dir, prefix="bench-mpc-scale-") as tmp:
@@ -158,11 +170,20 @@ def main() -> None:
         for n in sizes:
             cand = directory / f"cand_{n}.npz"
             write_npz(cand, n)
-            for method in methods:
-                r = measure(method, n, cand, train, test, args.chunk_rows, steps=args.steps)
+            for method, g in itertools.product(methods, groups):
+                r = measure(
+                    method,
+                    n,
+                    cand,
+                    train,
+                    test,
+                    args.chunk_rows,
+                    steps=args.steps,
+                    softmax_chunks=g,
+                )
                 rows.append(r)
                 print(
-                    f"  {method} n={n:,}: MPC {r['mpc_s']:.1f} s, {r['bytes'] / 1e6:.0f} MB, "
+                    f"  {method} n={n:,} g={g}: MPC {r['mpc_s']:.1f} s, {r['bytes'] / 1e6:.0f} MB, "
                     f"RSS {r['rss_mo_mb']:.0f}/{r['rss_do_mb']:.0f}/{r['rss_dealer_mb'] or 0:.0f} "
                     f"MB, error {r['rel_err']:.1e} (load {_load()})",
                     file=sys.stderr,

@@ -242,6 +242,7 @@ class ModelOwner:
             lr=body.params.lr,
             batch_size=body.params.batch_size,
             chunk_rows=DEFAULT_CHUNK_ROWS if body.chunk_rows is None else body.chunk_rows,
+            softmax_chunks=body.softmax_chunks or 1,
             reveal=body.reveal,
             direction=body.direction,
             provider=body.provider,

@@ -21,6 +21,7 @@ from common.cli.options import (
     RevealChoice,
     RevealOpt,
     RevealToOpt,
+    SoftmaxChunksOpt,
     StepsOpt,
     ThresholdOpt,
     value,
@@ -47,6 +48,7 @@ def local(
     reveal_to: RevealToOpt = None,
     noise_epsilon: NoiseOpt = None,
     chunk_rows: ChunkRowsOpt = None,
+    softmax_chunks: SoftmaxChunksOpt = None,
     insecure_tfp: Annotated[
         bool,
         typer.Option(
@@ -100,6 +102,7 @@ def local(
                 reveal_to=value(reveal_to) or "both",
                 noise_epsilon=noise_epsilon,
                 chunk_rows=DEFAULT_CHUNK_ROWS if chunk_rows is None else chunk_rows,
+                softmax_chunks=1 if softmax_chunks is None else softmax_chunks,
                 check=check,
                 label_column=label_column,
                 timeout=timeout,

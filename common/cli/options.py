@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from common.methods import METHOD_NAMES
-from common.protocol import MAX_CHUNK_ROWS
+from common.protocol import MAX_CHUNK_ROWS, MAX_SOFTMAX_CHUNKS
 
 # one choice per registered method (common.methods): a new method needs no change here
 MethodChoice = enum.StrEnum(  # type: ignore[misc]
@@ -70,6 +70,14 @@ ChunkRowsOpt = Annotated[
     typer.Option(
         help="Candidate rows per MPC chunk (public): memory is bounded by one chunk, rounds grow "
         f"with the chunk count. Default: 8192, at most {MAX_CHUNK_ROWS}.",
+    ),
+]
+SoftmaxChunksOpt = Annotated[
+    int | None,
+    typer.Option(
+        help="Chunks per softmax (public): one softmax's rounds per group of this many chunks "
+        "instead of per chunk, for a WAN; the group's masked chunks wait on disk. "
+        f"Default: 1, at most {MAX_SOFTMAX_CHUNKS}.",
     ),
 ]
 JsonOpt = Annotated[

@@ -29,6 +29,7 @@ OPTIONS = {
     "l2": "--l2",
     "batch_size": "--batch-size",
     "chunk_rows": "--chunk-rows",
+    "softmax_chunks": "--softmax-chunks",
     "method": "--method",
 }
 

@@ -22,6 +22,7 @@ from common.protocol import (
     MAX_CANDIDATES,
     MAX_CHUNK_ROWS,
     MAX_LR,
+    MAX_SOFTMAX_CHUNKS,
     MAX_STEPS,
     CandidateResult,
     DatasetId,
@@ -161,6 +162,15 @@ class SessionCreate(Strict):
         "on its own, so each party's memory is bounded by one chunk; rounds grow with the chunk "
         "count ⌈n / chunk_rows⌉. The data owner refuses more than its DATA_OWNER_MAX_CHUNK_ROWS. "
         "Default: 8192",
+    )
+    softmax_chunks: int | None = Field(
+        default=None,
+        ge=1,
+        le=MAX_SOFTMAX_CHUNKS,
+        description="chunks per softmax (public): the softmax, whose rounds do not depend on its "
+        "rows, runs once per group of this many chunks, which saves rounds across a WAN; the "
+        "group's masked chunks wait on each party's disk (about softmax_chunks × chunk_rows × "
+        "(features + 1) × 16 bytes at the data owner). Default: 1",
     )
 
     @model_validator(mode="after")

@@ -771,15 +771,18 @@ async def test_chunk_rows_reaches_every_worker_and_the_data_owner_caps_it(
         assert words in view["reason"], view["reason"]
     assert workers.configs == []
 
-    view = await open_session(apps, chunk_rows=1000)
+    view = await open_session(apps, chunk_rows=1000, softmax_chunks=4)
     views = await ended(apps, view["id"])
     assert {v["state"] for v in views.values()} == {"completed"}, views
     assert {v["job"]["chunk_rows"] for v in views.values()} == {1000}
-    assert {c.job.chunk_rows for c in workers.configs} == {1000}
+    assert {(c.job.chunk_rows, c.job.softmax_chunks) for c in workers.configs} == {(1000, 4)}
     assert len(workers.configs) == 3  # model owner, data owner, dealer
 
     default = await open_session(stack(), datasets=["candidate_02"])
-    assert default["job"]["chunk_rows"] == DEFAULT_CHUNK_ROWS
+    assert (default["job"]["chunk_rows"], default["job"]["softmax_chunks"]) == (
+        DEFAULT_CHUNK_ROWS,
+        1,
+    )
 
 
 def test_the_appraise_client_sends_noise_epsilon_and_chunk_rows(
@@ -807,10 +810,15 @@ def test_the_appraise_client_sends_noise_epsilon_and_chunk_rows(
         for epsilon, rows in ((0.5, 100), (None, None)):
             with pytest.raises(SessionEnded, match="refused"):
                 client.appraise(
-                    data_owner=DO, datasets=["x"], noise_epsilon=epsilon, chunk_rows=rows
+                    data_owner=DO,
+                    datasets=["x"],
+                    noise_epsilon=epsilon,
+                    chunk_rows=rows,
+                    softmax_chunks=None if rows is None else 3,
                 )
     assert sent[0]["noise_epsilon"] == 0.5 and "noise_epsilon" not in sent[1]
     assert sent[0]["chunk_rows"] == 100 and "chunk_rows" not in sent[1]
+    assert sent[0]["softmax_chunks"] == 3 and "softmax_chunks" not in sent[1]
 
 
 # --------------------------------------------------------------------------------------------
