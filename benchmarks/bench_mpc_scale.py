@@ -35,6 +35,7 @@ Usage: ``.venv/bin/python benchmarks/bench_mpc_scale.py [--sizes 6000,60000]
 from __future__ import annotations
 
 import argparse
+import contextlib
 import itertools
 import json
 import math
@@ -46,13 +47,14 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import wan
 from bench_scale import D, synthetic_chunk, write_npz
 
 from common.ml.data import load_dataset, open_candidate, save_npz
 from common.ml.model import prepare_model_owner
 from common.ml.twins import streamed_score
 from common.protocol import DEFAULT_CHUNK_ROWS
-from common.runtime.local import run_local
+from common.runtime.local import build_job, load_inputs, run_local
 from common.runtime.worker import STREAMED_MAX_BYTES
 
 N_TRAIN, N_TEST = 600, 1000
@@ -72,50 +74,97 @@ def model_owner_files(directory: Path) -> tuple[Path, Path]:
     return paths[0], paths[1]
 
 
-def measure(
-    method: str, n: int, cand: Path, train: Path, test: Path, chunk_rows: int, **kw: Any
-) -> dict[str, Any]:
-    t0 = time.perf_counter()
+def _over_loopback(method: str, cand: Path, train: Path, test: Path, **job: Any) -> dict[str, Any]:
+    """One MPC run with real workers on loopback (run_local)."""
     run = run_local(
         method=method,
         train=train,
         test=test,
         candidates=[cand],
-        chunk_rows=chunk_rows,
         timeout=600.0,
         deadline=4 * 3600.0,
-        **kw,
+        **job,
     )
-    wall = time.perf_counter() - t0
-    # the plaintext twin, streamed, with the model owner's θ̂ and v as its worker computed them
-    tr, te = load_dataset(train), load_dataset(test)
-    state = prepare_model_owner(tr.X, tr.y, te.X, te.y, n_classes=run.job.n_classes, l2=run.job.l2)
-    t1 = time.perf_counter()
-    c = open_candidate(
-        cand, n_features=D, n_classes=run.job.n_classes, max_bytes=STREAMED_MAX_BYTES
-    )
-    plain = streamed_score(run.job, state, tr, te, c.chunks)
-    plain_s = time.perf_counter() - t1
     mo, do = run.results[0], run.data_owner[0]
-    assert mo.score is not None
     return {
-        "method": method,
-        "n": n,
-        "chunk_rows": chunk_rows,
-        "chunks": math.ceil(n / chunk_rows),
-        "softmax_chunks": run.job.softmax_chunks,
+        "score": mo.score,
         "mpc_s": mo.seconds,
-        "wall_s": wall,
-        "plain_s": plain_s,
         "bytes": do.bytes_sent + do.bytes_received,
-        "floor": n * (D + 1) * 8,
         "rounds": mo.rounds,
         "rss_mo_mb": mo.peak_rss_mb,
         "rss_do_mb": do.peak_rss_mb,
         "rss_dealer_mb": run.dealer_peak_rss_mb,
-        "score": mo.score,
+    }
+
+
+def _over_wan(
+    net: Any, rtt_ms: float, method: str, cand: Path, train: Path, test: Path, **job: Any
+) -> dict[str, Any]:
+    """One MPC run with real workers in the WAN's namespaces (benchmarks/wan.py)."""
+    r = wan.run_over_wan(
+        net,
+        rtt_ms=rtt_ms,
+        method=method,
+        train=train,
+        test=test,
+        candidate=cand,
+        timeout=600.0,
+        deadline=4 * 3600.0,
+        **job,
+    )
+    return {
+        "score": r["score"],
+        "mpc_s": r["mpc_seconds"],
+        "bytes": r["bytes_between_owners"],
+        "rounds": r["rounds"],
+        "rss_mo_mb": r["rss_mo_mb"],
+        "rss_do_mb": r["rss_do_mb"],
+        "rss_dealer_mb": None,
+    }
+
+
+def measure(
+    method: str,
+    n: int,
+    cand: Path,
+    train: Path,
+    test: Path,
+    chunk_rows: int,
+    net: Any = None,
+    rtt_ms: float = 0.0,
+    **kw: Any,
+) -> dict[str, Any]:
+    """One (method, n) under MPC, on loopback or (``net``) across the WAN at ``rtt_ms``, and its
+    streamed plaintext twin."""
+    t0 = time.perf_counter()
+    job = {"chunk_rows": chunk_rows, **kw}
+    if net is None:
+        r = _over_loopback(method, cand, train, test, **job)
+    else:
+        r = _over_wan(net, rtt_ms, method, cand, train, test, **job)
+    wall = time.perf_counter() - t0
+    # the plaintext twin, streamed, with the model owner's θ̂ and v as its worker computed them
+    tr, te = load_dataset(train), load_dataset(test)
+    spec = build_job(load_inputs(train, test, [cand]), [cand.stem], method=method, **job)
+    state = prepare_model_owner(tr.X, tr.y, te.X, te.y, n_classes=spec.n_classes, l2=spec.l2)
+    t1 = time.perf_counter()
+    c = open_candidate(cand, n_features=D, n_classes=spec.n_classes, max_bytes=STREAMED_MAX_BYTES)
+    plain = streamed_score(spec, state, tr, te, c.chunks)
+    plain_s = time.perf_counter() - t1
+    assert r["score"] is not None
+    return {
+        **r,
+        "method": method,
+        "n": n,
+        "rtt_ms": None if net is None else rtt_ms,
+        "chunk_rows": chunk_rows,
+        "chunks": math.ceil(n / chunk_rows),
+        "softmax_chunks": spec.softmax_chunks,
+        "wall_s": wall,
+        "plain_s": plain_s,
+        "floor": n * (D + 1) * 8,
         "plaintext": plain,
-        "rel_err": abs(mo.score - plain) / abs(plain),
+        "rel_err": abs(r["score"] - plain) / abs(plain),
     }
 
 
@@ -155,6 +204,12 @@ def main() -> None:
         default="1",
         help="chunks per softmax (the job's softmax_chunks); a comma list runs each in turn",
     )
+    parser.add_argument(
+        "--rtt",
+        type=float,
+        help="run the parties in network namespaces with this round-trip time in ms "
+        "(benchmarks/wan.py; needs root) instead of on loopback",
+    )
     parser.add_argument("--steps", type=int, default=16, help="fine-tuning steps")
     parser.add_argument("--dir", type=Path, help="where the files go (default: a temp dir)")
     parser.add_argument("--json", type=Path, help="also write the results here")
@@ -164,7 +219,16 @@ def main() -> None:
     groups = [int(g) for g in args.softmax_chunks.split(",")]
     print(f"load average at the start: {_load()}", flush=True)
     rows = []
-    with tempfile.TemporaryDirectory(dir=args.dir, prefix="bench-mpc-scale-") as tmp:
+    with contextlib.ExitStack() as stack:
+        net = None
+        if args.rtt is not None:
+            problem = wan.wan_problem()
+            if problem is not None:
+                sys.exit(f"--rtt: {problem}")
+            net = stack.enter_context(wan.wan_network())
+        tmp = stack.enter_context(
+            tempfile.TemporaryDirectory(dir=args.dir, prefix="bench-mpc-scale-")
+        )
         directory = Path(tmp)
         train, test = model_owner_files(directory)
         for n in sizes:
@@ -178,6 +242,8 @@ def main() -> None:
                     train,
                     test,
                     args.chunk_rows,
+                    net=net,
+                    rtt_ms=args.rtt or 0.0,
                     steps=args.steps,
                     softmax_chunks=g,
                 )
@@ -190,7 +256,8 @@ def main() -> None:
                     flush=True,
                 )
             cand.unlink()
-    print(f"chunk rows {args.chunk_rows}; load average at the end: {_load()}\n")
+    where = "loopback" if args.rtt is None else f"network namespaces, RTT {args.rtt:g} ms"
+    print(f"chunk rows {args.chunk_rows}; {where}; load average at the end: {_load()}\n")
     print_table(rows)
     if args.json:
         args.json.write_text(json.dumps(rows, indent=2))
