@@ -99,33 +99,31 @@ def _run(split, mode: str):  # type: ignore[no-untyped-def]
 def test_a_forged_retry_serves_nothing_computed_from_the_data_owners_candidate_draws(
     digits_split,
 ) -> None:
-    """The run fails on the dealer, with an MPCError naming the sequence it refused: after the
-    forged retry the model owner computes candidate 1 with corrections for candidate 0's second
-    attempt, which match no share of the data owner's, so candidate 1's truncation checks fail
-    (garbage shares are out of range for all but a vanishing fraction of the checks), both owners
-    recompute it, and the model owner's second ``retry`` would be candidate 0's second
-    recomputation, which the job cannot contain. The dealer closes its link, the model owner's
-    worker fails on it and the data owner's on the model owner's: no score for candidate 1."""
+    """The run fails on both owners, with an MPCError saying the shares are inconsistent: after
+    the forged retry the model owner computes candidate 1 with corrections for candidate 0's
+    second attempt, which match no share of the data owner's, so the count of failed truncation
+    checks opened at the end of candidate 1 is garbage, not a count (a sum of 2·checks bits), and
+    both owners, who both open it, stop there. The dealer's link then closes under it: no score
+    for candidate 1."""
     _, errors, results = _run(digits_split, "retry")
-    assert errors["dealer"]["type"] == "MPCError", errors
-    assert "second recomputation of candidate 0" in errors["dealer"]["message"], errors["dealer"]
     for role in ("model_owner", "data_owner"):
-        assert errors[role]["type"] == "ChannelClosed", errors
+        assert errors[role]["type"] == "MPCError", errors
+        assert "the parties' shares are inconsistent" in errors[role]["message"], errors[role]
         assert role not in results
+    assert errors["dealer"]["type"] == "ChannelClosed", errors
 
 
 def test_a_forged_next_serves_nothing_computed_from_the_data_owners_recomputation(
     digits_split,
 ) -> None:
-    """The run fails on both owners with a TruncationFailure: the model owner recomputes
+    """The run fails on both owners with the same MPCError: the model owner recomputes
     candidate 0 with the corrections of candidate 1's first attempt, which match no share of the
-    data owner's, so the recomputation's checks fail too (see above; the count opened is then
-    garbage as well), and a candidate has two attempts. The dealer's link then closes under it.
-    No score for candidate 0."""
+    data owner's, so the recomputation's opened count of failed checks is garbage (see above).
+    The dealer's link then closes under it. No score for candidate 0."""
     outcomes, errors, results = _run(digits_split, "next")
     assert outcomes["data_owner"]["injected"] == 1  # the first attempt did fail
     for role in ("model_owner", "data_owner"):
-        assert errors[role]["type"] == "TruncationFailure", errors
-        assert "again in its recomputation" in errors[role]["message"]
+        assert errors[role]["type"] == "MPCError", errors
+        assert "the parties' shares are inconsistent" in errors[role]["message"], errors[role]
         assert role not in results
     assert errors["dealer"]["type"] == "ChannelClosed", errors
