@@ -307,9 +307,11 @@ def run_over_wan(
     candidate: Path,
     timeout: float = 120.0,
     deadline: float = 3600.0,
+    **job_params: Any,
 ) -> dict[str, Any]:
     """One appraisal with each party's real worker in its namespace; what the parties and the
-    relay report, and the wall time (worker start-up to the last exit). ``rtt_ms`` None: the
+    relay report, and the wall time (worker start-up to the last exit). ``job_params`` go to the
+    job (e.g. chunk_rows, softmax_chunks). ``rtt_ms`` None: the
     "direct" baseline, the same namespaces and rate limits without the relay (the kernel forwards
     in the hub), which separates the relay's own cost from the RTT's."""
     from common.errors import MPCRunError
@@ -325,7 +327,7 @@ def run_over_wan(
     )
 
     inputs = load_inputs(train, test, [candidate])
-    job = build_job(inputs, candidate_names([candidate]), method=method)
+    job = build_job(inputs, candidate_names([candidate]), method=method, **job_params)
     keys = SessionKeys.new()
     session = "wan-" + secrets.token_hex(8)
     port = 29500
@@ -407,6 +409,8 @@ def run_over_wan(
         "wall_seconds": wall,
         "rounds": mine["rounds"],
         "bytes_between_owners": theirs["bytes_sent"] + theirs["bytes_received"],
+        "rss_mo_mb": mine["peak_rss_mb"],
+        "rss_do_mb": theirs["peak_rss_mb"],
         "relay_bytes": counts["upstream"] + counts["downstream"] if not direct else None,
     }
 

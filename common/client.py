@@ -152,6 +152,8 @@ class ModelOwnerClient:
         direction: str | None = None,
         reveal_to: str | None = None,
         noise_epsilon: float | None = None,
+        chunk_rows: int | None = None,
+        softmax_chunks: int | None = None,
         on_open: Callable[[SessionView], None] | None = None,
         on_progress: Callable[[SessionView], None] | None = None,
     ) -> list[CandidateResult]:
@@ -166,6 +168,8 @@ class ModelOwnerClient:
             direction=direction,
             reveal_to=reveal_to,
             noise_epsilon=noise_epsilon,
+            chunk_rows=chunk_rows,
+            softmax_chunks=softmax_chunks,
         )
         view = self.open_session(body)
         if on_open is not None:
@@ -190,6 +194,8 @@ def session_request(
     direction: str | None = None,
     reveal_to: str | None = None,
     noise_epsilon: float | None = None,
+    chunk_rows: int | None = None,
+    softmax_chunks: int | None = None,
 ) -> dict[str, Any]:
     """The body of ``POST /v1/sessions`` (:class:`SessionCreate`); ``None`` leaves a field to the
     model owner's default."""
@@ -205,6 +211,8 @@ def session_request(
         "direction": direction,
         "reveal_to": reveal_to,  # else the model owner's MODEL_OWNER_REVEAL_TO
         "noise_epsilon": noise_epsilon,
+        "chunk_rows": chunk_rows,  # else the protocol's default
+        "softmax_chunks": softmax_chunks,
     }
     body.update({k: v for k, v in optional.items() if v is not None})
     return body

@@ -40,6 +40,10 @@ MAX_STEPS = 10_000  # fine-tuning steps
 # candidate (6,000 rows) in one chunk; rounds grow with the number of chunks, ⌈n / chunk_rows⌉.
 DEFAULT_CHUNK_ROWS = 8192
 MAX_CHUNK_ROWS = 1 << 20
+# Chunks per softmax (public): the softmax, whose rounds do not depend on its rows, runs once per
+# group of this many chunks, the group's masked chunks waiting in each party's private spill
+# directory. 1: each chunk on its own, nothing spilled (influence and gradient norm).
+MAX_SOFTMAX_CHUNKS = 1024
 MAX_LR = 1e6
 MAX_POWER = 64  # the feature bound and v_bound are powers of two in [2⁻⁶⁴, 2⁶⁴]
 
@@ -238,6 +242,14 @@ class JobSpec(Strict):
         le=MAX_CHUNK_ROWS,
         description="rows of the candidate per MPC chunk: each is masked and sent on its own, "
         "so memory is bounded by the chunk; rounds grow with the chunk count",
+    )
+    softmax_chunks: int = Field(
+        default=1,
+        ge=1,
+        le=MAX_SOFTMAX_CHUNKS,
+        description="chunks per softmax: the softmax and its rounds run once per group of this "
+        "many chunks (rounds ≈ ⌈chunks / softmax_chunks⌉ softmaxes), the group's masked chunks "
+        "kept on each party's disk meanwhile",
     )
     reveal: Reveal = "score"
     direction: Direction | None = Field(

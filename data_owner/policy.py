@@ -117,6 +117,17 @@ def _reveal(r: Review) -> str | None:
     return None
 
 
+def _memory(r: Review) -> str | None:
+    rows, limit = r.invitation.job.chunk_rows, r.settings.max_chunk_rows
+    if rows > limit:
+        return (
+            f"the job's MPC chunks of {rows} rows are larger than this data owner allows "
+            f"({limit}, DATA_OWNER_MAX_CHUNK_ROWS): its worker holds one chunk of a candidate in "
+            "memory at a time; ask for chunk_rows ≤ that"
+        )
+    return None
+
+
 def _keys(r: Review) -> str | None:
     keys = r.invitation.keys or SessionKeys()
     if keys.do_dealer is not None:
@@ -195,6 +206,7 @@ CHECKS: tuple[Check, ...] = (
     _method,
     _provider,
     _reveal,
+    _memory,
     _keys,
     _budget,
     _data,

@@ -10,6 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, m
 from pydantic_settings import SettingsConfigDict
 
 from common.methods import METHOD_NAMES
+from common.protocol import MAX_CHUNK_ROWS
 from common.web.settings import OPERATOR, Credential, ServiceSettings
 
 MIN_NOISE_EPSILON = 1e-3
@@ -83,6 +84,8 @@ class DataOwnerSettings(ServiceSettings):
     # refuse noise with ε below this: the noise would drown every score, and an extreme ε is how a
     # model owner once made the noise overflow (the contract refuses what could leave the ring)
     min_noise_epsilon: float = Field(default=MIN_NOISE_EPSILON, gt=0, allow_inf_nan=False)
+    # refuse jobs whose MPC chunks are larger: a worker holds one chunk of its candidate at a time
+    max_chunk_rows: int = Field(default=MAX_CHUNK_ROWS, ge=1, le=MAX_CHUNK_ROWS)
     max_upload_bytes: int = 200_000_000
 
     @field_validator("allowed_methods")

@@ -39,6 +39,7 @@ from common.errors import (
 )
 from common.ml.model import v_bound
 from common.protocol import (
+    DEFAULT_CHUNK_ROWS,
     CandidateMeta,
     JobSpec,
     SessionKeys,
@@ -240,6 +241,8 @@ class ModelOwner:
             steps=body.params.steps,
             lr=body.params.lr,
             batch_size=body.params.batch_size,
+            chunk_rows=DEFAULT_CHUNK_ROWS if body.chunk_rows is None else body.chunk_rows,
+            softmax_chunks=body.softmax_chunks or 1,
             reveal=body.reveal,
             direction=body.direction,
             provider=body.provider,

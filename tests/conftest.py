@@ -109,14 +109,17 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 @contextlib.contextmanager
-def stand_in_party(module: str, config, work: Path, *args: str) -> Iterator[None]:
+def stand_in_party(
+    module: str, config, work: Path, *args: str, name: str | None = None
+) -> Iterator[None]:
     """A party's process running the test module ``module`` (a real worker with behaviour
     injected, or an attacker) on ``config``, written 0600 into ``work``; its output goes to
-    ``work/<module>.log``. The block runs the other parties; the process is waited for after it."""
+    ``work/<name>.log`` (``name`` the module's, unless one module stands in for several
+    parties). The block runs the other parties; the process is waited for after it."""
     import subprocess
     import sys
 
-    name = module.rsplit(".", 1)[-1]
+    name = name or module.rsplit(".", 1)[-1]
     path = work / f"{name}.json"
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as f:

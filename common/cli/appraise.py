@@ -12,6 +12,7 @@ import typer
 
 from common.cli.options import (
     BatchOpt,
+    ChunkRowsOpt,
     DirectionOpt,
     JsonOpt,
     LrOpt,
@@ -21,6 +22,7 @@ from common.cli.options import (
     RevealChoice,
     RevealOpt,
     RevealToOpt,
+    SoftmaxChunksOpt,
     StepsOpt,
     ThresholdOpt,
     value,
@@ -48,6 +50,8 @@ def appraise(
     direction: DirectionOpt = None,
     reveal_to: RevealToOpt = None,
     noise_epsilon: NoiseOpt = None,
+    chunk_rows: ChunkRowsOpt = None,
+    softmax_chunks: SoftmaxChunksOpt = None,
     json_output: JsonOpt = False,
     cancel_on_interrupt: Annotated[
         bool,
@@ -78,6 +82,8 @@ def appraise(
         direction=value(direction),
         reveal_to=value(reveal_to),
         noise_epsilon=noise_epsilon,
+        chunk_rows=chunk_rows,
+        softmax_chunks=softmax_chunks,
     )
     show = not json_output and err_console.is_terminal
     with connect(model_owner, tls_ca, tls_cert, tls_key) as client:

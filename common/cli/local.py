@@ -11,6 +11,7 @@ import typer
 
 from common.cli.options import (
     BatchOpt,
+    ChunkRowsOpt,
     DirectionOpt,
     JsonOpt,
     LrOpt,
@@ -20,12 +21,14 @@ from common.cli.options import (
     RevealChoice,
     RevealOpt,
     RevealToOpt,
+    SoftmaxChunksOpt,
     StepsOpt,
     ThresholdOpt,
     value,
 )
 from common.cli.output import err_console, fail_with, progress_bar, results_table
 from common.errors import AppraisalError
+from common.protocol import DEFAULT_CHUNK_ROWS
 
 
 def local(
@@ -44,6 +47,8 @@ def local(
     direction: DirectionOpt = None,
     reveal_to: RevealToOpt = None,
     noise_epsilon: NoiseOpt = None,
+    chunk_rows: ChunkRowsOpt = None,
+    softmax_chunks: SoftmaxChunksOpt = None,
     insecure_tfp: Annotated[
         bool,
         typer.Option(
@@ -96,6 +101,8 @@ def local(
                 insecure_tfp=insecure_tfp,
                 reveal_to=value(reveal_to) or "both",
                 noise_epsilon=noise_epsilon,
+                chunk_rows=DEFAULT_CHUNK_ROWS if chunk_rows is None else chunk_rows,
+                softmax_chunks=1 if softmax_chunks is None else softmax_chunks,
                 check=check,
                 label_column=label_column,
                 timeout=timeout,

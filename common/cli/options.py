@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 from common.methods import METHOD_NAMES
+from common.protocol import MAX_CHUNK_ROWS, MAX_SOFTMAX_CHUNKS
 
 # one choice per registered method (common.methods): a new method needs no change here
 MethodChoice = enum.StrEnum(  # type: ignore[misc]
@@ -62,6 +63,21 @@ NoiseOpt = Annotated[
     typer.Option(
         help="influence only: the data owner adds Laplace noise so that each released score is "
         "(ε, δ)-differentially private for one candidate sample (see docs/threat-model.md); ε > 0.",
+    ),
+]
+ChunkRowsOpt = Annotated[
+    int | None,
+    typer.Option(
+        help="Candidate rows per MPC chunk (public): memory is bounded by one chunk, rounds grow "
+        f"with the chunk count. Default: 8192, at most {MAX_CHUNK_ROWS}.",
+    ),
+]
+SoftmaxChunksOpt = Annotated[
+    int | None,
+    typer.Option(
+        help="Chunks per softmax (public): one softmax's rounds per group of this many chunks "
+        "instead of per chunk, for a WAN; the group's masked chunks wait on disk. "
+        f"Default: 1, at most {MAX_SOFTMAX_CHUNKS}.",
     ),
 ]
 JsonOpt = Annotated[

@@ -28,6 +28,8 @@ OPTIONS = {
     "lr": "--lr",
     "l2": "--l2",
     "batch_size": "--batch-size",
+    "chunk_rows": "--chunk-rows",
+    "softmax_chunks": "--softmax-chunks",
     "method": "--method",
 }
 

@@ -12,16 +12,27 @@ computes itself: it pushes each planned value to the model owner in order, witho
 checks against what its computation asks for. The model owner sends the dealer ``next`` after
 each candidate (or once, ``retry``: the candidate's truncation checks failed and its plan is served
 again, :mod:`common.mpc.truncation`) and, at the end, ``done`` with the count of items it used.
-Anything else (a request, a second retry, a zero-size or surplus item) is refused with an :class:`MPCError` naming what was asked and what was planned, and fails
-the session; nothing is ever computed for it. The data owner's stream is keyed by its own link with
-the dealer, agreed through a handshake that the model owner relays but cannot read.
+Anything else (a request, a second retry, a decision after the job's last candidate, a zero-size
+or surplus item) is refused with an :class:`MPCError` naming what was asked and what was due, and
+fails the session; nothing is ever computed for it. The data owner's streams are keyed by its own
+link with the dealer, agreed through a handshake that the model owner relays but cannot read.
+
+Each attempt at each candidate draws from **its own streams** (:func:`attempt_stream`): keys
+derived from each link's schedule for ``(candidate, attempt)``, which no other attempt uses. Only
+the model owner tells the dealer when to recompute, so it could say ``retry`` without cause (or
+``next`` when the data owner recomputes); with one stream per link going on across attempts, the
+dealer would then compute the model owner's corrections from the very stream values the data owner
+was using for other items (its masks A of E = X − A). Now the dealer's attempt and the data
+owner's draw from independent streams: the model owner's corrections are garbage to it, the
+computation's checks or the dealer's refusals end the session, and its view stays independent of
+the data owner's masks.
 """
 
 from __future__ import annotations
 
 import json
 import struct
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
@@ -30,6 +41,7 @@ import numpy as np
 import torch
 
 from common.errors import MPCError
+from common.mpc.appraisal import ATTEMPTS
 from common.mpc.communicator import nbytes, pack, unpack
 from common.mpc.compat import import_crypten
 from common.mpc.plan import (
@@ -56,6 +68,22 @@ COMPARE_BITS = (1 << COMPARE_WIDTH) - 1  # a ``compare`` item's XOR-shared bits 
 _HEADER = struct.Struct("!I")
 WINDOW = 2  # values the dealer keeps queued ahead of the model owner (bounds its memory)
 SPILL_ELEMENTS = 1 << 20  # masks from 8 MB up go to the dealer's spill directory while live
+
+KeySchedule = Callable[[str], bytes]  # a link's derive: a label → a 32-byte key both ends know
+
+
+def attempt_stream(keys: KeySchedule, index: int, attempt: int) -> StreamRng:
+    """The correlated-value stream of attempt ``attempt`` at candidate ``index`` on one link.
+
+    The only place its key is derived: both owners' providers and the dealer call it, so that the
+    two ends of a link agree and no two attempts (of one candidate or of two) share a stream.
+    """
+    if index < 0 or not 0 <= attempt < ATTEMPTS:
+        raise MPCError(
+            f"no stream for attempt {attempt} at candidate {index}: a candidate has attempts "
+            f"0 to {ATTEMPTS - 1}"
+        )
+    return StreamRng(keys(f"triples/{index}/{attempt}"))
 
 
 def _shape(value: Any, what: str) -> tuple[int, ...]:
@@ -100,10 +128,12 @@ class DealerProvider(TupleProvider):
     """CrypTen's tuple-provider interface, served by our dealer over a secure channel.
 
     Both owners draw their shares of ``a``, ``b`` (and every other random value) from the stream
-    they share with the dealer; the data owner also draws its share of ``c``; the model owner
-    receives its share of ``c``, pushed by the dealer in the plan's order. With ``plan`` given,
-    every draw is checked against it first (the data owner does so: nothing it masks with a
-    value the dealer would not mirror ever leaves its process).
+    they share with the dealer for the current attempt at the current candidate
+    (:func:`attempt_stream` of ``keys``, switched by :meth:`begin` and :meth:`retry`); the data
+    owner also draws its share of ``c``; the model owner receives its share of ``c``, pushed by the
+    dealer in the plan's order. With ``plan`` given, every draw is checked against it first (the
+    data owner does so: nothing it masks with a value the dealer would not mirror ever leaves its
+    process).
     """
 
     NAME = "TTP"
@@ -111,7 +141,7 @@ class DealerProvider(TupleProvider):
     def __init__(
         self,
         rank: int,
-        stream: StreamRng,
+        keys: KeySchedule,
         dealer: Channel | None,
         plan: Callable[[int], list[Item]] | None = None,
     ):
@@ -119,7 +149,9 @@ class DealerProvider(TupleProvider):
         if (rank == 0) != (dealer is not None):
             raise MPCError("only the model owner's worker talks to the dealer")
         self._rank = rank
-        self.stream = stream
+        self._keys = keys
+        self._stream: StreamRng | None = None  # the current attempt's (none outside a candidate)
+        self._index = -1  # the current candidate
         self.dealer = dealer
         self._plan_of = plan
         self._plan: list[Item] | None = None
@@ -129,9 +161,19 @@ class DealerProvider(TupleProvider):
         self._rmasks: list[tuple[int, ...]] = []  # per candidate: the rmasks' shapes
         self._retried = False  # whether the current candidate was recomputed
 
+    @property
+    def stream(self) -> StreamRng:
+        """The current attempt's stream; a draw outside any candidate is refused."""
+        if self._stream is None:
+            raise MPCError("a correlated value was asked for outside any candidate's computation")
+        return self._stream
+
     def begin(self, index: int) -> None:
-        """A new candidate: its plan (when checking) and fresh mask numbering."""
+        """A new candidate: its plan (when checking), its first attempt's stream and fresh mask
+        numbering."""
         self._plan = None if self._plan_of is None else self._plan_of(index)
+        self._stream = attempt_stream(self._keys, index, 0)
+        self._index = index
         self._in_plan = 0
         self._masks = []
         self._rmasks = []
@@ -150,12 +192,13 @@ class DealerProvider(TupleProvider):
 
     def retry(self) -> None:
         """The attempt's truncation checks failed: the candidate's plan once more (at most once),
-        with fresh values (the streams go on); the model owner tells the dealer."""
+        with fresh values from the second attempt's own stream; the model owner tells the dealer."""
         self._used_whole_plan()
         if self._retried:
             raise MPCError("a candidate is recomputed at most once")
         self._retried = True
         self._decide("retry")
+        self._stream = attempt_stream(self._keys, self._index, 1)
         self._in_plan = 0
         self._masks = []
         self._rmasks = []
@@ -164,6 +207,7 @@ class DealerProvider(TupleProvider):
         """The candidate is over: it must have used its whole plan; the dealer may go on."""
         self._used_whole_plan()
         self._decide("next")
+        self._stream = None
 
     def _check(self, item: Item) -> None:
         check_item(item)
@@ -321,19 +365,28 @@ class DealerProvider(TupleProvider):
 class Dealer:
     """The dealer's state: one stream per owner, mirrored draw for draw, and the plan it serves.
 
+    The streams are those of the current attempt at the current candidate (:func:`attempt_stream`
+    of each owner's link, switched by :meth:`begin`), the ones that owner's provider draws from.
     With ``spill`` (a private directory), a large mask still needed when the next one is drawn
     (fine-tuning reuses every chunk's mask in every step) is kept there, not in memory, and read
     back for each product.
     """
 
-    def __init__(self, stream_mo: StreamRng, stream_do: StreamRng, spill: Path | None = None):
-        self.streams = (stream_mo, stream_do)
+    def __init__(self, keys_mo: KeySchedule, keys_do: KeySchedule, spill: Path | None = None):
+        self._keys = (keys_mo, keys_do)
+        self.streams: tuple[StreamRng, StreamRng] | None = None  # set by begin
         self.served = 0  # items of the session's plans served so far
         self.spill = spill
         self._masks: list[tuple[torch.Tensor | Path | None, int]] = []  # masks A (or files)
         self._rmasks: list[torch.Tensor] = []  # the candidate's last rmasks a (both shares' sum)
 
-    def begin(self) -> None:
+    def begin(self, index: int, attempt: int) -> None:
+        """Attempt ``attempt`` at candidate ``index``: its own streams, no masks."""
+        keys_mo, keys_do = self._keys
+        self.streams = (
+            attempt_stream(keys_mo, index, attempt),
+            attempt_stream(keys_do, index, attempt),
+        )
         for i in range(len(self._masks)):
             self.release(i)
         self._masks = []
@@ -366,6 +419,8 @@ class Dealer:
         """Mirror both owners' draws for ``item``; the model owner's share (None for a mask)."""
         check_item(item)
         sizes = [_shape(list(s), "tensor size") for s in item.sizes]
+        if self.streams is None:
+            raise MPCError(f"the dealer was asked for {item} before any candidate began")
         s0, s1 = self.streams
         self.served += 1
         if item.fn == "additive":
@@ -390,7 +445,7 @@ class Dealer:
             return value - s1.int64(size)
         if item.fn == "mask" and item.holder in (0, 1) and len(sizes) == 1:
             self._spill_live()
-            self._masks.append((self.streams[item.holder].int64(sizes[0]), item.holder))
+            self._masks.append(((s0, s1)[item.holder].int64(sizes[0]), item.holder))
             return None
         if (
             item.fn == "product"
@@ -403,7 +458,7 @@ class Dealer:
             A, holder = self._mask(item.mask)
             product_size(item, tuple(A.shape))
             # B comes from the party that does not hold the mask (the holder's stream drew A)
-            B = self.streams[1 - holder].int64(sizes[0])
+            B = (s0, s1)[1 - holder].int64(sizes[0])
             A_rows = _rows(A, item.rows)
             assert item.op is not None  # one of PRODUCT_OPS
             C = ring_product(item.op, A_rows, B)  # as the owners' products (products.py)
@@ -449,40 +504,101 @@ def _refuse(request: Any, served: int, expected: str) -> MPCError:
     )
 
 
-def serve_dealer(model_owner: Channel, dealer: Dealer, plans: Iterable[list[Item]]) -> int:
-    """Push every planned value to the model owner, in order, then expect its ``done``.
+class Attempts:
+    """Where the dealer is in the job: attempt ``attempt`` at candidate ``index`` of ``total``.
+
+    Only the model owner's decisions move it, and only as far as the job can contain: after each
+    attempt's plan, ``next`` (the next candidate) or, once per candidate, ``retry`` (its
+    recomputation); after the last candidate, ``done`` with the count of items served. Anything
+    else (a second retry, a decision beyond the job's last candidate, ``done`` early, any other
+    message) is refused with an :class:`MPCError` that names it and ends the session.
+    """
+
+    def __init__(self, total: int):
+        if total < 1:
+            raise MPCError(f"the dealer serves a job of at least one candidate, not {total}")
+        self.total = total
+        self.index = 0
+        self.attempt = 0
+
+    @property
+    def over(self) -> bool:
+        """Every candidate's plan was served: only ``done`` may come."""
+        return self.index >= self.total
+
+    def decide(self, request: Any, served: int) -> None:
+        """Move on as ``request`` (the model owner's message after an attempt's plan) says."""
+        if self.over:
+            raise self._beyond(request, served)
+        if request == {"fn": "next"}:
+            self.index, self.attempt = self.index + 1, 0
+            return
+        if request == {"fn": "retry"} and self.attempt + 1 < ATTEMPTS:
+            self.attempt += 1
+            return
+        if request == {"fn": "retry"}:
+            raise MPCError(
+                f"the model owner asked the dealer for a second recomputation of candidate "
+                f"{self.index} after the plan's {served} items were served: a candidate is "
+                "recomputed at most once, and the dealer serves the job's plan only"
+            )
+        due = "'next' or one 'retry'" if self.attempt == 0 else "'next' (after the one retry)"
+        raise _refuse(request, served, f"{due} for candidate {self.index}")
+
+    def _beyond(self, request: Any, served: int) -> MPCError:
+        return _refuse(
+            request,
+            served,
+            f"'done' (the job's {self.total} candidates were all served: there is no candidate "
+            f"{self.total} to go on to or to recompute)",
+        )
+
+    def finish(self, request: Any, served: int) -> None:
+        """The model owner's last message: ``done`` with the count of items served, when due."""
+        if not self.over:
+            raise MPCError(f"the dealer cannot finish at candidate {self.index} of {self.total}")
+        if request in ({"fn": "next"}, {"fn": "retry"}):
+            raise self._beyond(request, served)
+        if request != {"fn": "done", "items": served}:
+            raise _refuse(request, served, f"'done' with the {served} items served")
+
+
+def serve_dealer(
+    model_owner: Channel, dealer: Dealer, plan_of: Callable[[int], list[Item]], total: int
+) -> int:
+    """Push every planned value of the job's ``total`` candidates to the model owner, in order,
+    then expect its ``done``.
 
     After each candidate's plan the model owner says ``next``, or ``retry`` when the candidate's
     truncation checks failed (:mod:`common.mpc.truncation`): the same plan is served once more,
-    with fresh values, and after it only ``next`` is accepted (a candidate is recomputed at most
-    once). Returns the number of items served. Any other message from the model owner is refused
-    with an :class:`MPCError` that names it: a deviating model owner cannot obtain anything off
-    the plan.
+    from the second attempt's own streams, and after it only ``next`` is accepted (a candidate is
+    recomputed at most once, :class:`Attempts`). Each candidate's plan is ``plan_of(index)`` (the
+    worker computes them all before the rendezvous). Returns the number of items served. Any other
+    message from the model owner is refused with an :class:`MPCError` that names it: a deviating
+    model owner cannot obtain anything off the plan, nor, by forging a decision, values drawn from the streams of another
+    attempt than the one the dealer serves.
     """
     pending: list[Future[None]] = []
-    for plan in plans:
-        last_use = {item.mask: j for j, item in enumerate(plan) if item.fn == "product"}
-        for attempt in (0, 1):
-            dealer.begin()
-            for j, item in enumerate(plan):
-                index = dealer.served
-                value = dealer.value(item)
-                if item.mask is not None and last_use.get(item.mask) == j:
-                    dealer.release(item.mask)  # a streamed candidate's chunk mask, done with
-                if value is None:
-                    continue
-                if len(pending) >= WINDOW:
-                    model_owner.wait(pending.pop(0))
-                pending.append(model_owner.send(_message(index, item, value)))
-            request = _request(model_owner)
-            if request == {"fn": "next"}:
-                break
-            if request != {"fn": "retry"} or attempt == 1:
-                due = "'next' or one 'retry'" if attempt == 0 else "'next' (after the one retry)"
-                raise _refuse(request, dealer.served, due)
+    attempts = Attempts(total)
+    plan: list[Item] = []
+    last_use: dict[int | None, int] = {}
+    while not attempts.over:
+        if attempts.attempt == 0:
+            plan = plan_of(attempts.index)
+            last_use = {item.mask: j for j, item in enumerate(plan) if item.fn == "product"}
+        dealer.begin(attempts.index, attempts.attempt)
+        for j, item in enumerate(plan):
+            index = dealer.served
+            value = dealer.value(item)
+            if item.mask is not None and last_use.get(item.mask) == j:
+                dealer.release(item.mask)  # a streamed candidate's chunk mask, done with
+            if value is None:
+                continue
+            if len(pending) >= WINDOW:
+                model_owner.wait(pending.pop(0))
+            pending.append(model_owner.send(_message(index, item, value)))
+        attempts.decide(_request(model_owner), dealer.served)
     for future in pending:
         model_owner.wait(future)
-    request = _request(model_owner)
-    if request != {"fn": "done", "items": dealer.served}:
-        raise _refuse(request, dealer.served, "'done'")
+    attempts.finish(_request(model_owner), dealer.served)
     return dealer.served

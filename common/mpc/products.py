@@ -147,10 +147,13 @@ class Masked:
         else:
             self.E = self.comm.recv(torch.empty(self.shape, dtype=torch.long), src=holder)
         if spill is not None:
-            self._spill(spill)
+            self.spill(spill)
 
-    def _spill(self, directory: Path) -> None:
-        """Write this party's tensors to ``directory`` and drop them from memory."""
+    def spill(self, directory: Path) -> None:
+        """Write this party's tensors to ``directory`` and drop them from memory (under the TFP
+        fallback the ordinary sharing stays in memory)."""
+        if self.fallback:
+            return
         names = ("X", "A") if self.rank == self.holder else ("E",)
         for name in names:
             tensor = getattr(self, name)
@@ -203,6 +206,14 @@ class Masked:
                 else ringmath.small_tmatmul(X, mine)
             )
         return ringmath.ring_product(op, X.to(torch.int64), mine)
+
+    def discard(self) -> None:
+        """Forget this matrix after its last product: its spill files deleted, its tensors
+        dropped (a streamed candidate's disk then holds only the chunks still in use)."""
+        for file in self._spilled.values():
+            file.unlink(missing_ok=True)
+        self._spilled.clear()
+        self.X = self.A = self.E = None
 
     def matmul(self, W: Any, rows: Sequence[int] | None = None, *, divisor: int = SCALE) -> Any:
         """X[rows] @ W, truncated once by ``divisor`` (2¹⁶: an ordinary fixed-point product)."""

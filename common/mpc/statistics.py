@@ -10,6 +10,7 @@ transform (:mod:`common.methods`) turns it into the score.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import math
 import tempfile
@@ -187,6 +188,64 @@ def _candidate_chunks(
         del X, Y  # before the next chunk is read: one chunk's E, A and X in memory at a time
 
 
+@contextlib.contextmanager
+def _spill_directory(needed: bool, prefix: str) -> Iterator[Path | None]:
+    """A private directory (mkdtemp: mode 0700, removed at the end, also on an error) for this
+    party's masked chunks while a computation keeps more than one of them; None when it keeps one
+    at a time, and in the plan's inputless run (which keeps no tensor)."""
+    if not needed or planning() is not None:
+        yield None
+        return
+    with tempfile.TemporaryDirectory(prefix=prefix) as spill:
+        yield Path(spill)
+
+
+def _residual_products(
+    job: JobSpec, shapes: Shapes, theta: Any, do: DataOwnerInputs | None
+) -> torch.Tensor:
+    """This party's raw shares (scale 2³², not yet truncated) of Σ_c X_cᵀ R_c over the candidate's
+    public chunks, with R = softmax(Xθ) − Y.
+
+    Each chunk is masked once, one way (its own Masked; E sent once) and gives its logits X_c θ;
+    the softmax runs once per group of ``job.softmax_chunks`` chunks on their logits stacked (its
+    rounds do not depend on its rows, so a group of g chunks takes one softmax's rounds instead of
+    g), then each chunk's X_cᵀ R_c reuses its E. While a group's softmax waits, its chunks but the
+    last are kept in the party's private spill directory (one chunk's tensors in memory at a
+    time), each read back once for its X_cᵀ R_c and then deleted. The raw shares of all chunks add
+    up in the ring, to be truncated once.
+    """
+    bounds = chunk_bounds(shapes.n_candidate, job.chunk_rows)
+    group = min(job.softmax_chunks, len(bounds))
+    raw: torch.Tensor | None = None
+    with _spill_directory(group > 1, "da-softmax-") as spill:
+        pending: list[tuple[Masked, Any, Any]] = []  # the group's chunks: X, Y and logits
+        chunks = _candidate_chunks(do, shapes, job.chunk_rows)
+        for i, (X, Y) in enumerate(chunks):
+            pending.append((X, Y, X.matmul(theta)))
+            if len(pending) < group and i + 1 < len(bounds):
+                if spill is not None:
+                    X.spill(spill)
+                continue
+            if len(pending) == 1:
+                R = softmax(pending[0][2]) - Y  # RANGE: logits O(10); entries of R in [−1, 1]
+            else:
+                Z = crypten.cat([z for _, _, z in pending], dim=0)
+                R = softmax(Z) - crypten.cat([y for _, y, _ in pending], dim=0)
+                del Z
+            offsets = np.cumsum([0] + [x.shape[0] for x, _, _ in pending])
+            # the last chunk first: it is still in memory (the order of a sum does not matter)
+            for j in reversed(range(len(pending))):
+                X_j = pending[j][0]
+                R_j = R if len(pending) == 1 else R[int(offsets[j]) : int(offsets[j + 1])]
+                part = X_j.raw_tmatmul(R_j)
+                raw = part if raw is None else raw + part
+                X_j.discard()
+            pending = []
+            del X, Y, R
+    assert raw is not None  # n ≥ 1
+    return raw
+
+
 def _one_hot(y: np.ndarray | None, k: int) -> np.ndarray | None:
     if y is None:
         return None
@@ -267,13 +326,7 @@ def influence_statistic(
     c_tensor = torch.zeros(()) if c_plain is None else torch.as_tensor(c_plain, dtype=torch.float64)
     c_shared = crypten.cryptensor(c_tensor, src=MODEL_OWNER, precision=0)
     s = gradient_norm_scale(n)
-    raw: torch.Tensor | None = None
-    for X, Y in _candidate_chunks(do, shapes, job.chunk_rows):
-        R = softmax(X.matmul(theta)) - Y  # RANGE: logits O(10); entries of R in [−1, 1]
-        part = X.raw_tmatmul(R)  # the chunk's X_cᵀ R_c at scale 2³²: the same E, a fresh B
-        raw = part if raw is None else raw + part
-        del X, Y, R
-    assert raw is not None  # n ≥ 1
+    raw = _residual_products(job, shapes, theta, do)
     # RANGE: |G| = |XᵀR/s| ≤ √n per entry, |⟨G, v/c⟩| ≤ 8·d·k·√n (worst cases: aligned gradients)
     with truncation.bounded(max(16.0, 8.0 * d * k * math.sqrt(n))):
         G = shared_from_raw(raw, SCALE * s)  # XᵀR/s, one truncation for all chunks
@@ -306,13 +359,7 @@ def gradient_norm_statistic(
     s = gradient_norm_scale(n)
     # X'ᵀ R / s, one truncation: each chunk's raw shares of X_cᵀ R_c (scale 2³², the chunk's own
     # masked X, E reused with a fresh B) are added in the ring, then truncated once for the sum
-    raw: torch.Tensor | None = None
-    for X, Y in _candidate_chunks(do, shapes, job.chunk_rows):
-        R = softmax(X.matmul(theta)) - Y
-        part = X.raw_tmatmul(R)
-        raw = part if raw is None else raw + part
-        del X, Y, R
-    assert raw is not None  # n ≥ 1
+    raw = _residual_products(job, shapes, theta, do)
     with truncation.bounded(max(16.0, float(n))):  # RANGE: |G/s| ≤ √n, its squares ≤ n
         G_scaled = shared_from_raw(raw, SCALE * s)
         squares = G_scaled.square()
@@ -354,10 +401,11 @@ def finetune_statistic(
     normalised coordinates (θ'_feature = B·θ_feature, ∇' = ∇/B) the feature rows' step is
     B²·η/γ·ĝ, the bias row's η/γ·ĝ.
     """
-    if planning() is not None:  # the plan's inputless run has nothing to keep
-        return _finetune(job, shapes, mo, do, on_step, None)
-    with tempfile.TemporaryDirectory(prefix="da-finetune-") as spill:  # mkdtemp: mode 0700
-        return _finetune(job, shapes, mo, do, on_step, Path(spill))
+    # a candidate of one chunk stays in memory (the bound is one chunk: spilling it would only
+    # read it back in every step)
+    several = len(chunk_bounds(shapes.n_candidate, job.chunk_rows)) > 1
+    with _spill_directory(several, "da-finetune-") as spill:
+        return _finetune(job, shapes, mo, do, on_step, spill)
 
 
 def _finetune(
@@ -368,14 +416,16 @@ def _finetune(
     on_step: StepCallback | None,
     spill: Path | None,
 ) -> Any:
-    """:func:`finetune_statistic`'s body; the candidate's chunks kept in ``spill`` between steps.
+    """:func:`finetune_statistic`'s body; the candidate's chunks kept in ``spill`` between steps
+    (in memory when ``spill`` is None).
 
-    The candidate is masked once, chunk by chunk (one Masked per public chunk, E sent once), and,
-    when it has more than one chunk, each party writes its tensors of each chunk (the model
-    owner's E, the data owner's X and A) to its private ``spill`` directory. Each step's gradient is then computed group by group: the
-    model owner's D_tr with the candidate's first chunk, then each further chunk; a minibatch's
-    rows are sorted first (the batch's gradient is a sum: its order does not matter), so each
-    group reads its chunk back once. The groups' raw shares of Xᵀ R (scale 2³²) are added in the
+    The candidate is masked once, chunk by chunk (one Masked per public chunk, E sent once), and
+    each party writes its tensors of each chunk (the model owner's E, the data owner's X and A)
+    to its private ``spill`` directory. Each step's gradient is then computed group by group: the
+    model owner's D_tr with the candidate's first ``softmax_chunks`` chunks, then each further
+    ``softmax_chunks`` chunks (one softmax per group); a minibatch's rows are sorted first (the
+    batch's gradient is a sum: its order does not matter), so each group reads its chunks back
+    once. The groups' raw shares of Xᵀ R (scale 2³²) are added in the
     ring and truncated once, as in one piece. What stays in memory is D_tr, D_te, θ, one chunk's
     tensors and the labels' shares (n·k ring elements).
     """
@@ -384,10 +434,7 @@ def _finetune(
     n_tr, n_a, n_te = shapes.n_train, shapes.n_candidate, shapes.n_test
     B = shapes.feature_bound
     # Each owner's rows masked once, one way, and reused in every step (common.mpc.products).
-    # A candidate of one chunk stays in memory: each product would read that chunk back anyway,
-    # so spilling it bounds nothing and costs a read of its n·d tensors per product.
-    several = len(chunk_bounds(n_a, job.chunk_rows)) > 1
-    chunks = list(_candidate_chunks(do, shapes, job.chunk_rows, spill=spill if several else None))
+    chunks = list(_candidate_chunks(do, shapes, job.chunk_rows, spill=spill))
     X_tr = Masked(None if mo is None else _rows(mo.X_train, B), (n_tr, d), holder=MODEL_OWNER)
     Y_tr = share(None if mo is None else _one_hot(mo.y_train, k), (n_tr, k), src=MODEL_OWNER)
     X_te = Masked(None if mo is None else _rows(mo.X_test, B), (n_te, d), holder=MODEL_OWNER)
@@ -397,8 +444,12 @@ def _finetune(
     X = Stacked([X_tr, *(X_c for X_c, _ in chunks)])
     Y = crypten.cat([Y_tr, *(Y_c for _, Y_c in chunks)], dim=0)
     del chunks
-    # the groups' edges in the stacked rows: D_tr with the first chunk, then each chunk (public)
-    edges = np.array([0, *(n_tr + hi for _, hi in chunk_bounds(n_a, job.chunk_rows))])
+    # the groups' edges in the stacked rows (public): D_tr with the first softmax_chunks chunks,
+    # then each further softmax_chunks chunks; each group runs one softmax
+    bounds = chunk_bounds(n_a, job.chunk_rows)
+    g = job.softmax_chunks
+    ends = [hi for i, (_, hi) in enumerate(bounds) if (i + 1) % g == 0 or i + 1 == len(bounds)]
+    edges = np.array([0, *(n_tr + hi for hi in ends)])
     grad_gain = 16  # ĝ = γ · mean gradient, |ĝ| ≤ 16
     theta = theta0
     batches = minibatches(n_tr + n_a, job.batch_size)

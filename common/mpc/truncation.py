@@ -255,7 +255,16 @@ class Ledger:
             assert both.numel() == 2 * total
         out = ltz(crypten.mpc.MPCTensor.from_shares(both, precision=0))
         count = out.sum().reveal()
-        return 0 if self.planning else int(count.item())
+        if self.planning:
+            return 0
+        opened = int(count.item())
+        if not 0 <= opened <= 2 * total:  # a sum of 2·total bits: never outside, unless shares
+            raise MPCError(  # were inconsistent (a deviating party, or computations diverged)
+                f"the opened count of failed truncation checks is {opened}, not a count of "
+                f"{2 * total} comparisons: the parties' shares are inconsistent (a party deviated "
+                "from the protocol or the computations diverged); no result is given"
+            )
+        return opened
 
 
 def current() -> Ledger | None:

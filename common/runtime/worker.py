@@ -30,7 +30,7 @@ import tempfile
 import threading
 import time
 import traceback
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -116,40 +116,40 @@ def _connect_to_model_owner(config: PartyConfig) -> Channel:
     )
 
 
-def _relayed_link(config: PartyConfig, via: Channel) -> Any:
-    """The data owner ↔ dealer key schedule, agreed through the model owner's relay."""
+def _relayed_link(config: PartyConfig, via: Channel) -> Callable[[str], bytes]:
+    """The data owner ↔ dealer key schedule, agreed through the model owner's relay: its keys by
+    label, as a direct link's :meth:`~common.mpc.transport.Channel.derive` gives them."""
     from common.mpc import transport
 
     other = "dealer" if config.role == "data_owner" else "data_owner"
-    return transport.relayed_key(
+    schedule = transport.relayed_key(
         config.role,
         via,
         _psk(config, other),
         session_id=config.session_id,
         job_digest=config.job.digest(),
     )
+    return lambda label: schedule.derive("derived/" + label)
 
 
 def run_dealer(config: PartyConfig) -> dict[str, object]:
     """Serve Beaver triples until the model owner's worker says it is done."""
     from common.mpc.communicator import close_channels
     from common.mpc.dealer import Dealer, serve_dealer
-    from common.mpc.streams import StreamRng, install_stream_rng
+    from common.mpc.streams import install_stream_rng
 
-    plans = job_plans(config.job)  # a dealer has no inputs to load, only the public plans
+    job = config.job
+    plans = job_plans(job)  # a dealer has no inputs to load, only the public plans
     _report(config, "ready")
     mo = _connect_to_model_owner(config)
     try:
         link = _relayed_link(config, mo)
-        _report(config, "joined", total=len(config.job.candidates))
+        _report(config, "joined", total=len(job.candidates))
         with tempfile.TemporaryDirectory(prefix="da-dealer-") as spill:  # mkdtemp: mode 0700
-            dealer = Dealer(
-                StreamRng(mo.derive("triples")),
-                StreamRng(link.derive("derived/triples")),
-                spill=Path(spill),
-            )
+            # each owner's link keys one stream per (candidate, attempt): dealer.attempt_stream
+            dealer = Dealer(mo.derive, link, spill=Path(spill))
             install_stream_rng()
-            requests = serve_dealer(mo, dealer, plans)
+            requests = serve_dealer(mo, dealer, plans.__getitem__, len(plans))
     finally:
         close_channels(mo)
     return {
@@ -265,7 +265,7 @@ def _secure_session(config: PartyConfig, plans: list[list[Item]] | None) -> Iter
     from common.mpc import transport
     from common.mpc.communicator import SecureCommunicator, close_channels, installed
     from common.mpc.dealer import DealerProvider
-    from common.mpc.streams import StreamRng, owner_generators
+    from common.mpc.streams import owner_generators
 
     job = config.job
     host, port = transport.parse_rendezvous(config.rendezvous)
@@ -290,16 +290,17 @@ def _secure_session(config: PartyConfig, plans: list[list[Item]] | None) -> Iter
     try:
         rank = RANKS[config.role]
         provider: DealerProvider | None = None
+        # each owner's provider draws from one stream per (candidate, attempt), keyed by its link
+        # with the dealer (dealer.attempt_stream)
         if with_dealer and dealer is not None:
             transport.relay_handshake(peer, dealer)
-            provider = DealerProvider(rank, StreamRng(dealer.derive("triples")), dealer)
+            provider = DealerProvider(rank, dealer.derive, dealer)
         elif with_dealer:
             assert plans is not None  # run_party computes them for a data owner with a dealer
-            link = _relayed_link(config, peer)
             # the data owner checks each of its draws against the job's plan before using it
             provider = DealerProvider(
                 rank,
-                StreamRng(link.derive("derived/triples")),
+                _relayed_link(config, peer),
                 None,
                 plan=plans.__getitem__,
             )

@@ -20,7 +20,9 @@ from pydantic import BaseModel, Field, HttpUrl, model_validator
 from common.methods import DEFAULT_METHOD, Direction
 from common.protocol import (
     MAX_CANDIDATES,
+    MAX_CHUNK_ROWS,
     MAX_LR,
+    MAX_SOFTMAX_CHUNKS,
     MAX_STEPS,
     CandidateResult,
     DatasetId,
@@ -151,6 +153,24 @@ class SessionCreate(Strict):
         "score (or bit) so that it is (ε, δ)-differentially private for one sample of the candidate; "
         "the job then carries v_bound, this model owner's public power-of-two bound on max_j "
         "‖v_j‖₂. Default: no noise",
+    )
+    chunk_rows: int | None = Field(
+        default=None,
+        ge=1,
+        le=MAX_CHUNK_ROWS,
+        description="rows of each candidate per MPC chunk (public): each chunk is masked and sent "
+        "on its own, so each party's memory is bounded by one chunk; rounds grow with the chunk "
+        "count ⌈n / chunk_rows⌉. The data owner refuses more than its DATA_OWNER_MAX_CHUNK_ROWS. "
+        "Default: 8192",
+    )
+    softmax_chunks: int | None = Field(
+        default=None,
+        ge=1,
+        le=MAX_SOFTMAX_CHUNKS,
+        description="chunks per softmax (public): the softmax, whose rounds do not depend on its "
+        "rows, runs once per group of this many chunks, which saves rounds across a WAN; the "
+        "group's masked chunks wait on each party's disk (about softmax_chunks × chunk_rows × "
+        "(features + 1) × 16 bytes at the data owner). Default: 1",
     )
 
     @model_validator(mode="after")

@@ -49,16 +49,21 @@ def _party(rank: int, pair: Any, out: multiprocessing.Queue) -> None:
 def _mirror_provider(rank: int):  # type: ignore[no-untyped-def]
     """Our DealerProvider, with the model owner computing the dealer's values itself from copies
     of both owners' streams (the test harness only: it sees everything)."""
-    from common.mpc.dealer import Dealer, DealerProvider
-    from common.mpc.streams import StreamRng
+    import hashlib
 
-    keys = (b"\2" * 32, b"\3" * 32)
+    from common.mpc.dealer import Dealer, DealerProvider
+
+    keys = tuple(
+        (lambda label, m=master: hashlib.sha256(m + label.encode()).digest())
+        for master in (b"\2" * 32, b"\3" * 32)
+    )
 
     class Mirror(DealerProvider):
         def __init__(self) -> None:
-            super().__init__(rank, StreamRng(keys[rank]), object() if rank == 0 else None)  # type: ignore[arg-type]
-            self.mirror = Dealer(StreamRng(keys[0]), StreamRng(keys[1]))
-            self.mirror.begin()
+            super().__init__(rank, keys[rank], object() if rank == 0 else None)  # type: ignore[arg-type]
+            self.mirror = Dealer(keys[0], keys[1])
+            self.begin(0)  # one candidate's first attempt, on both sides
+            self.mirror.begin(0, 0)
 
         def _correction(self, item, size):  # type: ignore[no-untyped-def]
             if self._rank == 1:

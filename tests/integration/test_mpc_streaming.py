@@ -43,13 +43,14 @@ def candidate_384(digits_split, tmp_path_factory: pytest.TempPathFactory) -> Pat
     return save_npz(tmp_path_factory.mktemp("stream") / "cand_384.npz", (X, y))
 
 
-def _run(method: str, split, cand: Path, rows: int) -> LocalRun:
+def _run(method: str, split, cand: Path, rows: int, softmax_chunks: int = 1) -> LocalRun:
     return run_local(
         method=method,
         train=split.train,
         test=split.test,
         candidates=[cand],
         chunk_rows=rows,
+        softmax_chunks=softmax_chunks,
         check=True,
     )
 
@@ -94,24 +95,41 @@ def test_chunked_candidate_matches_plaintext_and_counts_grow_per_chunk(
     assert per_chunk[2] < figures[0][2]
 
 
+def test_one_softmax_per_group_of_chunks_saves_its_rounds(digits_split, candidate_384) -> None:
+    """3 chunks with softmax_chunks 1, 2 and 3: 3, 2 and 1 softmaxes (the groups' logits
+    stacked, their masked chunks kept on disk meanwhile). The score stays the plaintext twin's;
+    each softmax fewer saves the same rounds exactly, while the bytes barely move (the softmax's
+    bytes are per row)."""
+    runs = [_run("influence", digits_split, candidate_384, N // 3, g) for g in (1, 2, 3)]
+    one = runs[0].results[0].score
+    for run in runs:
+        _assert_close(run, one)
+    rounds = [r.results[0].rounds for r in runs]
+    assert rounds[0] - rounds[1] == rounds[1] - rounds[2] > 0, rounds
+    sent = [r.data_owner[0].bytes_sent for r in runs]
+    assert max(sent) < 1.05 * min(sent), sent
+
+
 def test_a_short_last_chunk_is_appraised_like_the_others(digits_split, candidate_384) -> None:
     """4 chunks: 100, 100, 100 and 84 rows."""
     run = _run("influence", digits_split, candidate_384, 100)
     _assert_close(run)
 
 
-@pytest.mark.parametrize("batch_size", [None, 150])
+@pytest.mark.parametrize(("batch_size", "softmax_chunks"), [(None, 1), (150, 1), (150, 2)])
 def test_finetune_over_chunks_kept_on_disk_matches_plaintext(
-    batch_size: int | None, digits_split, candidate_384
+    batch_size: int | None, softmax_chunks: int, digits_split, candidate_384
 ) -> None:
     """Fine-tuning with the candidate in 3 chunks (each party's tensors in its spill directory
-    between steps), full batch and minibatches that span chunks (rows sorted per batch)."""
+    between steps), full batch and minibatches that span chunks (rows sorted per batch), one
+    softmax per chunk or per group of 2 chunks."""
     run = run_local(
         method="finetune",
         train=digits_split.train,
         test=digits_split.test,
         candidates=[candidate_384],
         chunk_rows=N // 3,
+        softmax_chunks=softmax_chunks,
         batch_size=batch_size,
         steps=8,
         check=True,

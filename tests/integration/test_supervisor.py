@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import signal
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -103,7 +104,13 @@ def test_the_supervisors_own_rendezvous_deadline_stops_everything(digits_split) 
     assert "not joined: model owner, dealer" in report.reason
 
 
-def test_peer_killed_mid_run_fails_the_run(digits_split) -> None:
+def test_peer_killed_mid_run_fails_the_run(digits_split, monkeypatch, tmp_path) -> None:
+    """The data owner's worker killed while it fine-tunes, its chunks spilled: the run fails with
+    an MPCError, and nothing is left, not even the spill the killed worker could not remove (it is
+    inside the session's private workdir, which goes with it)."""
+    from tests.integration.test_spill_cleanup import spilled
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # the run's workdir goes here
     errors: list[BaseException] = []
     progressed = threading.Event()
 
@@ -114,6 +121,7 @@ def test_peer_killed_mid_run_fails_the_run(digits_split) -> None:
                 train=digits_split.train,
                 test=digits_split.test,
                 candidates=list(digits_split.candidates),
+                chunk_rows=50,  # three chunks per candidate, spilled between steps
                 timeout=20,
                 on_progress=lambda done, total: progressed.set(),
             )
@@ -123,6 +131,10 @@ def test_peer_killed_mid_run_fails_the_run(digits_split) -> None:
     thread = threading.Thread(target=run)
     thread.start()
     assert progressed.wait(120), "the first candidate never finished"
+    deadline = time.monotonic() + 30
+    while not any(p.name.endswith("-X.npy") for p in spilled(tmp_path)):  # the data owner's
+        assert time.monotonic() < deadline, "the data owner never spilled a chunk"
+        time.sleep(0.02)
     victims = worker_pids(role="data_owner")
     assert len(victims) == 1
     os.kill(victims[0], signal.SIGKILL)
@@ -131,6 +143,8 @@ def test_peer_killed_mid_run_fails_the_run(digits_split) -> None:
     assert not thread.is_alive()
     assert time.monotonic() - killed_at < 40  # within the 20 s peer timeout plus the grace period
     assert len(errors) == 1 and isinstance(errors[0], MPCError), errors
+    # the workdir and every spill in it are gone (multiprocessing may leave its own pymp-* here)
+    assert list(tmp_path.glob("data-appraisal-*")) == [] and spilled(tmp_path) == []
 
 
 def test_dealer_is_used_unless_tfp_is_explicitly_allowed(monkeypatch, digits_split) -> None:

@@ -18,13 +18,13 @@ from typing import Any
 TARGET = 1  # which checked truncation of an attempt fails (0-based)
 
 
-def main(argv: list[str]) -> int:
+def inject(failures: int, outcome: dict[str, Any]) -> None:
+    """Make the second checked truncation of each of the first ``failures`` attempts of the run
+    fail; count the attempts, the failures injected and the noise draws in ``outcome``."""
     from common.mpc import appraisal, truncation
-    from common.runtime import worker
-    from common.runtime.config import CONFIG_ENV
 
-    config_path, outcome_path, failures = argv[1], Path(argv[2]), int(argv[3])
-    outcome: dict[str, Any] = {"attempts": 0, "injected": 0}
+    outcome.setdefault("attempts", 0)
+    outcome.setdefault("injected", 0)
     original_enter, original_record = truncation.Ledger.__enter__, truncation.Ledger.record
 
     def enter(self: truncation.Ledger) -> truncation.Ledger:
@@ -49,6 +49,15 @@ def main(argv: list[str]) -> int:
     appraisal.laplace = laplace  # type: ignore[assignment]
     truncation.Ledger.__enter__ = enter  # type: ignore[method-assign]
     truncation.Ledger.record = record  # type: ignore[method-assign]
+
+
+def main(argv: list[str]) -> int:
+    from common.runtime import worker
+    from common.runtime.config import CONFIG_ENV
+
+    config_path, outcome_path, failures = argv[1], Path(argv[2]), int(argv[3])
+    outcome: dict[str, Any] = {"attempts": 0, "injected": 0}
+    inject(failures, outcome)
     os.environ[CONFIG_ENV] = config_path
     try:
         return worker.main()

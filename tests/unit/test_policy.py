@@ -28,7 +28,7 @@ from pydantic import SecretStr, ValidationError
 
 from common.errors import Conflict, NotFound
 from common.ml.examples import ExampleSplit
-from common.protocol import JobSpec, SessionKeys
+from common.protocol import DEFAULT_CHUNK_ROWS, JobSpec, SessionKeys
 from common.runtime.config import PartyConfig
 from common.runtime.supervisor import Party
 from common.web.routes import openapi_schema
@@ -756,7 +756,38 @@ async def test_a_tiny_epsilon_is_refused_by_the_contract_and_by_the_data_owners_
     assert mine["epsilon_spent"] == 0.0 and mine["sessions"]["used"] == 0  # refusals are free
 
 
-def test_the_appraise_client_sends_noise_epsilon(monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.anyio
+async def test_chunk_rows_reaches_every_worker_and_the_data_owner_caps_it(
+    stack: Build, workers: FakeWorkers
+) -> None:
+    """The session's public chunk_rows is the job's (every party's worker cuts the candidate the
+    same way); a data owner refuses chunks larger than its DATA_OWNER_MAX_CHUNK_ROWS (its memory)
+    before any worker starts, and the default is the protocol's."""
+    workers.mode = "complete"
+    apps = stack(do={"max_chunk_rows": 1000})
+    view = await open_session(apps, chunk_rows=1001)
+    assert view["state"] == "rejected", view
+    for words in ("chunks of 1001 rows", "(1000, DATA_OWNER_MAX_CHUNK_ROWS)"):
+        assert words in view["reason"], view["reason"]
+    assert workers.configs == []
+
+    view = await open_session(apps, chunk_rows=1000, softmax_chunks=4)
+    views = await ended(apps, view["id"])
+    assert {v["state"] for v in views.values()} == {"completed"}, views
+    assert {v["job"]["chunk_rows"] for v in views.values()} == {1000}
+    assert {(c.job.chunk_rows, c.job.softmax_chunks) for c in workers.configs} == {(1000, 4)}
+    assert len(workers.configs) == 3  # model owner, data owner, dealer
+
+    default = await open_session(stack(), datasets=["candidate_02"])
+    assert (default["job"]["chunk_rows"], default["job"]["softmax_chunks"]) == (
+        DEFAULT_CHUNK_ROWS,
+        1,
+    )
+
+
+def test_the_appraise_client_sends_noise_epsilon_and_chunk_rows(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     from common.client import ModelOwnerClient
     from common.errors import SessionEnded
 
@@ -776,10 +807,18 @@ def test_the_appraise_client_sends_noise_epsilon(monkeypatch: pytest.MonkeyPatch
 
     monkeypatch.setattr(ModelOwnerClient, "open_session", fake_open)
     with ModelOwnerClient(MO.replace("mo.test", "127.0.0.1"), "t") as client:
-        for epsilon in (0.5, None):
+        for epsilon, rows in ((0.5, 100), (None, None)):
             with pytest.raises(SessionEnded, match="refused"):
-                client.appraise(data_owner=DO, datasets=["x"], noise_epsilon=epsilon)
+                client.appraise(
+                    data_owner=DO,
+                    datasets=["x"],
+                    noise_epsilon=epsilon,
+                    chunk_rows=rows,
+                    softmax_chunks=None if rows is None else 3,
+                )
     assert sent[0]["noise_epsilon"] == 0.5 and "noise_epsilon" not in sent[1]
+    assert sent[0]["chunk_rows"] == 100 and "chunk_rows" not in sent[1]
+    assert sent[0]["softmax_chunks"] == 3 and "softmax_chunks" not in sent[1]
 
 
 # --------------------------------------------------------------------------------------------

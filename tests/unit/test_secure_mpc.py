@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 
@@ -9,7 +10,7 @@ import pytest
 import torch
 
 from common.errors import MPCError
-from common.mpc.dealer import Dealer, result_size, serve_dealer
+from common.mpc.dealer import Dealer, KeySchedule, attempt_stream, result_size, serve_dealer
 from common.mpc.plan import Item
 from common.mpc.streams import StreamRng, install_stream_rng
 
@@ -60,9 +61,18 @@ def test_mismatched_matmul_shapes_are_refused() -> None:
         result_size("matmul", (3, 4), (5, 6))
 
 
+def _keys() -> KeySchedule:
+    """A stand-in for a link's key schedule: keys by label from a random master key."""
+    master = os.urandom(32)
+    return lambda label: hashlib.sha256(master + label.encode()).digest()
+
+
 def _parties() -> tuple[StreamRng, StreamRng, Dealer]:
-    k0, k1 = os.urandom(32), os.urandom(32)
-    return StreamRng(k0), StreamRng(k1), Dealer(StreamRng(k0), StreamRng(k1))
+    """The owners' streams of candidate 0's first attempt, and a dealer serving it."""
+    k0, k1 = _keys(), _keys()
+    dealer = Dealer(k0, k1)
+    dealer.begin(0, 0)
+    return attempt_stream(k0, 0, 0), attempt_stream(k1, 0, 0), dealer
 
 
 @pytest.mark.parametrize("op", ["matmul", "mul"])
@@ -161,7 +171,7 @@ def test_an_owner_refuses_a_draw_off_its_plan() -> None:
     from common.mpc.dealer import DealerProvider
 
     plan = [Item("square", ((5,),))]
-    provider = DealerProvider(1, StreamRng(os.urandom(32)), None, plan=lambda index: plan)
+    provider = DealerProvider(1, _keys(), None, plan=lambda index: plan)
     provider.begin(0)
     with pytest.raises(MPCError, match="zero-size"):
         provider.generate_additive_triple((1, 0), (0, 4), "matmul")
@@ -223,9 +233,10 @@ def test_the_dealer_spills_live_masks_and_forgets_released_ones(tmp_path) -> Non
     back for its products (the same shares); a released mask is gone, its file deleted."""
     from common.mpc.dealer import SPILL_ELEMENTS
 
-    k0, k1 = os.urandom(32), os.urandom(32)
-    p0, p1 = StreamRng(k0), StreamRng(k1)
-    dealer = Dealer(StreamRng(k0), StreamRng(k1), spill=tmp_path)
+    k0, k1 = _keys(), _keys()
+    p0, p1 = attempt_stream(k0, 0, 0), attempt_stream(k1, 0, 0)
+    dealer = Dealer(k0, k1, spill=tmp_path)
+    dealer.begin(0, 0)
     rows = SPILL_ELEMENTS // 4
     shape = (rows, 4)
     for _ in range(2):
@@ -303,9 +314,17 @@ class _ScriptedModelOwner:
     def __init__(self, script: list[dict[str, object]]):
         self.script = [json.dumps(m).encode() for m in script]
         self.pushed = 0
+        self.values: list[torch.Tensor] = []  # the corrections pushed, in order
 
-    def send(self, data: object) -> None:
+    def send(self, data: bytes) -> None:
+        from common.mpc.communicator import unpack
+        from common.mpc.dealer import _HEADER
+
         self.pushed += 1
+        (length,) = _HEADER.unpack(data[: _HEADER.size])
+        header = json.loads(data[_HEADER.size : _HEADER.size + length])
+        like = torch.empty(header["item"]["sizes"][0], dtype=torch.long)
+        self.values.append(unpack(bytearray(data[_HEADER.size + length :]), [like])[0])
 
     def wait(self, future: object) -> None:
         return None
@@ -326,10 +345,91 @@ class _ScriptedModelOwner:
 def test_the_dealer_serves_a_candidate_again_at_most_once(script, served) -> None:
     plan = [Item("square", ((3,),))]
     channel = _ScriptedModelOwner(script)
-    dealer = Dealer(StreamRng(os.urandom(32)), StreamRng(os.urandom(32)))
+    dealer = Dealer(_keys(), _keys())
     if served is None:
         with pytest.raises(MPCError, match="the dealer serves the job's plan only"):
-            serve_dealer(channel, dealer, [plan])  # type: ignore[arg-type]
+            serve_dealer(channel, dealer, lambda index: plan, 1)  # type: ignore[arg-type]
         return
-    assert serve_dealer(channel, dealer, [plan]) == served  # type: ignore[arg-type]
+    assert serve_dealer(channel, dealer, lambda index: plan, 1) == served  # type: ignore[arg-type]
     assert channel.pushed == served  # one fresh value per attempt, nothing more
+
+
+def test_each_candidate_and_attempt_has_its_own_stream_of_the_links_keys() -> None:
+    """Deterministic from the link's keys (both ends agree), different for every (candidate,
+    attempt) and every link, and no attempt beyond the one recomputation."""
+    keys, other = _keys(), _keys()
+    draws = {(i, a): attempt_stream(keys, i, a).int64(1000) for i in range(3) for a in range(2)}
+    for (i, a), values in draws.items():
+        assert torch.equal(values, attempt_stream(keys, i, a).int64(1000))
+        assert not torch.equal(values, attempt_stream(other, i, a).int64(1000))
+    pooled = torch.cat(list(draws.values()))
+    assert pooled.unique().numel() == pooled.numel()  # no value shared between two attempts
+    with pytest.raises(MPCError, match="no stream for attempt 2 at candidate 0"):
+        attempt_stream(keys, 0, 2)
+    with pytest.raises(MPCError, match="no stream for attempt 0 at candidate -1"):
+        attempt_stream(keys, -1, 0)
+
+
+def test_an_owners_provider_switches_streams_per_candidate_and_attempt() -> None:
+    from common.mpc.dealer import DealerProvider
+
+    keys = _keys()
+    provider = DealerProvider(1, keys, None)
+    with pytest.raises(MPCError, match="outside any candidate's computation"):
+        provider.square((4,))
+    for index in (0, 1):
+        provider.begin(index)
+        r, _ = provider.square((4,))
+        assert torch.equal(r.share, attempt_stream(keys, index, 0).int64(4))
+        provider.retry()
+        r, _ = provider.square((4,))
+        assert torch.equal(r.share, attempt_stream(keys, index, 1).int64(4))
+        with pytest.raises(MPCError, match="at most once"):
+            provider.retry()
+        provider.end()
+        with pytest.raises(MPCError, match="outside any candidate's computation"):
+            provider.square((4,))
+
+
+def test_the_dealer_serves_each_attempt_from_its_own_streams() -> None:
+    """Two candidates, the first recomputed: each correction is the one of its own attempt's
+    streams (what the owners draw for that attempt), not of the streams' next positions."""
+    plan = [Item("square", ((3,),))]
+    k0, k1 = _keys(), _keys()
+    script = [{"fn": "retry"}, {"fn": "next"}, {"fn": "next"}, {"fn": "done", "items": 3}]
+    channel = _ScriptedModelOwner(script)  # type: ignore[arg-type]
+    assert serve_dealer(channel, Dealer(k0, k1), lambda index: plan, 2) == 3  # type: ignore[arg-type]
+    for value, (index, attempt) in zip(channel.values, [(0, 0), (0, 1), (1, 0)], strict=True):
+        s0, s1 = attempt_stream(k0, index, attempt), attempt_stream(k1, index, attempt)
+        r = s0.int64(3) + s1.int64(3)
+        assert torch.equal(value + s1.int64(3), r * r)
+
+
+@pytest.mark.parametrize(
+    ("script", "refused"),
+    [
+        # a second recomputation of a candidate (the job has one per candidate)
+        ([{"fn": "retry"}, {"fn": "retry"}], "second recomputation of candidate 0"),
+        ([{"fn": "next"}, {"fn": "retry"}, {"fn": "retry"}], "second recomputation of candidate 1"),
+        # a decision beyond the job's last candidate
+        (
+            [{"fn": "next"}, {"fn": "next"}, {"fn": "next"}],
+            "the job's 2 candidates were all served",
+        ),
+        (
+            [{"fn": "next"}, {"fn": "next"}, {"fn": "retry"}],
+            "the job's 2 candidates were all served",
+        ),
+        # out of order: done before the last candidate, or with the wrong count
+        ([{"fn": "next"}, {"fn": "done", "items": 1}], r"'next' or one 'retry' for candidate 1"),
+        ([{"fn": "retry"}, {"fn": "done", "items": 2}], r"'next' \(after the one retry\)"),
+        ([{"fn": "next"}, {"fn": "next"}, {"fn": "done", "items": 3}], "'done' with the 2 items"),
+        ([{"fn": "again"}], r"\{'fn': 'again'\}"),
+    ],
+)
+def test_the_dealer_refuses_what_the_job_cannot_contain(script, refused: str) -> None:
+    plan = [Item("square", ((3,),))]
+    channel = _ScriptedModelOwner(script)
+    with pytest.raises(MPCError, match=refused):
+        serve_dealer(channel, Dealer(_keys(), _keys()), lambda index: plan, 2)  # type: ignore[arg-type]
+    assert channel.script == []  # refused at the message named, not later
