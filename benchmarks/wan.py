@@ -48,7 +48,8 @@ CHUNK = 1 << 16
 # The worker, after what the supervisor's fork server imports (common.runtime.preload): without it
 # the first calls' lazy imports (torch._refs, sympy: seconds under load) fall inside the timed MPC
 WORKER = (
-    "import common.runtime.preload, sys; from common.runtime import worker; sys.exit(worker.main())"
+    "import common.runtime.allocator, common.runtime.preload, sys; from common.runtime import worker; "
+    "sys.exit(worker.main())"
 )
 
 

@@ -31,11 +31,12 @@ import csv
 import math
 import os
 import tempfile
+import threading
 import zipfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -904,14 +905,16 @@ def _check_chunk(
     X: FloatArray, y: IntArray, start: int, src: str, n_classes: int | None
 ) -> tuple[float, int]:
     """The row checks of :func:`validate_dataset` on rows ``start..``; their max |x| and label."""
-    finite = np.isfinite(X)
-    if not finite.all():
-        row, column = (int(i) for i in np.argwhere(~finite)[0])
+    # the extremes in two passes and no temporary (a chunk is checked on the data owner's
+    # critical path); NaN propagates to both, ±inf shows in one
+    lo, hi = (float(X.min()), float(X.max())) if X.size else (0.0, 0.0)
+    if not (math.isfinite(lo) and math.isfinite(hi)):
+        row, column = (int(i) for i in np.argwhere(~np.isfinite(X))[0])
         raise DataError(
             f"{src}: X contains NaN or inf (row {start + row}, column {column}: "
             f"{float(X[row, column])!r}); expected finite numbers"
         )
-    largest = float(np.abs(X).max()) if X.size else 0.0
+    largest = max(hi, -lo)
     if largest > MAX_FEATURE_MAGNITUDE:
         row, column = (int(i) for i in np.argwhere(np.abs(X) > MAX_FEATURE_MAGNITUDE)[0])
         raise DataError(
@@ -1055,6 +1058,71 @@ class Candidate:
                     yield np.hstack([X, np.ones((len(X), 1))]), y
                 else:
                     yield X, y
+
+
+_T = TypeVar("_T")
+_POLL_SECONDS = 0.1  # how often a waiting reader looks whether its consumer has gone
+
+
+class ReadAhead(Iterator[_T]):
+    """``items``, each one read in a background thread while the previous one is used.
+
+    At most one item is ahead: the thread reads item j + 1 once item j has been taken, so a
+    candidate read this way holds two chunks at most (the one in use and the next). Reading (the
+    file, its checks, the copies) releases the GIL, so it overlaps the MPC's waits and, for the
+    first chunk, the rendezvous (:meth:`common.mpc.statistics.DataOwnerInputs.prefetch`). An
+    error while reading is raised where the item would have been taken; :meth:`close` (or
+    dropping the iterator) stops the thread and closes ``items``.
+    """
+
+    def __init__(self, items: Iterator[_T]):
+        self._items = items
+        self._wanted = threading.Semaphore(1)  # one item may be read before it is asked for
+        self._ready = threading.Semaphore(0)
+        self._stopped = threading.Event()
+        self._slot: tuple[bool, Any] | None = None  # (done, item or error)
+        self._thread = threading.Thread(target=self._read, name="read-ahead", daemon=True)
+        self._thread.start()
+
+    def _read(self) -> None:
+        try:
+            while not self._stopped.is_set():
+                if not self._wanted.acquire(timeout=_POLL_SECONDS):
+                    continue
+                try:
+                    self._slot = (False, next(self._items))
+                except StopIteration:
+                    self._slot = (True, None)
+                except BaseException as exc:  # raised in the consumer's thread
+                    self._slot = (True, exc)
+                self._ready.release()
+                if self._slot[0]:
+                    return
+        finally:
+            close = getattr(self._items, "close", None)
+            if close is not None:
+                close()
+
+    def __next__(self) -> _T:
+        if self._stopped.is_set():
+            raise StopIteration
+        self._ready.acquire()
+        assert self._slot is not None
+        done, value = self._slot
+        self._slot = None
+        if done:
+            self._stopped.set()
+            if value is not None:
+                raise value
+            raise StopIteration
+        self._wanted.release()  # the next item may be read now
+        return value
+
+    def close(self) -> None:
+        self._stopped.set()
+
+    def __del__(self) -> None:
+        self._stopped.set()
 
 
 def _stamp(path: Path) -> tuple[int, int, int]:

@@ -47,12 +47,14 @@ from common.mpc.compat import import_crypten
 from common.mpc.plan import (
     COMPARE_SHIFT,
     COMPARE_WIDTH,
+    PRODUCT_OPS,
     RMASK_WINDOW,
     Item,
     check_item,
     product_size,
     relative_pair,
 )
+from common.mpc.ringmath import ring_product
 from common.mpc.streams import StreamRng
 from common.mpc.transport import Channel
 
@@ -445,7 +447,12 @@ class Dealer:
             self._spill_live()
             self._masks.append(((s0, s1)[item.holder].int64(sizes[0]), item.holder))
             return None
-        if item.fn == "product" and item.mask is not None and len(sizes) == 1:
+        if (
+            item.fn == "product"
+            and item.op in PRODUCT_OPS
+            and item.mask is not None
+            and len(sizes) == 1
+        ):
             if not 0 <= item.mask < len(self._masks):
                 raise MPCError(f"the product {item} names a mask that was not drawn")
             A, holder = self._mask(item.mask)
@@ -453,7 +460,8 @@ class Dealer:
             # B comes from the party that does not hold the mask (the holder's stream drew A)
             B = (s0, s1)[1 - holder].int64(sizes[0])
             A_rows = _rows(A, item.rows)
-            C = A_rows @ B if item.op == "matmul" else (B.t() @ A_rows).t()  # as products.py
+            assert item.op is not None  # one of PRODUCT_OPS
+            C = ring_product(item.op, A_rows, B)  # as the owners' products (products.py)
             return C - s1.int64(C.size())
         if item.fn == "rmask" and len(sizes) == 1:
             self._rmasks = [

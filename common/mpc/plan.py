@@ -193,9 +193,11 @@ class PlanningProvider(TupleProvider):
 
     # -- this project's correlated values (common.mpc.products) ---------------------------------
     def mask(self, size: Any, holder: int) -> tuple[int, torch.Tensor | None]:
+        """The mask's number and no tensor: the plan's run keeps no masked matrix
+        (:class:`common.mpc.products.Masked` stops here), and n·d zeros would cost it 40 MB."""
         self.items.append(Item("mask", (_dims(size),), holder=holder))
         self.masks.append(_dims(size))
-        return len(self.masks) - 1, torch.zeros(_dims(size), dtype=torch.long)
+        return len(self.masks) - 1, None
 
     def product(
         self, mask: int, op: str, size_b: Any, rows: Sequence[int] | None, holder: int

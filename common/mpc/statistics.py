@@ -15,7 +15,7 @@ import itertools
 import math
 import tempfile
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +24,7 @@ import torch
 
 from common.errors import ConfigError, DataError
 from common.methods import gradient_norm_scale
-from common.ml.data import Candidate
+from common.ml.data import Candidate, ReadAhead
 from common.ml.model import minibatches
 from common.mpc import truncation
 from common.mpc.compat import import_crypten
@@ -45,7 +45,7 @@ from common.mpc.fixedpoint import (
     softmax,
 )
 from common.mpc.plan import planning
-from common.mpc.products import Masked, Stacked, private_operand, shared_from_raw
+from common.mpc.products import Masked, Stacked, encode_exact, private_operand, shared_from_raw
 from common.protocol import JobSpec
 
 crypten = import_crypten()
@@ -104,6 +104,9 @@ class DataOwnerInputs:
     X: np.ndarray | None = None
     y: np.ndarray | None = None
     candidate: Candidate | None = None
+    _ahead: tuple[tuple[int, float], ReadAhead[tuple[torch.Tensor, np.ndarray]]] | None = field(
+        default=None, init=False, repr=False
+    )
 
     def chunks(self, rows: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """The candidate ``rows`` rows at a time, X with its bias column (a fresh array each)."""
@@ -119,6 +122,33 @@ class DataOwnerInputs:
             raise ConfigError("the data owner's inputs have neither a candidate file nor arrays")
         for lo in range(0, len(self.y), rows):
             yield np.array(self.X[lo : lo + rows], dtype=np.float64), self.y[lo : lo + rows]
+
+    def _encoding(self, rows: int, bound: float) -> Iterator[tuple[torch.Tensor, np.ndarray]]:
+        for X, y in self.chunks(rows):
+            X[:, :-1] /= bound  # _rows, in place on the fresh chunk
+            yield encode_exact(X), y
+
+    def prefetch(self, rows: int, bound: float) -> None:
+        """Start reading and encoding the first chunk in the background, before it is due (the
+        worker calls it before the rendezvous, and for the next candidate after each one)."""
+        if self._ahead is None:
+            self._ahead = ((rows, bound), ReadAhead(self._encoding(rows, bound)))
+
+    def encoded(self, rows: int, bound: float) -> Iterator[tuple[torch.Tensor, np.ndarray]]:
+        """The chunks with their features divided by ``bound``, fixed-point encoded
+        (:func:`common.mpc.products.encode_exact`), and the labels. Each next chunk is read and
+        encoded in the background while this one is used (:class:`ReadAhead`: two chunks in
+        memory at most); the first one may already be (:meth:`prefetch`)."""
+        key, ahead = self._ahead or ((rows, bound), None)
+        self._ahead = None
+        if ahead is None or key != (rows, bound):
+            if ahead is not None:
+                ahead.close()
+            ahead = ReadAhead(self._encoding(rows, bound))
+        try:
+            yield from ahead
+        finally:
+            ahead.close()
 
 
 def chunk_bounds(n: int, rows: int) -> list[tuple[int, int]]:
@@ -137,10 +167,10 @@ def _candidate_chunks(
     now and dropped with the chunk), and its labels shared. The data owner reads each chunk from
     its file as it is due; its size must be the one the public chunking predicts."""
     k, d = shapes.n_classes, shapes.d
-    source = None if do is None else do.chunks(rows)
+    source = None if do is None else do.encoded(rows, shapes.feature_bound)
     for lo, hi in chunk_bounds(shapes.n_candidate, rows):
         m = hi - lo
-        X_plain: np.ndarray | None = None
+        X_plain: torch.Tensor | None = None  # rows [x/B, 1], encoded
         y_plain: np.ndarray | None = None
         if source is not None:
             try:
@@ -151,12 +181,11 @@ def _candidate_chunks(
                 raise DataError(
                     f"the candidate's chunk at row {lo} has {len(y_plain)} rows, not {m}"
                 )
-            X_plain[:, :-1] /= shapes.feature_bound  # _rows, in place on the fresh chunk
         X = Masked(X_plain, (m, d), holder=DATA_OWNER, spill=spill)
         del X_plain
         Y = share(_one_hot(y_plain, k), (m, k), src=DATA_OWNER)
         yield X, Y
-        del X, Y  # before the next chunk is read: one chunk's E, A and X in memory at a time
+        del X, Y  # before the next chunk is used: one chunk's E or X in memory at a time
 
 
 @contextlib.contextmanager
@@ -390,15 +419,15 @@ def _finetune(
     """:func:`finetune_statistic`'s body; the candidate's chunks kept in ``spill`` between steps
     (in memory when ``spill`` is None).
 
-    The candidate is masked once, chunk by chunk (one Masked per public chunk, E sent once), and
-    each party writes its tensors of each chunk (the model owner's E, the data owner's X and A)
-    to its private ``spill`` directory. Each step's gradient is then computed group by group: the
-    model owner's D_tr with the candidate's first ``softmax_chunks`` chunks, then each further
-    ``softmax_chunks`` chunks (one softmax per group); a minibatch's rows are sorted first (the
-    batch's gradient is a sum: its order does not matter), so each group reads its chunks back
-    once. The groups' raw shares of Xᵀ R (scale 2³²) are added in the
-    ring and truncated once, as in one piece. What stays in memory is D_tr, D_te, θ, one chunk's
-    tensors and the labels' shares (n·k ring elements).
+    The candidate is masked once, chunk by chunk (one Masked per public chunk, E sent once), and,
+    when it has more than one chunk, each party writes its tensor of each chunk (the model owner's
+    E, the data owner's X) to its private ``spill`` directory. Each step's gradient is then
+    computed group by group: the model owner's D_tr with the candidate's first
+    ``softmax_chunks`` chunks, then each further ``softmax_chunks`` chunks (one softmax per
+    group); a minibatch's rows are sorted first (the batch's gradient is a sum: its order does not
+    matter), so each group reads its chunks back once. The groups' raw shares of Xᵀ R (scale 2³²)
+    are added in the ring and truncated once, as in one piece. What stays in memory is D_tr, D_te,
+    θ, one chunk's tensors and the labels' shares (n·k ring elements).
     """
     steps, lr, l2 = job.steps, job.lr, job.l2
     d, k = shapes.d, shapes.n_classes

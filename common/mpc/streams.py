@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -24,21 +25,98 @@ from common.mpc.transport import Channel
 crypten = import_crypten()
 
 
-class StreamRng:
-    """A deterministic cryptographic generator: the AES-256-CTR key stream of a 32-byte key."""
+BLOCK = 16  # AES's block: the CTR counter counts these
+PIECE = 1 << 20  # bytes of key stream per update_into call
+_SLACK = BLOCK - 1  # cryptography's update_into wants this much room after its output
+_ZEROS = bytes(PIECE + BLOCK)  # the plaintext: AES-CTR of zeros is the key stream itself
+PARALLEL_BYTES = 1 << 22  # draws from 4 MiB up are split across the compute threads
+_POOLS: dict[int, ThreadPoolExecutor] = {}
 
-    def __init__(self, key: bytes):
+
+def _pool(threads: int) -> ThreadPoolExecutor:
+    """One long-lived pool per thread count (cryptography releases the GIL in update_into)."""
+    if threads not in _POOLS:
+        _POOLS[threads] = ThreadPoolExecutor(threads, thread_name_prefix="stream")
+    return _POOLS[threads]
+
+
+def _keystream_into(encryptor: Any, out: memoryview) -> None:
+    """Write ``encryptor``'s next ``len(out)`` key-stream bytes into ``out``, in place.
+
+    update_into wants BLOCK − 1 bytes of room after what it writes (it writes exactly as many
+    bytes as it reads in CTR mode): each piece that the rest of ``out`` leaves room for is
+    written in place, the last one (< PIECE + BLOCK bytes) through a small scratch buffer.
+    """
+    size, start = len(out), 0
+    zeros = memoryview(_ZEROS)
+    while size - start >= PIECE + _SLACK:
+        encryptor.update_into(zeros[:PIECE], out[start : start + PIECE + _SLACK])
+        start += PIECE
+    tail = size - start
+    scratch = bytearray(tail + _SLACK)
+    encryptor.update_into(zeros[:tail], scratch)
+    out[start:] = memoryview(scratch)[:tail]
+
+
+class StreamRng:
+    """A deterministic cryptographic generator: the AES-256-CTR key stream of a 32-byte key.
+
+    A large draw is cut into ``threads`` ranges of whole blocks (default: torch's thread count,
+    the worker's :attr:`~common.runtime.config.PartyConfig.threads`), each encrypted by its own
+    CTR cipher started at its range's block counter: the values are byte for byte those of the
+    one sequential stream, whatever the thread count.
+    """
+
+    def __init__(self, key: bytes, threads: int | None = None):
         if len(key) != 32:
             raise ValueError("StreamRng needs a 32-byte key")
-        self._encryptor = Cipher(algorithms.AES(key), modes.CTR(bytes(16))).encryptor()
+        self._key = key
+        self._position = 0  # bytes of the key stream drawn so far
+        self._encryptor = self._cipher_at(0)
+        self.threads = threads
         self.device = torch.device("cpu")
+
+    def _cipher_at(self, position: int) -> Any:
+        """A CTR encryptor whose key stream starts at byte ``position`` of this generator's
+        (OpenSSL's CTR counter is the whole 16-byte block, big-endian, as here)."""
+        block, skip = divmod(position, BLOCK)
+        counter = block.to_bytes(BLOCK, "big")
+        encryptor = Cipher(algorithms.AES(self._key), modes.CTR(counter)).encryptor()
+        if skip:
+            encryptor.update(bytes(skip))
+        return encryptor
+
+    def _fill(self, out: memoryview) -> None:
+        """The next ``len(out)`` bytes of the key stream, into ``out``."""
+        size = len(out)
+        threads = self.threads or torch.get_num_threads()
+        if threads == 1 or size < PARALLEL_BYTES:
+            _keystream_into(self._encryptor, out)
+            self._position += size
+            return
+        # inner cuts on block boundaries of the stream, so that each range's cipher starts at
+        # a counter; the first range goes on with this generator's own encryptor
+        first = -self._position % BLOCK
+        step = -(-(size - first) // threads // BLOCK) * BLOCK
+        cuts = [0, *range(first + step, size, step), size] if step else [0, size]
+        encryptors = [self._encryptor] + [self._cipher_at(self._position + c) for c in cuts[1:-1]]
+        pool = _pool(threads)
+        jobs = [
+            pool.submit(_keystream_into, encryptor, out[lo:hi])
+            for encryptor, lo, hi in zip(encryptors, cuts[:-1], cuts[1:], strict=True)
+        ]
+        for job in jobs:
+            job.result()
+        self._position += size
+        self._encryptor = self._cipher_at(self._position)
 
     def int64(self, size: Sequence[int] | torch.Size | int) -> torch.Tensor:
         """Uniform int64 (every value of the ring Z/2^64, as CrypTen's signed representation)."""
         shape = (size,) if isinstance(size, int) else tuple(size)
         n = int(np.prod(shape, dtype=np.int64)) if shape else 1
-        stream = self._encryptor.update(bytes(8 * n))
-        return torch.from_numpy(np.frombuffer(stream, dtype=np.int64).copy()).reshape(shape)
+        out = torch.empty(n, dtype=torch.int64)
+        self._fill(out.numpy().view(np.uint8).data)
+        return out.reshape(shape)
 
     def kbit(self, size: Sequence[int] | torch.Size | int, bits: int) -> torch.Tensor:
         values = self.int64(size)

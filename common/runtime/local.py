@@ -177,12 +177,14 @@ def run_local(
     timeout: float = 120.0,
     deadline: float = 3600.0,
     on_progress: Callable[[int, int], None] | None = None,
+    threads: int = 1,
 ) -> LocalRun:
     """Appraise each candidate under two-party MPC; with ``check`` also compute the plaintext twin.
 
     Paths are resolved here, against the caller's working directory: the workers run in a
     directory of their own. ``timeout`` bounds the rendezvous and every network wait, ``deadline``
-    the whole computation.
+    the whole computation; ``threads`` is each party's count of compute threads
+    (:attr:`PartyConfig.threads`).
     """
     names = candidate_names(candidates)
     train, test = _absolute(train), _absolute(test)
@@ -226,6 +228,7 @@ def run_local(
                 timeout=timeout,
                 session_id="local-" + secrets.token_hex(8),
                 allow_insecure_tfp=insecure_tfp,
+                threads=threads,
             )
         except ValidationError as exc:
             raise config_error(exc) from None

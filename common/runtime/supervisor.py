@@ -36,13 +36,14 @@ from pathlib import Path
 from typing import Any, Literal
 
 from common.protocol import JobSpec
-from common.runtime.config import CONFIG_ENV, PartyConfig
+from common.runtime.config import CONFIG_ENV, WORKER_ENV, PartyConfig
 
 ROOT = Path(__file__).resolve().parents[2]  # the checkout, for a worker started by spawn
 GRACE_SECONDS = 5.0
 JOIN_SLACK_SECONDS = 10.0  # the workers enforce the rendezvous deadline; the supervisor allows more
 START_ENV = "DATA_APPRAISAL_WORKER_START"  # "forkserver" (default) or "spawn"
-PRELOAD = ["common.runtime.preload"]  # what the fork server imports once
+# what the fork server imports once, in order: the allocator's settings before torch
+PRELOAD = ["common.runtime.allocator", "common.runtime.preload"]
 POLL_SECONDS = 0.05
 
 
@@ -284,7 +285,7 @@ def start_party(config: PartyConfig, workdir: Path) -> Party:
         f.write(config.model_dump_json())
     party = Party(config, config_path, workdir / f"{config.role}.log")
     if os.environ.get(START_ENV, "forkserver") == "spawn":
-        env = dict(os.environ)
+        env = {**WORKER_ENV, **os.environ}
         env[CONFIG_ENV] = str(config_path)
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
         party.log_file = open(party.log_path, "wb")  # noqa: SIM115 - closed in stop_parties
