@@ -575,8 +575,8 @@ def serve_dealer(
     recomputed at most once, :class:`Attempts`). Each candidate's plan is ``plan_of(index)`` (the
     worker computes them all before the rendezvous). Returns the number of items served. Any other
     message from the model owner is refused with an :class:`MPCError` that names it: a deviating
-    model owner cannot obtain anything off the plan, nor, by forging a decision, values drawn from the streams of another
-    attempt than the one the dealer serves.
+    model owner cannot obtain anything off the plan, nor, by forging a decision, values drawn from
+    the streams of another attempt than the one the dealer serves.
     """
     pending: list[Future[None]] = []
     attempts = Attempts(total)

@@ -10,13 +10,18 @@ operand's mask in both directions, once per product. Here (docs/protocol.md, "Ma
   other owner holds in the clear is the sharing (0, W)), the other owner o draws a fresh uniform B
   from its stream and sends F = W_o − B to h (the size of W); the dealer, who knows A and B, sends
   the model owner its share of A[rows]·B (a plan item ``product``), the data owner draws its own;
-* o's share is E[rows]·W_o + ⟨AB⟩_o and h's is X[rows]·W_h + A[rows]·F + ⟨AB⟩_h: they add up to
-  X[rows]·(W_h + W_o) exactly in the ring. The result, at scale 2³², is truncated once.
+* o's share is E[rows]·B + ⟨AB⟩_o and h's is X[rows]·(W_h + F) + ⟨AB⟩_h: they add up to
+  (X − A)·B + X·(W − B) + A·B = X[rows]·W exactly in the ring. The result, at scale 2³², is
+  truncated once. So h multiplies only its own X (small entries: ≤ 2¹⁶ at scale 2¹⁶, through
+  float64 BLAS, :mod:`common.mpc.ringmath`) and needs A only to send E; o's product E·B does not
+  depend on W at all.
 
 Security: E is X plus a uniform mask known only to h and the dealer, sent once: it is uniform to o.
 F is masked by a fresh uniform B known only to o and the dealer: uniform to h. ⟨AB⟩ shares are
 masked by the data owner's fresh stream values. A is never used for anything but these products,
 so reusing it with fresh B's reveals nothing more (each opened value has its own fresh mask).
+Which party multiplies what is local: the messages, and the joint distribution of the two
+shares (uniform, summing to X·W), are those of the textbook split o: E·W_o, h: X·W_h + A·F.
 
 Under the insecure TFP provider (no dealer) the same interface falls back to CrypTen's Beaver
 products of an ordinarily shared X.
@@ -97,7 +102,8 @@ class Masked:
     """A matrix held in the clear by party ``holder``, opened once as E = X − A.
 
     ``value``: the holder's matrix, or its encoding by :func:`encode_exact` (a float64 tensor).
-    With ``spill`` (a private directory) the party's tensors (E; the holder's X and A) are written
+    The holder keeps X only (A is needed for nothing after E is sent; the dealer keeps its own).
+    With ``spill`` (a private directory) the party's tensor (E; the holder's X) is written
     there once and read back for each product, so that a matrix reused across many products
     (fine-tuning's candidate chunks) is not held in memory between them.
     """
@@ -117,7 +123,6 @@ class Masked:
         self.provider = crypten.mpc.get_default_provider()
         self.fallback = not hasattr(self.provider, "mask")
         self.X: torch.Tensor | None = None  # the holder's, its encoding as float64 integers
-        self.A: torch.Tensor | None = None
         self._small = False  # whether X is within ringmath's bound (its products through BLAS)
         self.E: torch.Tensor | None = None  # the other owner's (the holder sends it and drops it)
         self._spilled: dict[str, Path] = {}
@@ -141,8 +146,8 @@ class Masked:
             E = X.to(torch.int64)
             E -= A
             self.comm.send(E, dst=1 - holder)
-            del E
-            self.X, self.A = X, A
+            del E, A
+            self.X = X
             self._small = X.numel() == 0 or _within(X, 2**ringmath.SMALL_BITS)
         else:
             self.E = self.comm.recv(torch.empty(self.shape, dtype=torch.long), src=holder)
@@ -154,7 +159,7 @@ class Masked:
         fallback the ordinary sharing stays in memory)."""
         if self.fallback:
             return
-        names = ("X", "A") if self.rank == self.holder else ("E",)
+        names = ("X",) if self.rank == self.holder else ("E",)
         for name in names:
             tensor = getattr(self, name)
             file = directory / f"masked-{next(_SPILLED)}-{name}.npy"
@@ -163,7 +168,7 @@ class Masked:
             setattr(self, name, None)
 
     def _held(self, name: str) -> torch.Tensor:
-        """This party's tensor ``name`` (E, X or A): in memory, or read back from its spill file."""
+        """This party's tensor ``name`` (E or X): in memory, or read back from its spill file."""
         file = self._spilled.get(name)
         if file is not None:
             return torch.from_numpy(np.load(file))
@@ -189,15 +194,13 @@ class Masked:
         if self.rank != self.holder:
             assert B is not None
             self.comm.send(mine - B, dst=self.holder)
-            return apply(self._held("E"), mine) + correction
+            return apply(self._held("E"), B) + correction
         F = self.comm.recv(torch.empty(mine.shape, dtype=torch.long), src=1 - self.holder)
-        out = apply(self._held("A"), F) + correction
-        if bool(mine.any()):  # W's share here is not a private operand's 0
-            out += self._clear_product(op, _select(self._held("X"), rows), mine)
-        return out
+        F += mine  # W_h + F = W − B
+        return self._clear_product(op, _select(self._held("X"), rows), F) + correction
 
     def _clear_product(self, op: str, X: torch.Tensor, mine: torch.Tensor) -> torch.Tensor:
-        """The holder's X[rows]·W_h (or its transpose's), exactly in the ring: through float64
+        """The holder's X[rows]·(W − B) (or its transpose's), exactly in the ring: through float64
         BLAS when X is within :mod:`common.mpc.ringmath`'s bound, else torch's int64 kernel."""
         if self._small:
             return (
@@ -213,7 +216,7 @@ class Masked:
         for file in self._spilled.values():
             file.unlink(missing_ok=True)
         self._spilled.clear()
-        self.X = self.A = self.E = None
+        self.X = self.E = None
 
     def matmul(self, W: Any, rows: Sequence[int] | None = None, *, divisor: int = SCALE) -> Any:
         """X[rows] @ W, truncated once by ``divisor`` (2¹⁶: an ordinary fixed-point product)."""

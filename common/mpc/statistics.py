@@ -185,7 +185,7 @@ def _candidate_chunks(
         del X_plain
         Y = share(_one_hot(y_plain, k), (m, k), src=DATA_OWNER)
         yield X, Y
-        del X, Y  # before the next chunk is read: one chunk's E, A and X in memory at a time
+        del X, Y  # before the next chunk is used: one chunk's E or X in memory at a time
 
 
 @contextlib.contextmanager
@@ -419,15 +419,15 @@ def _finetune(
     """:func:`finetune_statistic`'s body; the candidate's chunks kept in ``spill`` between steps
     (in memory when ``spill`` is None).
 
-    The candidate is masked once, chunk by chunk (one Masked per public chunk, E sent once), and
-    each party writes its tensors of each chunk (the model owner's E, the data owner's X and A)
-    to its private ``spill`` directory. Each step's gradient is then computed group by group: the
-    model owner's D_tr with the candidate's first ``softmax_chunks`` chunks, then each further
-    ``softmax_chunks`` chunks (one softmax per group); a minibatch's rows are sorted first (the
-    batch's gradient is a sum: its order does not matter), so each group reads its chunks back
-    once. The groups' raw shares of Xᵀ R (scale 2³²) are added in the
-    ring and truncated once, as in one piece. What stays in memory is D_tr, D_te, θ, one chunk's
-    tensors and the labels' shares (n·k ring elements).
+    The candidate is masked once, chunk by chunk (one Masked per public chunk, E sent once), and,
+    when it has more than one chunk, each party writes its tensor of each chunk (the model owner's
+    E, the data owner's X) to its private ``spill`` directory. Each step's gradient is then
+    computed group by group: the model owner's D_tr with the candidate's first
+    ``softmax_chunks`` chunks, then each further ``softmax_chunks`` chunks (one softmax per
+    group); a minibatch's rows are sorted first (the batch's gradient is a sum: its order does not
+    matter), so each group reads its chunks back once. The groups' raw shares of Xᵀ R (scale 2³²)
+    are added in the ring and truncated once, as in one piece. What stays in memory is D_tr, D_te,
+    θ, one chunk's tensors and the labels' shares (n·k ring elements).
     """
     steps, lr, l2 = job.steps, job.lr, job.l2
     d, k = shapes.d, shapes.n_classes

@@ -78,11 +78,11 @@ def test_a_finetuning_run_leaves_no_spill(digits_split, monkeypatch, tmp_path) -
         timeout=30,
     )
     assert run.results[0].score is not None
-    # the chunks were spilled, inside the workdir: one directory per owner, X and A, E per chunk
+    # the chunks were spilled, inside the workdir: one directory per owner, X (the data owner's:
+    # it keeps no A once E is sent) and E per chunk
     assert any(name.startswith("da-finetune-") for name in watch.seen), watch.seen
     assert {name.rsplit("-", 1)[-1] for name in watch.seen if name.startswith("masked-")} == {
         "X.npy",
-        "A.npy",
         "E.npy",
     }
     # every worker removed its own spill before it exited; the workdir itself is gone after
