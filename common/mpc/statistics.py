@@ -327,9 +327,12 @@ def influence_statistic(
     c_shared = crypten.cryptensor(c_tensor, src=MODEL_OWNER, precision=0)
     s = gradient_norm_scale(n)
     raw = _residual_products(job, shapes, theta, do)
-    # RANGE: |G| = |XᵀR/s| ≤ √n per entry, |⟨G, v/c⟩| ≤ 8·d·k·√n (worst cases: aligned gradients)
-    with truncation.bounded(max(16.0, 8.0 * d * k * math.sqrt(n))):
+    # RANGE: |G| = |XᵀR/s| ≤ √n per entry, |⟨G, v/c⟩| ≤ 8·d·k·√n (worst cases: aligned
+    # gradients), each declared to the truncation checks for its own truncation: G's bound is what
+    # lets the checks certify its d·k elements (the larger one would leave them unchecked)
+    with truncation.bounded(max(16.0, math.sqrt(n))):
         G = shared_from_raw(raw, SCALE * s)  # XᵀR/s, one truncation for all chunks
+    with truncation.bounded(max(16.0, 8.0 * d * k * math.sqrt(n))):
         s_scaled = matmul_truncated(G.reshape(1, d * k), v_scaled, SCALE).sum() * s
     if on_step is not None:
         on_step(1, 1)
@@ -360,8 +363,10 @@ def gradient_norm_statistic(
     # X'ᵀ R / s, one truncation: each chunk's raw shares of X_cᵀ R_c (scale 2³², the chunk's own
     # masked X, E reused with a fresh B) are added in the ring, then truncated once for the sum
     raw = _residual_products(job, shapes, theta, do)
-    with truncation.bounded(max(16.0, float(n))):  # RANGE: |G/s| ≤ √n, its squares ≤ n
+    # RANGE: |G/s| ≤ √n per entry, its squares ≤ n, each declared for its own truncation
+    with truncation.bounded(max(16.0, math.sqrt(n))):
         G_scaled = shared_from_raw(raw, SCALE * s)
+    with truncation.bounded(max(16.0, float(n))):
         squares = G_scaled.square()
         log2_bound = round(math.log2(shapes.feature_bound))
         q = mul_pow2(squares[:-1].sum(), 2 * log2_bound) + squares[-1].sum()
