@@ -39,3 +39,29 @@ def test_the_small_results_of_the_softmax_are_checked_in_large_groups() -> None:
     softmax_site = layout(2**16, 8 * 2**16 + 2)  # results ≤ 8: the declared RANGE of softmax
     assert softmax_site.group >= 2**14 and softmax_site.cost < 1e-3
     assert layout(2**16, 2**46).group == 1  # a wide declared range: one check per element
+
+
+@pytest.mark.parametrize(
+    ("method", "n"), [("influence", 60_000), ("gradient-norm", 60_000), ("finetune", 6_000)]
+)
+def test_a_streamed_candidate_s_undetected_failure_bound_is_below_2_to_the_minus_40(
+    method: str, n: int
+) -> None:
+    """The guarantee of docs/protocol.md ("Truncation failures"), from the plan's inputless run at
+    MNIST-sized shapes: at 60,000 rows (8 chunks) every site, the sum G of the chunks' XᵀR
+    included, is checked finely enough. (With G under the next product's declared range its 7,850
+    elements went unchecked and the bound was 6.9e3.)"""
+    from common.mpc.truncation import planned_checks
+    from common.protocol import CandidateMeta, JobSpec
+
+    job = JobSpec(
+        method=method,
+        n_features=784,
+        n_classes=10,
+        candidates=[CandidateMeta(name="c", n_samples=n)],
+        n_train=600,
+        n_test=1000,
+    )
+    ledger = planned_checks(job, 0)
+    assert ledger.n_checks > 0
+    assert ledger.bound < 2.0**-40 / 100, ledger.bound
