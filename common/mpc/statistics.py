@@ -11,6 +11,7 @@ transform (:mod:`common.methods`) turns it into the score.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import itertools
 import math
 import tempfile
@@ -188,6 +189,28 @@ def _candidate_chunks(
         del X, Y  # before the next chunk is used: one chunk's E or X in memory at a time
 
 
+def _trim_heap() -> None:
+    """Give the C heap's free pages back to the system (glibc's ``malloc_trim``; elsewhere a
+    no-op). Called after each group of chunks: the chunks' n×k temporaries, freed between the long
+    -lived small tensors of the truncation checks, would otherwise fragment the heap and let a
+    party's resident memory grow with the chunk count (1.1–1.3 GB at 10⁶ rows, 123 chunks, against
+    0.4–0.6 GB at 60,000) although nothing is kept."""
+    if _LIBC is not None:
+        _LIBC.malloc_trim(0)
+
+
+def _libc() -> Any:
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        libc.malloc_trim.argtypes = [ctypes.c_size_t]
+        return libc
+    except (OSError, AttributeError):
+        return None
+
+
+_LIBC = _libc()
+
+
 @contextlib.contextmanager
 def _spill_directory(needed: bool, prefix: str) -> Iterator[Path | None]:
     """A private directory (mkdtemp: mode 0700, removed at the end, also on an error) for this
@@ -242,6 +265,7 @@ def _residual_products(
                 X_j.discard()
             pending = []
             del X, Y, R
+            _trim_heap()
     assert raw is not None  # n ≥ 1
     return raw
 
