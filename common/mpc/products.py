@@ -127,6 +127,8 @@ class Masked:
         self.E: torch.Tensor | None = None  # the other owner's (the holder sends it and drops it)
         self._spilled: dict[str, Path] = {}
         if self.fallback:  # TFP: an ordinary sharing, CrypTen's Beaver products
+            if isinstance(value, torch.Tensor):  # already encoded: share() encodes it (exactly)
+                value = value.numpy() / SCALE
             self.shared = share(value, self.shape, src=holder)
             return
         self.id, A = self.provider.mask(self.shape, holder)

@@ -90,7 +90,7 @@ def _run(split, mode: str):  # type: ignore[no-untyped-def]
         served_from = np.fromfile(draws["dealer"], dtype=np.int64)
     assert outcomes["model_owner"].get("forged") == mode
     # the point: the dealer's attempt drew nothing the data owner drew for its own attempt
-    assert theirs.size > 50_000 and served_from.size > 50_000, (theirs.size, served_from.size)
+    assert theirs.size > 40_000 and served_from.size > 40_000, (theirs.size, served_from.size)
     shared = np.intersect1d(theirs, served_from)
     assert shared.size == 0, f"{shared.size} of the data owner's draws were served"
     return outcomes, errors, results
