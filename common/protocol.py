@@ -43,6 +43,7 @@ MAX_CHUNK_ROWS = 1 << 20
 # Chunks per softmax (public): the softmax, whose rounds do not depend on its rows, runs once per
 # group of this many chunks, the group's masked chunks waiting in each party's private spill
 # directory. 1: each chunk on its own, nothing spilled (influence and gradient norm).
+DEFAULT_SOFTMAX_CHUNKS = 1
 MAX_SOFTMAX_CHUNKS = 1024
 MAX_LR = 1e6
 MAX_POWER = 64  # the feature bound and v_bound are powers of two in [2⁻⁶⁴, 2⁶⁴]
@@ -244,7 +245,7 @@ class JobSpec(Strict):
         "so memory is bounded by the chunk; rounds grow with the chunk count",
     )
     softmax_chunks: int = Field(
-        default=1,
+        default=DEFAULT_SOFTMAX_CHUNKS,
         ge=1,
         le=MAX_SOFTMAX_CHUNKS,
         description="chunks per softmax: the softmax and its rounds run once per group of this "

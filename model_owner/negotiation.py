@@ -40,6 +40,7 @@ from common.errors import (
 from common.ml.model import v_bound
 from common.protocol import (
     DEFAULT_CHUNK_ROWS,
+    DEFAULT_SOFTMAX_CHUNKS,
     CandidateMeta,
     JobSpec,
     SessionKeys,
@@ -242,7 +243,9 @@ class ModelOwner:
             lr=body.params.lr,
             batch_size=body.params.batch_size,
             chunk_rows=DEFAULT_CHUNK_ROWS if body.chunk_rows is None else body.chunk_rows,
-            softmax_chunks=body.softmax_chunks or 1,
+            softmax_chunks=(
+                DEFAULT_SOFTMAX_CHUNKS if body.softmax_chunks is None else body.softmax_chunks
+            ),
             reveal=body.reveal,
             direction=body.direction,
             provider=body.provider,

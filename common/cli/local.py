@@ -28,7 +28,7 @@ from common.cli.options import (
 )
 from common.cli.output import err_console, fail_with, progress_bar, results_table
 from common.errors import AppraisalError
-from common.protocol import DEFAULT_CHUNK_ROWS
+from common.protocol import DEFAULT_CHUNK_ROWS, DEFAULT_SOFTMAX_CHUNKS
 
 
 def local(
@@ -102,7 +102,7 @@ def local(
                 reveal_to=value(reveal_to) or "both",
                 noise_epsilon=noise_epsilon,
                 chunk_rows=DEFAULT_CHUNK_ROWS if chunk_rows is None else chunk_rows,
-                softmax_chunks=1 if softmax_chunks is None else softmax_chunks,
+                softmax_chunks=DEFAULT_SOFTMAX_CHUNKS if softmax_chunks is None else softmax_chunks,
                 check=check,
                 label_column=label_column,
                 timeout=timeout,

@@ -190,13 +190,10 @@ class Masked:
         if planning() is not None:
             return correction
 
-        def apply(left: torch.Tensor, right: torch.Tensor) -> torch.Tensor:
-            return ringmath.ring_product(op, _select(left, rows), right)
-
         if self.rank != self.holder:
             assert B is not None
             self.comm.send(mine - B, dst=self.holder)
-            return apply(self._held("E"), B) + correction
+            return ringmath.ring_product(op, _select(self._held("E"), rows), B) + correction
         F = self.comm.recv(torch.empty(mine.shape, dtype=torch.long), src=1 - self.holder)
         F += mine  # W_h + F = W − B
         return self._clear_product(op, _select(self._held("X"), rows), F) + correction

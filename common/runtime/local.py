@@ -25,6 +25,7 @@ from common.ml.model import ModelOwnerState, feature_bound, prepare_model_owner,
 from common.ml.twins import streamed_score
 from common.protocol import (
     DEFAULT_CHUNK_ROWS,
+    DEFAULT_SOFTMAX_CHUNKS,
     CandidateMeta,
     CandidateResult,
     JobSpec,
@@ -165,7 +166,7 @@ def run_local(
     lr: float = 0.1,
     batch_size: int | None = None,
     chunk_rows: int = DEFAULT_CHUNK_ROWS,
-    softmax_chunks: int = 1,
+    softmax_chunks: int = DEFAULT_SOFTMAX_CHUNKS,
     reveal: str = "score",
     threshold: float | None = None,
     direction: str | None = None,
