@@ -118,7 +118,10 @@ async def cancel_session(
         session_id,
         f"{body.reason} (reported by {who})",
         SessionState(body.outcome),
-        notify_first=who == OPERATOR,
+        # the other peers hear of it before this side's worker stops (a peer's report too: the
+        # dealer hears of a data owner's cancel only through the model owner, while the broken
+        # connection that stopping the worker causes would reach it directly)
+        notify_first=True,
     )
 
 
