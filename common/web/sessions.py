@@ -218,7 +218,8 @@ class SessionManager:
     ) -> SessionView:
         """Cancel (or fail) a session: stop its worker if it has one, and record why.
 
-        With ``notify_first`` (an operator's own cancel) the peers are told before this side's
+        With ``notify_first`` (every cancel through the API: an operator's, or a peer's report) the
+        peers are told before this side's
         worker stops, so that they record the cancellation rather than the broken connection the
         stop would cause. A second stop while one is under way (the peer being told answers with
         its own report) returns at once and changes nothing. Raises :class:`Conflict` if the
