@@ -14,6 +14,14 @@ applies two small, documented patches first, and each is idempotent.
    instead of ``scale``, so some negative values decode exactly 1.0 too low (``-100.9999`` gives
    ``-102.0``). We replace it with an exact decoding: floor division by ``scale`` plus the remainder.
 
+3. ``crypten.cfg`` answers every read (``cfg.debug.validation_mode``, read on *every* attribute
+   access of every CrypTensor; ``cfg.encoder.precision_bits`` in every encoder) by raising and
+   catching an AttributeError and then walking OmegaConf nodes: about a tenth of a worker's time
+   in the softmax's many small operations. We make reads of the singleton ``cfg`` answer from
+   plain dictionaries (:class:`_Section`), rebuilt whenever its config is replaced (as
+   ``temp_override`` and ``load_config`` do) and written through on assignment, so that what
+   is read is always what OmegaConf holds.
+
 CrypTen's own transport (torch.distributed over gloo) is not used: the workers run CrypTen's
 protocols over :mod:`common.mpc.transport`.
 """
@@ -87,6 +95,68 @@ def _patch_encoder(crypten_module: Any) -> None:
     encoder_cls.decode = decode
 
 
+class _Section:
+    """A read-mostly view of one OmegaConf node: reads from a plain dict, writes through."""
+
+    __slots__ = ("_node", "_values")
+
+    def __init__(self, node: Any):
+        from omegaconf import DictConfig
+
+        values: dict[str, Any] = {}
+        for key in node:
+            child = node[key]
+            values[key] = _Section(child) if isinstance(child, DictConfig) else child
+        object.__setattr__(self, "_node", node)
+        object.__setattr__(self, "_values", values)
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return self._values[name]
+        except KeyError:
+            return getattr(self._node, name)  # OmegaConf's own error for a missing key
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        from omegaconf import DictConfig
+
+        setattr(self._node, name, value)
+        child = self._node[name]
+        self._values[name] = _Section(child) if isinstance(child, DictConfig) else child
+
+    def __getitem__(self, name: str) -> Any:
+        return self.__getattr__(name)
+
+
+def _patch_config(crypten_module: Any) -> None:
+    base: Any = type(crypten_module.cfg)
+    if getattr(base, "_data_appraisal_patched", False):
+        return
+
+    class FastConfig(base):
+        _data_appraisal_patched = True
+
+        def __getattribute__(self, name: str) -> Any:
+            sections = object.__getattribute__(self, "__dict__").get("_sections")
+            if sections is not None and name in sections:
+                return sections[name]
+            if "." in name:  # cfg["a.b"]
+                result = self
+                for key in name.split("."):
+                    result = getattr(result, key)
+                return result
+            return super().__getattribute__(name)
+
+        def __setattr__(self, name: str, value: Any) -> None:
+            super().__setattr__(name, value)
+            config = object.__getattribute__(self, "config")
+            sections = _Section(config)._values
+            object.__setattr__(self, "_sections", sections)
+
+    crypten_module.cfg.__class__ = FastConfig
+    # the sections of the config loaded so far (later replacements rebuild them)
+    crypten_module.cfg.config = crypten_module.cfg.config
+
+
 def import_crypten() -> Any:
     """Apply the patches above and return the ``crypten`` module."""
     global _PATCHED
@@ -95,5 +165,6 @@ def import_crypten() -> Any:
 
     if not _PATCHED:
         _patch_encoder(crypten)
+        _patch_config(crypten)
         _PATCHED = True
     return crypten

@@ -54,7 +54,7 @@ from common.mpc.plan import (
     product_size,
     relative_pair,
 )
-from common.mpc.ringmath import ring_product
+from common.mpc.ringmath import RingMatrix
 from common.mpc.streams import StreamRng
 from common.mpc.transport import Channel
 
@@ -118,10 +118,6 @@ def _message(index: int, item: Item, value: torch.Tensor) -> bytes:
     header = json.dumps({"index": index, "item": item.describe()}).encode()
     body = pack([value])
     return _HEADER.pack(len(header)) + header + bytes(body)
-
-
-def _rows(A: torch.Tensor, rows: Sequence[int] | None) -> torch.Tensor:
-    return A if rows is None else A[torch.as_tensor(rows, dtype=torch.long)]
 
 
 class DealerProvider(TupleProvider):
@@ -377,7 +373,7 @@ class Dealer:
         self.streams: tuple[StreamRng, StreamRng] | None = None  # set by begin
         self.served = 0  # items of the session's plans served so far
         self.spill = spill
-        self._masks: list[tuple[torch.Tensor | Path | None, int]] = []  # masks A (or files)
+        self._masks: list[tuple[RingMatrix | Path | None, int]] = []  # masks A (or files)
         self._rmasks: list[torch.Tensor] = []  # the candidate's last rmasks a (both shares' sum)
 
     def begin(self, index: int, attempt: int) -> None:
@@ -404,16 +400,16 @@ class Dealer:
         if self.spill is None:
             return
         for i, (A, holder) in enumerate(self._masks):
-            if isinstance(A, torch.Tensor) and A.numel() >= SPILL_ELEMENTS:
+            if isinstance(A, RingMatrix) and A.value.numel() >= SPILL_ELEMENTS:
                 file = self.spill / f"mask-{i}.npy"
-                np.save(file, A.numpy())
+                np.save(file, A.value.numpy())
                 self._masks[i] = (file, holder)
 
-    def _mask(self, mask: int) -> tuple[torch.Tensor, int]:
+    def _mask(self, mask: int) -> tuple[RingMatrix, int]:
         A, holder = self._masks[mask]
         if A is None:
             raise MPCError(f"the plan uses mask {mask} after its last product")
-        return (torch.from_numpy(np.load(A)) if isinstance(A, Path) else A), holder
+        return (RingMatrix(torch.from_numpy(np.load(A))) if isinstance(A, Path) else A), holder
 
     def value(self, item: Item) -> torch.Tensor | None:
         """Mirror both owners' draws for ``item``; the model owner's share (None for a mask)."""
@@ -445,7 +441,8 @@ class Dealer:
             return value - s1.int64(size)
         if item.fn == "mask" and item.holder in (0, 1) and len(sizes) == 1:
             self._spill_live()
-            self._masks.append(((s0, s1)[item.holder].int64(sizes[0]), item.holder))
+            A = RingMatrix((s0, s1)[item.holder].int64(sizes[0]))
+            self._masks.append((A, item.holder))
             return None
         if (
             item.fn == "product"
@@ -456,12 +453,12 @@ class Dealer:
             if not 0 <= item.mask < len(self._masks):
                 raise MPCError(f"the product {item} names a mask that was not drawn")
             A, holder = self._mask(item.mask)
-            product_size(item, tuple(A.shape))
+            product_size(item, A.shape)
             # B comes from the party that does not hold the mask (the holder's stream drew A)
             B = (s0, s1)[1 - holder].int64(sizes[0])
-            A_rows = _rows(A, item.rows)
+            rows = None if item.rows is None else torch.as_tensor(item.rows, dtype=torch.long)
             assert item.op is not None  # one of PRODUCT_OPS
-            C = ring_product(item.op, A_rows, B)  # as the owners' products (products.py)
+            C = A.product(item.op, B, rows)  # as the owners' products (products.py)
             return C - s1.int64(C.size())
         if item.fn == "rmask" and len(sizes) == 1:
             self._rmasks = [

@@ -124,7 +124,9 @@ class Masked:
         self.fallback = not hasattr(self.provider, "mask")
         self.X: torch.Tensor | None = None  # the holder's, its encoding as float64 integers
         self._small = False  # whether X is within ringmath's bound (its products through BLAS)
-        self.E: torch.Tensor | None = None  # the other owner's (the holder sends it and drops it)
+        self.E: ringmath.RingMatrix | None = (
+            None  # the other owner's (the holder sends it and drops it)
+        )
         self._spilled: dict[str, Path] = {}
         if self.fallback:  # TFP: an ordinary sharing, CrypTen's Beaver products
             if isinstance(value, torch.Tensor):  # already encoded: share() encodes it (exactly)
@@ -152,7 +154,8 @@ class Masked:
             self.X = X
             self._small = X.numel() == 0 or _within(X, 2**ringmath.SMALL_BITS)
         else:
-            self.E = self.comm.recv(torch.empty(self.shape, dtype=torch.long), src=holder)
+            E = self.comm.recv(torch.empty(self.shape, dtype=torch.long), src=holder)
+            self.E = ringmath.RingMatrix(E)
         if spill is not None:
             self.spill(spill)
 
@@ -163,20 +166,28 @@ class Masked:
             return
         names = ("X",) if self.rank == self.holder else ("E",)
         for name in names:
-            tensor = getattr(self, name)
+            held = getattr(self, name)
+            tensor = held.value if isinstance(held, ringmath.RingMatrix) else held
             file = directory / f"masked-{next(_SPILLED)}-{name}.npy"
             np.save(file, tensor.numpy())
             self._spilled[name] = file
             setattr(self, name, None)
 
-    def _held(self, name: str) -> torch.Tensor:
-        """This party's tensor ``name`` (E or X): in memory, or read back from its spill file."""
-        file = self._spilled.get(name)
+    def _held_X(self) -> torch.Tensor:
+        """The holder's X: in memory, or read back from its spill file."""
+        file = self._spilled.get("X")
         if file is not None:
             return torch.from_numpy(np.load(file))
-        tensor = getattr(self, name)
-        assert tensor is not None
-        return tensor
+        assert self.X is not None
+        return self.X
+
+    def _held_E(self) -> ringmath.RingMatrix:
+        """The other owner's E: in memory, or read back from its spill file."""
+        file = self._spilled.get("E")
+        if file is not None:
+            return ringmath.RingMatrix(torch.from_numpy(np.load(file)))
+        assert self.E is not None
+        return self.E
 
     def _raw(self, op: str, W: Any, rows: Sequence[int] | None) -> torch.Tensor:
         """This party's share of X[rows]·W (op matmul) or X[rows]ᵀ·W (tmatmul), at scale 2³²."""
@@ -193,10 +204,11 @@ class Masked:
         if self.rank != self.holder:
             assert B is not None
             self.comm.send(mine - B, dst=self.holder)
-            return ringmath.ring_product(op, _select(self._held("E"), rows), B) + correction
+            index = None if rows is None else torch.as_tensor(rows, dtype=torch.long)
+            return self._held_E().product(op, B, index) + correction
         F = self.comm.recv(torch.empty(mine.shape, dtype=torch.long), src=1 - self.holder)
         F += mine  # W_h + F = W − B
-        return self._clear_product(op, _select(self._held("X"), rows), F) + correction
+        return self._clear_product(op, _select(self._held_X(), rows), F) + correction
 
     def _clear_product(self, op: str, X: torch.Tensor, mine: torch.Tensor) -> torch.Tensor:
         """The holder's X[rows]·(W − B) (or its transpose's), exactly in the ring: through float64

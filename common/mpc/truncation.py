@@ -203,7 +203,7 @@ class Ledger:
             digest = hashlib.sha256(self.seed + repr(key).encode()).digest()
             gen = torch.Generator().manual_seed(int.from_bytes(digest[:8], "big") >> 1)
             half = torch.randint(0, lay.rho_max // 2, (lay.group, lay.checks), generator=gen)
-            self._rho[key] = half * 2 + 1
+            self._rho[key] = (half * 2 + 1).t().contiguous()
         return self._rho[key]
 
     def record(self, share: torch.Tensor, divisor: int) -> None:
@@ -222,13 +222,20 @@ class Ledger:
         if lay.group == 1:
             checks = flat.clone()
         else:
-            groups = -(-flat.numel() // lay.group)
-            padded = torch.zeros(groups * lay.group, dtype=torch.long)
-            padded[: flat.numel()] = flat
             # Σ ρ·y per group and check as r elementwise products and sums, not an int64 matmul of
-            # a (groups × g) by a (g × r) matrix: torch's int64 kernel runs that about 20× slower
-            rows, rhos = padded.view(groups, lay.group), self._rhos(lay).t()
-            checks = torch.stack([(rows * rho).sum(dim=1) for rho in rhos], dim=1).reshape(-1)
+            # a (groups × g) by a (g × r) matrix: torch's int64 kernel runs that about 20× slower.
+            # The last group, when short, sums its own elements only (as if padded with zeros: a
+            # site of 6,600 elements in groups of 65,536 would multiply ten times its size).
+            g, rhos = lay.group, self._rhos(lay)
+            full = flat.numel() // g
+            parts = []
+            if full:
+                rows = flat[: full * g].view(full, g)
+                parts.append(torch.stack([(rows * rho).sum(dim=1) for rho in rhos], dim=1))
+            tail = flat[full * g :]
+            if tail.numel():
+                parts.append((rhos[:, : tail.numel()] * tail).sum(dim=1).view(1, -1))
+            checks = torch.cat(parts).reshape(-1)
         self._checks.append((checks, int(RING / divisor / 2)))
 
     def replay(self, sites: list[Site]) -> None:

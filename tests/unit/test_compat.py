@@ -28,6 +28,33 @@ def test_onnx_is_a_stand_in_that_explains_itself() -> None:
         onnx.load  # noqa: B018
 
 
+def test_the_config_reads_what_omegaconf_holds_through_writes_and_overrides() -> None:
+    """The fast reads of ``crypten.cfg`` answer what its OmegaConf config holds: after a write
+    through a section, inside and after ``temp_override``, for dotted keys and nested sections;
+    a missing key is still OmegaConf's error."""
+    crypten = import_crypten()
+    cfg = crypten.cfg
+    saved = cfg.config
+    try:
+        assert cfg.encoder.precision_bits == cfg.config.encoder.precision_bits == 16
+        assert cfg["functions.max_method"] == cfg.config.functions.max_method
+        assert cfg.nn.dpsmpc.protocol == cfg.config.nn.dpsmpc.protocol
+        cfg.mpc.provider = "TTP"
+        assert cfg.mpc.provider == cfg.config.mpc.provider == "TTP"
+        with cfg.temp_override({"functions.exp_iterations": 3, "mpc.provider": "TFP"}):
+            assert (cfg.functions.exp_iterations, cfg.mpc.provider) == (3, "TFP")
+        assert (cfg.functions.exp_iterations, cfg.mpc.provider) == (8, "TTP")
+        cfg.debug.validation_mode = True
+        assert cfg.config.debug.validation_mode is True and cfg.debug.validation_mode is True
+        with pytest.raises(AttributeError, match="nothing"):
+            cfg.debug.nothing  # noqa: B018
+    finally:
+        cfg.config = saved
+        cfg.mpc.provider = "TFP"
+        cfg.debug.validation_mode = False
+    assert cfg.debug.validation_mode is False
+
+
 def test_decode_fixes_negative_values_off_by_one() -> None:
     crypten = import_crypten()
     encoder = crypten.encoder.FixedPointEncoder()

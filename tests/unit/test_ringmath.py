@@ -76,3 +76,19 @@ def test_ring_product_is_the_int64_kernel_for_either_op() -> None:
     assert torch.equal(ringmath.ring_product("tmatmul", A, R), A.t() @ R)
     with pytest.raises(ValueError, match="not 'mul'"):
         ringmath.ring_product("mul", A, W)
+
+
+def test_a_reused_ring_matrix_gives_the_int64_kernel_s_products_in_either_layout() -> None:
+    """From its second matmul on a RingMatrix multiplies through its kept transpose: the values,
+    with and without a row selection, stay exactly the int64 kernel's."""
+    M, B, R = _full(40, 9, seed=11), _full(9, 3, seed=12), _full(40, 3, seed=13)
+    rows = torch.tensor([3, 0, 39, 7])
+    reused = ringmath.RingMatrix(M)
+    assert torch.equal(reused.product("matmul", B), M @ B)
+    assert reused._transposed is None  # one product keeps the plain layout only
+    for _ in range(2):
+        assert torch.equal(reused.product("matmul", B), M @ B)
+        assert torch.equal(reused.product("matmul", B, rows), M[rows] @ B)
+        assert torch.equal(reused.product("tmatmul", R), M.t() @ R)
+        assert torch.equal(reused.product("tmatmul", R[:4], rows), M[rows].t() @ R[:4])
+    assert reused._transposed is not None and reused._transposed.is_contiguous()
