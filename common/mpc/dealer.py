@@ -31,6 +31,7 @@ the data owner's masks.
 from __future__ import annotations
 
 import json
+import math
 import struct
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
@@ -67,7 +68,10 @@ OPS = {"mul": torch.mul, "matmul": torch.matmul}
 COMPARE_BITS = (1 << COMPARE_WIDTH) - 1  # a ``compare`` item's XOR-shared bits of a
 _HEADER = struct.Struct("!I")
 WINDOW = 2  # values the dealer keeps queued ahead of the model owner (bounds its memory)
-SPILL_ELEMENTS = 1 << 20  # masks from 8 MB up go to the dealer's spill directory while live
+# The live masks the dealer keeps in memory, newest first, in ring elements (128 MB); the older
+# ones go to its spill directory. A reused mask's kept transpose (ringmath.RingMatrix) counts from
+# the next draw on, so the masks in memory never take more than twice this.
+MEMORY_ELEMENTS = 1 << 24
 
 KeySchedule = Callable[[str], bytes]  # a link's derive: a label → a 32-byte key both ends know
 
@@ -363,16 +367,24 @@ class Dealer:
 
     The streams are those of the current attempt at the current candidate (:func:`attempt_stream`
     of each owner's link, switched by :meth:`begin`), the ones that owner's provider draws from.
-    With ``spill`` (a private directory), a large mask still needed when the next one is drawn
-    (fine-tuning reuses every chunk's mask in every step) is kept there, not in memory, and read
-    back for each product.
+    With ``spill`` (a private directory), the live masks (fine-tuning reuses every chunk's mask
+    in every step) beyond the newest ``memory_elements`` ring elements are kept there, not in
+    memory, and read back for each product: a candidate of one chunk stays in memory.
     """
 
-    def __init__(self, keys_mo: KeySchedule, keys_do: KeySchedule, spill: Path | None = None):
+    def __init__(
+        self,
+        keys_mo: KeySchedule,
+        keys_do: KeySchedule,
+        spill: Path | None = None,
+        *,
+        memory_elements: int = MEMORY_ELEMENTS,
+    ):
         self._keys = (keys_mo, keys_do)
         self.streams: tuple[StreamRng, StreamRng] | None = None  # set by begin
         self.served = 0  # items of the session's plans served so far
         self.spill = spill
+        self.memory_elements = memory_elements
         self._masks: list[tuple[RingMatrix | Path | None, int]] = []  # masks A (or files)
         self._rmasks: list[torch.Tensor] = []  # the candidate's last rmasks a (both shares' sum)
 
@@ -396,11 +408,18 @@ class Dealer:
             A.unlink(missing_ok=True)
         self._masks[mask] = (None, holder)
 
-    def _spill_live(self) -> None:
+    def _spill_live(self, incoming: int) -> None:
+        """Before a mask of ``incoming`` elements is drawn: spill the live masks beyond the
+        newest ``memory_elements`` elements (the incoming one counted first)."""
         if self.spill is None:
             return
-        for i, (A, holder) in enumerate(self._masks):
-            if isinstance(A, RingMatrix) and A.value.numel() >= SPILL_ELEMENTS:
+        kept = incoming
+        for i in reversed(range(len(self._masks))):
+            A, holder = self._masks[i]
+            if not isinstance(A, RingMatrix):
+                continue
+            kept += A.elements
+            if kept > self.memory_elements:
                 file = self.spill / f"mask-{i}.npy"
                 np.save(file, A.value.numpy())
                 self._masks[i] = (file, holder)
@@ -440,7 +459,7 @@ class Dealer:
             value = (r0 + r1) * (r0 + r1) if item.fn == "square" else count_wraps([r0, r1])
             return value - s1.int64(size)
         if item.fn == "mask" and item.holder in (0, 1) and len(sizes) == 1:
-            self._spill_live()
+            self._spill_live(math.prod(sizes[0]))
             A = RingMatrix((s0, s1)[item.holder].int64(sizes[0]))
             self._masks.append((A, item.holder))
             return None

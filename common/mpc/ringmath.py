@@ -56,6 +56,12 @@ class RingMatrix:
     def shape(self) -> tuple[int, ...]:
         return tuple(self.value.shape)
 
+    @property
+    def elements(self) -> int:
+        """The ring elements held: the matrix, and its transpose once kept."""
+        kept = 0 if self._transposed is None else self._transposed.numel()
+        return self.value.numel() + kept
+
     def product(
         self, op: str, right: torch.Tensor, rows: torch.Tensor | None = None
     ) -> torch.Tensor:

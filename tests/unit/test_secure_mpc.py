@@ -229,24 +229,25 @@ def test_the_plan_masks_a_candidate_chunk_by_chunk() -> None:
 
 
 def test_the_dealer_spills_live_masks_and_forgets_released_ones(tmp_path) -> None:
-    """A large mask still live when the next is drawn goes to the spill directory and is read
-    back for its products (the same shares); a released mask is gone, its file deleted."""
-    from common.mpc.dealer import SPILL_ELEMENTS
-
+    """The live masks beyond the dealer's memory budget (the newest kept) go to the spill
+    directory and are read back for their products (the same shares); a released mask is gone,
+    its file deleted."""
     k0, k1 = _keys(), _keys()
     p0, p1 = attempt_stream(k0, 0, 0), attempt_stream(k1, 0, 0)
-    dealer = Dealer(k0, k1, spill=tmp_path)
-    dealer.begin(0, 0)
-    rows = SPILL_ELEMENTS // 4
+    rows = 64
     shape = (rows, 4)
-    for _ in range(2):
+    dealer = Dealer(k0, k1, spill=tmp_path, memory_elements=2 * rows * 4)
+    dealer.begin(0, 0)
+    for _ in range(2):  # two masks fit the budget
         assert dealer.value(Item("mask", (shape,), holder=1)) is None
-    A0, A1 = p1.int64(shape), p1.int64(shape)
-    assert [f.name for f in tmp_path.iterdir()] == ["mask-0.npy"]  # mask 0 was live at mask 1
-    for mask, A in ((0, A0), (1, A1)):
+    assert list(tmp_path.iterdir()) == []
+    assert dealer.value(Item("mask", ((rows // 2, 4),), holder=1)) is None
+    A0, A1, A2 = p1.int64(shape), p1.int64(shape), p1.int64((rows // 2, 4))
+    assert [f.name for f in tmp_path.iterdir()] == ["mask-0.npy"]  # the oldest, beyond it
+    for mask, A in ((0, A0), (1, A1), (2, A2)):
         B = p0.int64((4, 2))
         c0 = dealer.value(Item("product", ((4, 2),), op="matmul", mask=mask))
-        assert c0 is not None and torch.equal(c0 + p1.int64((rows, 2)), A @ B)
+        assert c0 is not None and torch.equal(c0 + p1.int64((A.shape[0], 2)), A @ B)
     dealer.release(0)
     assert list(tmp_path.iterdir()) == []
     with pytest.raises(MPCError, match="after its last product"):
