@@ -498,6 +498,8 @@ def _finetune(
             part = X.raw_tmatmul(R, selection)
             raw = part if raw is None else raw + part
             del Yb, R
+            if spill is not None:  # more than one chunk: as in _residual_products
+                _trim_heap()
         assert raw is not None
         with truncation.bounded(grad_gain):  # RANGE: |ĝ| ≤ γ
             g_hat = shared_from_raw(raw, round(SCALE * size / grad_gain))
