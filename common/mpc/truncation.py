@@ -50,6 +50,9 @@ RING = 2.0**64
 BUDGET = 2.0**-74
 SMALL_BUDGET = 2.0**-72
 SMALL_SITE = 2**16
+# Comparisons of check values done at once by Ledger.failures (the comparison's temporaries, a few
+# hundred bytes an element, stay below 0.5 GB); a run with more pays one comparison's rounds per slice
+COMPARE_BATCH = 2**20
 # RANGE (the default site): a pre-truncation value ≤ 2⁴⁰ ring units (a product of fixed-point
 # values of magnitude ≤ 2⁸ at scale 2³²) and a result ≤ 2²⁴ ring units (2⁸ at scale 2¹⁶).
 DEFAULT_PRE = 2**40
@@ -250,18 +253,11 @@ class Ledger:
         total = self.n_checks
         if total == 0:
             return 0
-        if self.planning:
-            both = torch.zeros(2 * total, dtype=torch.long)
-        else:
-            parts = []
-            for c, half in self._checks:
-                t = torch.full_like(c, half if self.rank == 0 else 0)
-                parts.append(c + t)  # < 0 iff c < −E/2
-                parts.append(t - c)  # < 0 iff c > E/2
-            both = torch.cat(parts)
-            assert both.numel() == 2 * total
-        out = ltz(crypten.mpc.MPCTensor.from_shares(both, precision=0))
-        count = out.sum().reveal()
+        count: Any = None
+        for both in self._comparands(total):
+            out = ltz(crypten.mpc.MPCTensor.from_shares(both, precision=0)).sum()
+            count = out if count is None else count + out
+        count = count.reveal()
         if self.planning:
             return 0
         opened = int(count.item())
@@ -272,6 +268,29 @@ class Ledger:
                 "from the protocol or the computations diverged); no result is given"
             )
         return opened
+
+
+    def _comparands(self, total: int) -> Iterator[torch.Tensor]:
+        """The 2·total values to compare with 0 (c + E/2 and E/2 − c of every check value c, in
+        order), in slices of COMPARE_BATCH: a slice's comparison is its own, so that its
+        temporaries stay bounded (fine-tuning at 200,000 rows has 785,000 check values; the
+        cut positions depend on ``total`` alone, the same on both parties)."""
+        if self.planning:
+            for start in range(0, 2 * total, COMPARE_BATCH):
+                yield torch.zeros(min(COMPARE_BATCH, 2 * total - start), dtype=torch.long)
+            return
+        pending: list[torch.Tensor] = []
+        held = 0
+        for c, half in self._checks:
+            t = torch.full_like(c, half if self.rank == 0 else 0)
+            pending += [c + t, t - c]  # < 0 iff c < −E/2, iff c > E/2
+            held += 2 * c.numel()
+            while held >= COMPARE_BATCH:
+                joined = torch.cat(pending)
+                yield joined[:COMPARE_BATCH]
+                pending, held = [joined[COMPARE_BATCH:].clone()], held - COMPARE_BATCH
+        if held:
+            yield torch.cat(pending)
 
 
 def current() -> Ledger | None:

@@ -89,3 +89,19 @@ def test_a_forced_truncation_failure_is_counted_and_an_honest_run_counts_none() 
             assert count == 0
         else:
             assert count > 0, f"{name}: the failure went undetected"
+
+
+def test_check_values_compared_in_slices_give_the_same_counts(monkeypatch) -> None:
+    """Ledger.failures compares the check values COMPARE_BATCH at a time (its temporaries stay
+    bounded): with slices of 7 values, uneven, the counts are those of one comparison."""
+    from common.mpc import truncation
+
+    whole = run_pair(_party)
+    monkeypatch.setattr(truncation, "COMPARE_BATCH", 7)
+    sliced = run_pair(_party)
+    for name in SCENARIOS:
+        layouts = whole[0][name][1]
+        values = 2 * sum(r * -(-n // g) for (g, r), n in zip(layouts, (N, 8), strict=True))
+        assert values > 2 * 7 and values % 7, values  # several slices, the last one short
+        assert sliced[0][name][0] == sliced[1][name][0] == whole[0][name][0], name
+    assert whole[0]["honest"][0] == 0 and whole[0]["grouped"][0] > 0
