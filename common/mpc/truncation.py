@@ -269,7 +269,6 @@ class Ledger:
             )
         return opened
 
-
     def _comparands(self, total: int) -> Iterator[torch.Tensor]:
         """The 2·total values to compare with 0 (c + E/2 and E/2 − c of every check value c, in
         order), in slices of COMPARE_BATCH: a slice's comparison is its own, so that its
