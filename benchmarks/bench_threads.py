@@ -6,7 +6,9 @@ classes, |D_tr| = 600, |D_te| = 1,000), run under two-party MPC with real worker
 count × shard count), the configurations interleaved so that a change of the machine's load hits
 all. It prints each run's MPC seconds (the model owner's :attr:`CandidateResult.seconds`:
 ``provider.begin`` and the secure appraisal, after the rendezvous; with shards, shard 0's, which
-includes waiting for the other shards' shares), the run's wall seconds, and their minimum and
+includes waiting for the other shards' shares, then each other shard's on its own clock: each
+triple meets on its own, so their clocks start at slightly different times), the run's wall
+seconds (process start-up, training θ̂, the rendezvous included), and their minimum and
 median, the bytes (all shards' model owners) and rounds (shard 0's), and the load average before
 and after. Shards need at least as many chunks: ``--chunk-rows 3000`` cuts the candidate in two.
 On a shared machine quote the medians and the load.
@@ -73,8 +75,10 @@ def main() -> None:
                     r = run.results[0]
                     seconds[t, shards].append(r.seconds)
                     walls[t, shards].append(wall)
+                    others = [v[0].seconds for n, v in run.shard_results.items() if "model" in n]
+                    each = "".join(f" / {x:.3f}" for x in others)  # each shard's own clock
                     print(
-                        f"{method} threads={t} shards={shards} MPC {r.seconds:.3f} s, wall "
+                        f"{method} threads={t} shards={shards} MPC {r.seconds:.3f}{each} s, wall "
                         f"{wall:.2f} s, {_bytes(run)} bytes, {r.rounds} rounds",
                         flush=True,
                     )

@@ -47,7 +47,6 @@ from common.mpc.fixedpoint import (
 )
 from common.mpc.plan import planning
 from common.mpc.products import Masked, Stacked, encode_exact, private_operand, shared_from_raw
-from common.mpc.shards import shard_problem
 from common.protocol import JobSpec
 
 crypten = import_crypten()
@@ -483,8 +482,8 @@ def finetune_statistic(
     normalised coordinates (θ'_feature = B·θ_feature, ∇' = ∇/B) the feature rows' step is
     B²·η/γ·ĝ, the bias row's η/γ·ĝ.
     """
-    if part != WHOLE_CANDIDATE:
-        raise ConfigError(shard_problem(job.method, 2) or "fine-tuning runs in one shard")
+    if part != WHOLE_CANDIDATE:  # PartyConfig and run_local refuse it first (shard_problem)
+        raise ConfigError("fine-tuning runs in one shard: each step needs the whole gradient")
     # a candidate of one chunk stays in memory (the bound is one chunk: spilling it would only
     # read it back in every step)
     several = len(chunk_bounds(shapes.n_candidate, job.chunk_rows)) > 1

@@ -234,14 +234,15 @@ def run_local(
     count = min(shards, max(chunk_count(c.n_samples, chunk_rows) for c in job.candidates))
     session_id = "local-" + secrets.token_hex(8)
     with private_workdir() as work:
-        configs: list[tuple[PartyConfig, Path]] = []
+        configs: list[PartyConfig] = []
+        inputs_of = _shard_inputs(role_inputs, work, count)
         try:
             for shard in range(count):
                 shard_work = work if shard == 0 else _private(work / f"shard-{shard}")
                 by_role = session_configs(
                     job,
                     shard_work,
-                    _shard_inputs(role_inputs, work, count),
+                    inputs_of,
                     timeout=timeout,
                     session_id=session_id if count == 1 else f"{session_id}-{shard}",
                     allow_insecure_tfp=insecure_tfp,
@@ -249,7 +250,7 @@ def run_local(
                     shard=shard,
                     shards=count,
                 )
-                configs += [(c, shard_work) for c in by_role.values()]
+                configs += by_role.values()
         except ValidationError as exc:
             raise config_error(exc) from None
         reports = _run(configs, timeout, deadline, on_progress)
@@ -291,37 +292,37 @@ def _private(directory: Path) -> Path:
 def _shard_inputs(
     role_inputs: dict[str, dict[str, Any]], work: Path, count: int
 ) -> dict[str, dict[str, Any]]:
-    """Each role's inputs in one shard's session: with several shards, each owner's hand-off
-    directory too (:mod:`common.runtime.handoff`), the same for all of that owner's shards."""
+    """Each role's inputs in every shard's session: with several shards, each owner's hand-off
+    directory too (:mod:`common.runtime.handoff`; private, made here), the same for all of that
+    owner's shards."""
     if count == 1:
         return role_inputs
-    out = {}
-    for role, extra in role_inputs.items():
-        if role != "dealer":
-            shares = work / "shares" / role
-            if not shares.exists():
-                shares.parent.mkdir(mode=0o700, exist_ok=True)
-                _private(shares)
-            extra = {**extra, "shard_dir": str(shares)}
-        out[role] = extra
-    return out
+    _private(work / "shares")
+    return {
+        role: extra
+        if role == "dealer"
+        else {**extra, "shard_dir": str(_private(work / "shares" / role))}
+        for role, extra in role_inputs.items()
+    }
 
 
 def _run(
-    configs: list[tuple[PartyConfig, Path]],
+    configs: list[PartyConfig],
     rendezvous_seconds: float,
     compute_seconds: float,
     on_progress: Callable[[int, int], None] | None,
 ) -> dict[str, dict[str, Any]]:
-    """Start the parties (each in its shard's workdir) and supervise them; their result
-    payloads by party name (:attr:`Party.name`), or the error that ended them."""
+    """Start the parties, each in its shard's workdir, the one that holds its files
+    (:func:`~common.runtime.supervisor.party_config`), and supervise them; their result
+    payloads by party name (:attr:`~common.runtime.supervisor.Party.name`), or the error that
+    ended them."""
 
     def progressed(role: str, progress: Any) -> None:
         if on_progress is not None and role == "model_owner":
             on_progress(progress.done, progress.total)
 
     async def run() -> Any:
-        parties = [start_party(c, work) for c, work in configs]
+        parties = [start_party(c, Path(c.result_file).parent) for c in configs]
         return await supervise(
             parties,
             rendezvous_seconds=rendezvous_seconds,

@@ -354,9 +354,9 @@ def failure_report(parties: Sequence[Party]) -> str:
         err = p.error()
         code = None if p.process is None else p.process.returncode
         if err is not None:
-            blocks.append(f"--- {p.label} (exit {code}): {err['type']}\n{err['traceback']}")
+            blocks.append(f"--- {p.name} (exit {code}): {err['type']}\n{err['traceback']}")
         elif code not in (0, None):
-            blocks.append(f"--- {p.label} (exit {code}), log tail:\n{p.log_tail()}")
+            blocks.append(f"--- {p.name} (exit {code}), log tail:\n{p.log_tail()}")
     return "\n".join(blocks)
 
 

@@ -38,15 +38,16 @@ import numpy as np
 from pydantic import ValidationError
 
 from common.errors import ConfigError, DataError
+from common.mpc.shards import WHOLE, Shard
 from common.protocol import RANKS, CandidateResult, JobSpec, link_name, model_owner_problem
 from common.runtime.config import CONFIG_ENV, PartyConfig
 
 if TYPE_CHECKING:
     from common.ml.data import Dataset
     from common.mpc.plan import Item
-    from common.mpc.shards import Shard
     from common.mpc.statistics import DataOwnerInputs, ModelOwnerInputs
     from common.mpc.transport import Channel
+    from common.runtime.handoff import ShareDrop
 
 PROCESS_NAMES = {
     "model_owner": "da-model-owner",
@@ -167,7 +168,7 @@ def run_dealer(config: PartyConfig) -> dict[str, object]:
     }
 
 
-def job_plans(job: JobSpec, shard: Shard | None = None) -> list[list[Item]]:
+def job_plans(job: JobSpec, shard: Shard = WHOLE) -> list[list[Item]]:
     """Every candidate's plan (:func:`common.mpc.plan.compute_plan`), computed before the
     rendezvous; with ``shard``, that shard's plans (what its pair computes of each candidate).
 
@@ -178,10 +179,8 @@ def job_plans(job: JobSpec, shard: Shard | None = None) -> list[list[Item]]:
     still counts in the run's wall time, before the party reports ``ready``.
     """
     from common.mpc.plan import compute_plan
-    from common.mpc.shards import WHOLE
 
-    part = WHOLE if shard is None else shard
-    return [compute_plan(job, index, shard=part) for index in range(len(job.candidates))]
+    return [compute_plan(job, index, shard=shard) for index in range(len(job.candidates))]
 
 
 def _check_bound(ds: Dataset, bound: float) -> None:
@@ -197,13 +196,12 @@ def _load_model_owner(config: PartyConfig) -> ModelOwnerInputs:
     from common.ml.model import ModelOwnerState, add_bias, prepare_model_owner
     from common.mpc.fixedpoint import MAX_LOGIT_GAP
     from common.mpc.statistics import ModelOwnerInputs, logit_gap_bound
-    from common.runtime.handoff import ShareDrop
 
     job = config.job
     assert config.train is not None and config.test is not None  # PartyConfig requires them
     train = load_dataset(config.train, n_features=job.n_features, n_classes=job.n_classes)
     test = load_dataset(config.test, n_features=job.n_features, n_classes=job.n_classes)
-    drop = None if config.shard_dir is None else ShareDrop(config.shard_dir, config.timeout_seconds)
+    drop = _share_drop(config)
     if config.state is not None:
         with np.load(config.state) as f:
             state = ModelOwnerState(
@@ -331,7 +329,6 @@ def _secure_session(config: PartyConfig, plans: list[list[Item]] | None) -> Iter
 def run_party(config: PartyConfig) -> dict[str, object]:
     """Model owner or data owner: load own inputs, rendezvous, appraise every candidate."""
     from common.mpc.appraisal import secure_appraisal
-    from common.runtime.handoff import ShareDrop
 
     job = config.job
     shard = config.part
@@ -339,9 +336,7 @@ def run_party(config: PartyConfig) -> dict[str, object]:
     do = _load_data_owner(config) if config.role == "data_owner" else None
     checks_plans = config.role == "data_owner" and job.provider == "TTP"
     plans = job_plans(job, shard) if checks_plans else None
-    exchange = (
-        None if config.shard_dir is None else ShareDrop(config.shard_dir, config.timeout_seconds)
-    )
+    exchange = _share_drop(config)
 
     def prefetch(index: int) -> None:
         assert do is not None
@@ -403,6 +398,13 @@ def run_party(config: PartyConfig) -> dict[str, object]:
             if do is not None and index + 1 < len(do):
                 prefetch(index + 1)
     return {"role": config.role, "results": results}
+
+
+def _share_drop(config: PartyConfig) -> ShareDrop | None:
+    """Where this owner's shards hand each other their shares and θ̂ (None: a single pair)."""
+    from common.runtime.handoff import ShareDrop
+
+    return None if config.shard_dir is None else ShareDrop(config.shard_dir, config.timeout_seconds)
 
 
 def _chunks(shard: Shard, n: int, rows: int) -> range | None:
