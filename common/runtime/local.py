@@ -232,25 +232,17 @@ def run_local(
         role_inputs["dealer"] = {}
     # fewer shards than asked when even the largest candidate has fewer chunks
     count = min(shards, max(chunk_count(c.n_samples, chunk_rows) for c in job.candidates))
-    session_id = "local-" + secrets.token_hex(8)
     with private_workdir() as work:
-        configs: list[PartyConfig] = []
-        inputs_of = _shard_inputs(role_inputs, work, count)
         try:
-            for shard in range(count):
-                shard_work = work if shard == 0 else _private(work / f"shard-{shard}")
-                by_role = session_configs(
-                    job,
-                    shard_work,
-                    inputs_of,
-                    timeout=timeout,
-                    session_id=session_id if count == 1 else f"{session_id}-{shard}",
-                    allow_insecure_tfp=insecure_tfp,
-                    threads=threads,
-                    shard=shard,
-                    shards=count,
-                )
-                configs += by_role.values()
+            configs = session_shards(
+                job,
+                work,
+                role_inputs,
+                shards=count,
+                timeout=timeout,
+                allow_insecure_tfp=insecure_tfp,
+                threads=threads,
+            )
         except ValidationError as exc:
             raise config_error(exc) from None
         reports = _run(configs, timeout, deadline, on_progress)
@@ -282,6 +274,38 @@ def run_local(
             if "@" in name and "results" in report
         },
     )
+
+
+def session_shards(
+    job: JobSpec,
+    work: Path,
+    role_inputs: dict[str, dict[str, Any]],
+    *,
+    shards: int,
+    timeout: float,
+    **options: Any,
+) -> list[PartyConfig]:
+    """Every party's configuration of one local session in ``shards`` shards
+    (:mod:`common.mpc.shards`): each shard its own session of
+    :func:`~common.runtime.supervisor.session_configs` (its own keys and rendezvous port), its
+    files in its own private workdir (``work`` for shard 0, ``work/shard-s`` for the others) and,
+    with several shards, each owner's hand-off directory. ``options`` go to every party."""
+    session_id = "local-" + secrets.token_hex(8)
+    inputs_of = _shard_inputs(role_inputs, work, shards)
+    configs: list[PartyConfig] = []
+    for shard in range(shards):
+        by_role = session_configs(
+            job,
+            work if shard == 0 else _private(work / f"shard-{shard}"),
+            inputs_of,
+            timeout=timeout,
+            session_id=session_id if shards == 1 else f"{session_id}-{shard}",
+            shard=shard,
+            shards=shards,
+            **options,
+        )
+        configs += by_role.values()
+    return configs
 
 
 def _private(directory: Path) -> Path:

@@ -5,12 +5,15 @@ the candidate's public chunks, each owner's shard 1 hands its shares to the same
 which adds them and finishes (common.mpc.shards, docs/protocol.md "Shards"). Checked here: the
 score is the one-pair run's and the plaintext twin's (both within the MPC's 1 %), shard 1 did
 compute (its traffic), a candidate with fewer chunks than shards is appraised by shard 0 alone;
-fine-tuning is refused up front; and a shard's worker killed mid-run fails the whole run with an
-error naming the shard, leaving no worker behind.
+a failed truncation is recomputed in its own shard only; fine-tuning is refused up front; and a
+shard's worker killed mid-run fails the whole run with an error naming the shard, leaving no
+worker behind.
 """
 
 from __future__ import annotations
 
+import asyncio
+import json
 import os
 import signal
 import tempfile
@@ -23,8 +26,18 @@ import pytest
 
 from common.errors import ConfigError, MPCError
 from common.ml.data import load_dataset, save_npz
-from common.runtime.local import plaintext_scores, run_local
-from tests.conftest import worker_pids
+from common.mpc.plan import compute_plan
+from common.mpc.shards import Shard
+from common.runtime.local import (
+    build_job,
+    candidate_names,
+    load_inputs,
+    plaintext_scores,
+    run_local,
+    session_shards,
+)
+from common.runtime.supervisor import private_workdir, start_party, supervise
+from tests.conftest import stand_in_party, worker_pids
 from tests.integration.test_cli import assert_one_line_error, invoke, local_args
 
 pytestmark = pytest.mark.mpc
@@ -89,6 +102,53 @@ def test_two_shards_in_threshold_mode(digits_split, candidates) -> None:
             threshold=tau,
         )
         assert run.results[0].accept is accept and run.results[0].score is None
+
+
+@pytest.mark.parametrize("faulty", [1, 0])
+def test_a_failed_truncation_is_recomputed_in_its_own_shard(faulty, digits_split, candidates):
+    """One truncation of shard ``faulty``'s data owner fails (tests/integration/truncation_fault
+    .py): that shard alone recomputes its part (its dealer serves its plan twice, the other's
+    once; shard 0 reuses shard 1's checked shares), and the score is still the plaintext's."""
+    cand = candidates[:1]
+    job = build_job(
+        load_inputs(digits_split.train, digits_split.test, cand),
+        candidate_names(cand),
+        chunk_rows=ROWS,
+    )
+    role_inputs = {
+        "model_owner": {"train": str(digits_split.train), "test": str(digits_split.test)},
+        "data_owner": {"candidates": [str(cand[0])]},
+        "dealer": {},
+    }
+    with private_workdir() as work:
+        configs = session_shards(job, work, role_inputs, shards=2, timeout=30)
+        stand_in = next(c for c in configs if c.role == "data_owner" and c.shard == faulty)
+        outcome = work / "outcome.json"
+        module = "tests.integration.truncation_fault"
+        with stand_in_party(module, stand_in, Path(stand_in.result_file).parent, str(outcome), "1"):
+
+            async def run():  # type: ignore[no-untyped-def]
+                parties = [
+                    start_party(c, Path(c.result_file).parent) for c in configs if c is not stand_in
+                ]
+                return await supervise(parties, rendezvous_seconds=60, compute_seconds=120)
+
+            report = asyncio.run(run())
+        assert report.outcome == "completed", report.reason
+        assert json.loads(outcome.read_text()) == {"attempts": 2, "injected": 1}
+        served = {name: report.results[name]["requests"] for name in ("dealer", "dealer@1")}
+        plans = [len(compute_plan(job, 0, shard=Shard(s, 2))) for s in (0, 1)]
+        assert served == {
+            "dealer": plans[0] * (2 if faulty == 0 else 1),
+            "dealer@1": plans[1] * (2 if faulty == 1 else 1),
+        }
+        theirs = json.loads(
+            Path(next(c for c in configs if c.role == "data_owner").result_file).read_text()
+        )
+    (plain,) = plaintext_scores(train=digits_split.train, test=digits_split.test, candidates=cand)
+    (mine,) = report.results["model_owner"]["results"]
+    assert theirs["results"][0]["score"] == mine["score"]
+    assert abs(mine["score"] - plain) <= REL_TOL * abs(plain), (mine["score"], plain)
 
 
 def test_finetune_in_shards_is_refused_up_front(digits_split) -> None:
