@@ -106,9 +106,10 @@ def test_two_shards_in_threshold_mode(digits_split, candidates) -> None:
 
 @pytest.mark.parametrize("faulty", [1, 0])
 def test_a_failed_truncation_is_recomputed_in_its_own_shard(faulty, digits_split, candidates):
-    """One truncation of shard ``faulty``'s data owner fails (tests/integration/truncation_fault
-    .py): that shard alone recomputes its part (its dealer serves its plan twice, the other's
-    once; shard 0 reuses shard 1's checked shares), and the score is still the plaintext's."""
+    """One truncation of shard ``faulty``'s data owner fails (its worker is
+    ``tests.integration.truncation_fault``): that shard alone recomputes its part (its dealer
+    serves its plan twice, the other's once; shard 0 reuses shard 1's checked shares), and the
+    score is still the plaintext's."""
     cand = candidates[:1]
     job = build_job(
         load_inputs(digits_split.train, digits_split.test, cand),
