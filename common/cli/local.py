@@ -67,6 +67,14 @@ def local(
     timeout: Annotated[
         float, typer.Option(help="Seconds any single network step may wait for a peer.", min=1)
     ] = 120.0,
+    shards: Annotated[
+        int,
+        typer.Option(
+            help="Worker triples that share each candidate's chunks (influence and "
+            "gradient-norm; at most one per chunk).",
+            min=1,
+        ),
+    ] = 1,
     json_output: JsonOpt = False,
 ) -> None:
     """Run the model owner, the data owner and the dealer as separate processes on loopback.
@@ -106,6 +114,7 @@ def local(
                 check=check,
                 label_column=label_column,
                 timeout=timeout,
+                shards=shards,
                 on_progress=lambda done, total: progress.update(task, completed=done),
             )
     except AppraisalError as exc:

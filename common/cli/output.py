@@ -31,6 +31,7 @@ OPTIONS = {
     "chunk_rows": "--chunk-rows",
     "softmax_chunks": "--softmax-chunks",
     "method": "--method",
+    "shards": "--shards",
 }
 
 

@@ -1036,24 +1036,34 @@ class Candidate:
     n_classes: int | None = None
     stamp: tuple[int, int, int] = (0, 0, 0)
 
-    def chunks(self, *, bias: bool = False) -> Iterator[tuple[FloatArray, IntArray]]:
+    def chunks(
+        self, *, bias: bool = False, part: range | None = None
+    ) -> Iterator[tuple[FloatArray, IntArray]]:
         """Read the candidate again, ``rows`` rows at a time: ``(X_chunk, y_chunk)`` pairs.
 
         Each chunk is checked again as it is read (a file that changed after validation raises
         :class:`DataError` naming it, never yields bad rows). With ``bias=True`` each ``X_chunk``
         carries the bias column of ones as its last column (``(m, d + 1)``), as the MPC expects.
+        With ``part`` (a range of chunk numbers: an MPC shard's) only those chunks are yielded;
+        the ones before it are read and checked, not yielded, and the pass stops after its last.
         May be called any number of times (each call is a new pass over the file).
         """
+        if part is not None and not part:
+            return
         if _stamp(self.path) != self.stamp:
             raise DataError(f"{self.info.source}: the file changed after it was validated")
         with open_reader(self.path, label_column=self.label_column, max_bytes=self.max_bytes) as r:
             scan = _Scan(r, self.info.n_features, self.n_classes)
             if r.n_samples != self.info.n_samples:
                 raise DataError(f"{self.info.source}: the file changed after it was validated")
-            for X, y in r.chunks(self.rows):
+            for i, (X, y) in enumerate(r.chunks(self.rows)):
+                if part is not None and i >= part.stop:
+                    return
                 scan.check(X, y)
                 if scan.max_abs > self.info.max_abs:
                     raise DataError(f"{self.info.source}: the file changed after it was validated")
+                if part is not None and i < part.start:
+                    continue
                 if bias:
                     yield np.hstack([X, np.ones((len(X), 1))]), y
                 else:

@@ -25,6 +25,7 @@ import torch
 
 from common.errors import MPCError
 from common.mpc.compat import import_crypten
+from common.mpc.shards import WHOLE, Shard
 
 crypten = import_crypten()
 from crypten.mpc.provider.provider import TupleProvider  # noqa: E402
@@ -321,8 +322,9 @@ def shape_memo(fn: _Fn) -> _Fn:
     return wrapper  # type: ignore[return-value]
 
 
-def compute_plan(job: Any, index: int, rank: int = 1) -> list[Item]:
-    """The correlated values candidate ``index`` of ``job`` needs, in order (no inputs needed).
+def compute_plan(job: Any, index: int, rank: int = 1, shard: Shard = WHOLE) -> list[Item]:
+    """The correlated values candidate ``index`` of ``job`` needs, in order (no inputs needed);
+    with ``shard`` (a :class:`common.mpc.shards.Shard`), what that shard's pair computes of it.
 
     Every party gets the same list: the computation's shapes and order depend on public metadata
     only. The run computes on zeros with no randomness and no traffic; repeated nonlinear
@@ -337,7 +339,7 @@ def compute_plan(job: Any, index: int, rank: int = 1) -> list[Item]:
     zero = bytes(32)
     generators = {name: StreamRng(zero) for name in ("prev", "next", "global", "local")}
     with installed(_planning_communicator(rank), generators, provider):
-        secure_appraisal(job, index, None, None)
+        secure_appraisal(job, index, None, None, shard=shard)
     for item in provider.items:
         check_item(item)
     return provider.items

@@ -15,7 +15,7 @@ import ctypes
 import itertools
 import math
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -105,47 +105,56 @@ class DataOwnerInputs:
     X: np.ndarray | None = None
     y: np.ndarray | None = None
     candidate: Candidate | None = None
-    _ahead: tuple[tuple[int, float], ReadAhead[tuple[torch.Tensor, np.ndarray]]] | None = field(
-        default=None, init=False, repr=False
-    )
+    _ahead: (
+        tuple[tuple[int, float, range | None], ReadAhead[tuple[torch.Tensor, np.ndarray]]] | None
+    ) = field(default=None, init=False, repr=False)
 
-    def chunks(self, rows: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        """The candidate ``rows`` rows at a time, X with its bias column (a fresh array each)."""
+    def chunks(
+        self, rows: int, part: range | None = None
+    ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """The candidate ``rows`` rows at a time, X with its bias column (a fresh array each);
+        only the chunks numbered in ``part`` (a shard's range) when it is given."""
         if self.candidate is not None:
             if self.candidate.rows != rows:
                 raise ConfigError(
                     f"the candidate was opened with {self.candidate.rows} rows per chunk, the "
                     f"job's chunks have {rows}"
                 )
-            yield from self.candidate.chunks(bias=True)
+            yield from self.candidate.chunks(bias=True, part=part)
             return
         if self.X is None or self.y is None:
             raise ConfigError("the data owner's inputs have neither a candidate file nor arrays")
-        for lo in range(0, len(self.y), rows):
-            yield np.array(self.X[lo : lo + rows], dtype=np.float64), self.y[lo : lo + rows]
+        for i, lo in enumerate(range(0, len(self.y), rows)):
+            if part is None or i in part:
+                yield np.array(self.X[lo : lo + rows], dtype=np.float64), self.y[lo : lo + rows]
 
-    def _encoding(self, rows: int, bound: float) -> Iterator[tuple[torch.Tensor, np.ndarray]]:
-        for X, y in self.chunks(rows):
+    def _encoding(
+        self, rows: int, bound: float, part: range | None
+    ) -> Iterator[tuple[torch.Tensor, np.ndarray]]:
+        for X, y in self.chunks(rows, part):
             X[:, :-1] /= bound  # _rows, in place on the fresh chunk
             yield encode_exact(X), y
 
-    def prefetch(self, rows: int, bound: float) -> None:
-        """Start reading and encoding the first chunk in the background, before it is due (the
-        worker calls it before the rendezvous, and for the next candidate after each one)."""
+    def prefetch(self, rows: int, bound: float, part: range | None = None) -> None:
+        """Start reading and encoding the first chunk (of ``part``) in the background, before it
+        is due (the worker calls it before the rendezvous, and for the next candidate after each
+        one)."""
         if self._ahead is None:
-            self._ahead = ((rows, bound), ReadAhead(self._encoding(rows, bound)))
+            self._ahead = ((rows, bound, part), ReadAhead(self._encoding(rows, bound, part)))
 
-    def encoded(self, rows: int, bound: float) -> Iterator[tuple[torch.Tensor, np.ndarray]]:
-        """The chunks with their features divided by ``bound``, fixed-point encoded
-        (:func:`common.mpc.products.encode_exact`), and the labels. Each next chunk is read and
-        encoded in the background while this one is used (:class:`ReadAhead`: two chunks in
-        memory at most); the first one may already be (:meth:`prefetch`)."""
-        key, ahead = self._ahead or ((rows, bound), None)
+    def encoded(
+        self, rows: int, bound: float, part: range | None = None
+    ) -> Iterator[tuple[torch.Tensor, np.ndarray]]:
+        """The chunks (those of ``part``, when given) with their features divided by ``bound``,
+        fixed-point encoded (:func:`common.mpc.products.encode_exact`), and the labels. Each next
+        chunk is read and encoded in the background while this one is used (:class:`ReadAhead`:
+        two chunks in memory at most); the first one may already be (:meth:`prefetch`)."""
+        key, ahead = self._ahead or ((rows, bound, part), None)
         self._ahead = None
-        if ahead is None or key != (rows, bound):
+        if ahead is None or key != (rows, bound, part):
             if ahead is not None:
                 ahead.close()
-            ahead = ReadAhead(self._encoding(rows, bound))
+            ahead = ReadAhead(self._encoding(rows, bound, part))
         try:
             yield from ahead
         finally:
@@ -162,14 +171,21 @@ def chunk_bounds(n: int, rows: int) -> list[tuple[int, int]]:
 
 
 def _candidate_chunks(
-    do: DataOwnerInputs | None, shapes: Shapes, rows: int, *, spill: Path | None = None
+    do: DataOwnerInputs | None,
+    shapes: Shapes,
+    rows: int,
+    *,
+    spill: Path | None = None,
+    part: range | None = None,
 ) -> Iterator[tuple[Masked, Any]]:
-    """The candidate chunk by chunk: each chunk's X masked once, one way (its own Masked: E sent
-    now and dropped with the chunk), and its labels shared. The data owner reads each chunk from
-    its file as it is due; its size must be the one the public chunking predicts."""
+    """The candidate chunk by chunk (only the chunks numbered in ``part``, a shard's range, when
+    given): each chunk's X masked once, one way (its own Masked: E sent now and dropped with the
+    chunk), and its labels shared. The data owner reads each chunk from its file as it is due; its
+    size must be the one the public chunking predicts."""
     k, d = shapes.n_classes, shapes.d
-    source = None if do is None else do.encoded(rows, shapes.feature_bound)
-    for lo, hi in chunk_bounds(shapes.n_candidate, rows):
+    source = None if do is None else do.encoded(rows, shapes.feature_bound, part)
+    bounds = chunk_bounds(shapes.n_candidate, rows)
+    for lo, hi in bounds if part is None else bounds[part.start : part.stop]:
         m = hi - lo
         X_plain: torch.Tensor | None = None  # rows [x/B, 1], encoded
         y_plain: np.ndarray | None = None
@@ -223,11 +239,26 @@ def _spill_directory(needed: bool, prefix: str) -> Iterator[Path | None]:
         yield Path(spill)
 
 
+@dataclass(frozen=True)
+class Part:
+    """What one worker pair computes of a candidate (docs/protocol.md, "Shards"): the public
+    chunks numbered in ``chunks`` (None: every chunk) and, for shard 0 of several, ``others``:
+    given this pair's raw shares, the other shards' raw shares of Σ X_cᵀ R_c over their chunks,
+    to be added in the ring (this party's own shares, handed over inside the party)."""
+
+    chunks: range | None = None
+    others: Callable[[torch.Tensor], Sequence[torch.Tensor]] | None = None
+
+
+WHOLE_CANDIDATE = Part()
+
+
 def _residual_products(
-    job: JobSpec, shapes: Shapes, theta: Any, do: DataOwnerInputs | None
+    job: JobSpec, shapes: Shapes, theta: Any, do: DataOwnerInputs | None, part: Part
 ) -> torch.Tensor:
     """This party's raw shares (scale 2³², not yet truncated) of Σ_c X_cᵀ R_c over the candidate's
-    public chunks, with R = softmax(Xθ) − Y.
+    public chunks (those of ``part``, plus the other shards' sums it brings), with
+    R = softmax(Xθ) − Y.
 
     Each chunk is masked once, one way (its own Masked; E sent once) and gives its logits X_c θ;
     the softmax runs once per group of ``job.softmax_chunks`` chunks on their logits stacked (its
@@ -235,14 +266,17 @@ def _residual_products(
     g), then each chunk's X_cᵀ R_c reuses its E. While a group's softmax waits, its chunks but the
     last are kept in the party's private spill directory (one chunk's tensors in memory at a
     time), each read back once for its X_cᵀ R_c and then deleted. The raw shares of all chunks add
-    up in the ring, to be truncated once.
+    up in the ring, to be truncated once; with shards, the groups start at the shard's first
+    chunk, and shard 0 adds the other shards' sums to its own.
     """
     bounds = chunk_bounds(shapes.n_candidate, job.chunk_rows)
+    if part.chunks is not None:
+        bounds = bounds[part.chunks.start : part.chunks.stop]
     group = min(job.softmax_chunks, len(bounds))
     raw: torch.Tensor | None = None
     with _spill_directory(group > 1, "da-softmax-") as spill:
         pending: list[tuple[Masked, Any, Any]] = []  # the group's chunks: X, Y and logits
-        chunks = _candidate_chunks(do, shapes, job.chunk_rows)
+        chunks = _candidate_chunks(do, shapes, job.chunk_rows, part=part.chunks)
         for i, (X, Y) in enumerate(chunks):
             pending.append((X, Y, X.matmul(theta)))
             if len(pending) < group and i + 1 < len(bounds):
@@ -260,14 +294,31 @@ def _residual_products(
             for j in reversed(range(len(pending))):
                 X_j = pending[j][0]
                 R_j = R if len(pending) == 1 else R[int(offsets[j]) : int(offsets[j + 1])]
-                part = X_j.raw_tmatmul(R_j)
-                raw = part if raw is None else raw + part
+                product = X_j.raw_tmatmul(R_j)
+                raw = product if raw is None else raw + product
                 X_j.discard()
             pending = []
             del X, Y, R
             _trim_heap()
-    assert raw is not None  # n ≥ 1
+    assert raw is not None  # every working shard has at least one chunk
+    if part.others is not None:
+        for other in part.others(raw):
+            raw = raw + other  # the ring's addition: the shares of the sum of the shards' sums
     return raw
+
+
+def residual_shares(
+    job: JobSpec,
+    shapes: Shapes,
+    mo: ModelOwnerInputs | None,
+    do: DataOwnerInputs | None,
+    part: Part,
+) -> torch.Tensor:
+    """This party's raw shares (scale 2³²) of Σ X_cᵀ R_c over the chunks of ``part``: what a
+    shard s > 0 computes of influence and gradient norm (its truncations are the softmax's)."""
+    theta_plain = None if mo is None else _params(mo.theta, shapes.feature_bound)
+    theta = private_operand(theta_plain, (shapes.d, shapes.n_classes), owner=MODEL_OWNER)
+    return _residual_products(job, shapes, theta, do, part)
 
 
 def _one_hot(y: np.ndarray | None, k: int) -> np.ndarray | None:
@@ -318,6 +369,7 @@ def influence_statistic(
     mo: ModelOwnerInputs | None,
     do: DataOwnerInputs | None,
     on_step: StepCallback | None = None,
+    part: Part = WHOLE_CANDIDATE,
 ) -> Any:
     """Shared S = Σ_a ∇L_aᵀ v, so that the score is −S/|D_a|.
 
@@ -350,7 +402,7 @@ def influence_statistic(
     c_tensor = torch.zeros(()) if c_plain is None else torch.as_tensor(c_plain, dtype=torch.float64)
     c_shared = crypten.cryptensor(c_tensor, src=MODEL_OWNER, precision=0)
     s = gradient_norm_scale(n)
-    raw = _residual_products(job, shapes, theta, do)
+    raw = _residual_products(job, shapes, theta, do, part)
     # RANGE: |G| = |XᵀR/s| ≤ √n per entry, |⟨G, v/c⟩| ≤ 8·d·k·√n (worst cases: aligned
     # gradients), each declared to the truncation checks for its own truncation: G's bound is what
     # lets the checks certify its d·k elements (the larger one would leave them unchecked)
@@ -370,6 +422,7 @@ def gradient_norm_statistic(
     mo: ModelOwnerInputs | None,
     do: DataOwnerInputs | None,
     on_step: StepCallback | None = None,
+    part: Part = WHOLE_CANDIDATE,
 ) -> Any:
     """Shared q = ‖Σ_a ∇L_a‖² / s² with s = ⌈√|D_a|⌉ public; the score is s·√q.
 
@@ -380,13 +433,11 @@ def gradient_norm_statistic(
     features the feature rows of X'ᵀR are G/B, so their squares are multiplied back by B² (a power
     of two: exact).
     """
-    d, k, n = shapes.d, shapes.n_classes, shapes.n_candidate
-    theta_plain = None if mo is None else _params(mo.theta, shapes.feature_bound)
-    theta = private_operand(theta_plain, (d, k), owner=MODEL_OWNER)
+    n = shapes.n_candidate
     s = gradient_norm_scale(n)
     # X'ᵀ R / s, one truncation: each chunk's raw shares of X_cᵀ R_c (scale 2³², the chunk's own
     # masked X, E reused with a fresh B) are added in the ring, then truncated once for the sum
-    raw = _residual_products(job, shapes, theta, do)
+    raw = residual_shares(job, shapes, mo, do, part)
     # RANGE: |G/s| ≤ √n per entry, its squares ≤ n, each declared for its own truncation
     with truncation.bounded(max(16.0, math.sqrt(n))):
         G_scaled = shared_from_raw(raw, SCALE * s)
@@ -415,6 +466,7 @@ def finetune_statistic(
     mo: ModelOwnerInputs | None,
     do: DataOwnerInputs | None,
     on_step: StepCallback | None = None,
+    part: Part = WHOLE_CANDIDATE,
 ) -> Any:
     """Shared Δ = Σ_te L(θ_T) − Σ_te L(θ̂); the score is Δ/|D_te|.
 
@@ -430,6 +482,8 @@ def finetune_statistic(
     normalised coordinates (θ'_feature = B·θ_feature, ∇' = ∇/B) the feature rows' step is
     B²·η/γ·ĝ, the bias row's η/γ·ĝ.
     """
+    if part != WHOLE_CANDIDATE:  # PartyConfig and run_local refuse it first (shard_problem)
+        raise ConfigError("fine-tuning runs in one shard: each step needs the whole gradient")
     # a candidate of one chunk stays in memory (the bound is one chunk: spilling it would only
     # read it back in every step)
     several = len(chunk_bounds(shapes.n_candidate, job.chunk_rows)) > 1

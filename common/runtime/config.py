@@ -13,6 +13,7 @@ import secrets
 
 from pydantic import Field, model_validator
 
+from common.mpc.shards import Shard, shard_problem
 from common.protocol import JobSpec, Rendezvous, Role, SessionKeys, Strict, threshold_problem
 
 CONFIG_ENV = "DATA_APPRAISAL_WORKER_CONFIG"
@@ -45,6 +46,13 @@ class PartyConfig(Strict):
     threads: int = Field(
         default=1, ge=1, le=256, description="torch and BLAS threads of the worker"
     )
+    shard: int = Field(default=0, ge=0, description="this worker's shard (common.mpc.shards)")
+    shards: int = Field(default=1, ge=1, le=64, description="the session's worker triples")
+    shard_dir: str | None = Field(
+        default=None,
+        description="an owner's private directory where its shards s > 0 hand their shares to "
+        "its shard 0 (shards > 1 only)",
+    )
     result_file: str
     error_file: str
     progress_file: str
@@ -56,6 +64,11 @@ class PartyConfig(Strict):
     # data owner only
     candidates: list[str] = Field(default_factory=list)
     label_column: str | None = None
+
+    @property
+    def part(self) -> Shard:
+        """This worker's shard of the session."""
+        return Shard(self.shard, self.shards)
 
     @model_validator(mode="after")
     def _consistent(self) -> PartyConfig:
@@ -88,7 +101,17 @@ class PartyConfig(Strict):
             raise ValueError(f"candidates: the data owner's inputs, not the {self.role}'s")
         if self.role == "dealer" and self.job.provider != "TTP":
             raise ValueError("provider: a dealer serves TTP jobs only")
+        problem = shard_problem(self.job.method, self.shards)
+        if problem is not None:
+            raise ValueError(problem)
+        if self.shard >= self.shards:
+            raise ValueError(f"shard: {self.shard} is not one of the {self.shards} shards")
+        if (self.shard_dir is None) != (self.shards == 1 or self.role == "dealer"):
+            raise ValueError(
+                "shard_dir: an owner's worker of several shards needs one, nobody else has one"
+            )
         files = [self.result_file, self.error_file, self.progress_file, *self.candidates]
+        files += [] if self.shard_dir is None else [self.shard_dir]
         files += [f for f in mo_only.values() if f is not None]
         relative = [f for f in files if not os.path.isabs(f)]
         if relative:

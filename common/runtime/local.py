@@ -12,7 +12,7 @@ import asyncio
 import re
 import secrets
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +23,7 @@ from common.errors import ConfigError, MPCError, MPCRunError, PeerTimeout
 from common.ml.data import Candidate, Dataset, load_dataset, open_candidate
 from common.ml.model import ModelOwnerState, feature_bound, prepare_model_owner, v_bound
 from common.ml.twins import streamed_score
+from common.mpc.shards import chunk_count, shard_problem
 from common.protocol import (
     DEFAULT_CHUNK_ROWS,
     DEFAULT_SOFTMAX_CHUNKS,
@@ -52,6 +53,9 @@ class LocalRun:
     dealer_bytes: int  # bytes the dealer sent during the whole run (all candidates)
     plaintext: list[float] | None = None
     dealer_peak_rss_mb: float | None = None  # the dealer's peak resident memory (no dealer: None)
+    # with shards: each owner's worker of shard s > 0 by its name (``model_owner@1``): the cost
+    # of its part of each candidate (no score: shard 0 reveals)
+    shard_results: dict[str, list[CandidateResult]] = field(default_factory=dict)
 
     def to_json(self) -> list[dict[str, Any]]:
         rows = []
@@ -179,14 +183,20 @@ def run_local(
     deadline: float = 3600.0,
     on_progress: Callable[[int, int], None] | None = None,
     threads: int = 1,
+    shards: int = 1,
 ) -> LocalRun:
     """Appraise each candidate under two-party MPC; with ``check`` also compute the plaintext twin.
 
     Paths are resolved here, against the caller's working directory: the workers run in a
     directory of their own. ``timeout`` bounds the rendezvous and every network wait, ``deadline``
     the whole computation; ``threads`` is each party's count of compute threads
-    (:attr:`PartyConfig.threads`).
+    (:attr:`PartyConfig.threads`). ``shards`` worker triples share each candidate's chunks
+    (:mod:`common.mpc.shards`; influence and gradient norm), at most one per chunk of the largest
+    candidate.
     """
+    problem = shard_problem(method, shards)
+    if problem is not None:
+        raise ConfigError(problem, field="shards")
     names = candidate_names(candidates)
     train, test = _absolute(train), _absolute(test)
     candidates = [_absolute(c) for c in candidates]
@@ -220,21 +230,22 @@ def run_local(
     }
     if not insecure_tfp:
         role_inputs["dealer"] = {}
+    # fewer shards than asked when even the largest candidate has fewer chunks
+    count = min(shards, max(chunk_count(c.n_samples, chunk_rows) for c in job.candidates))
     with private_workdir() as work:
         try:
-            by_role = session_configs(
+            configs = session_shards(
                 job,
                 work,
                 role_inputs,
+                shards=count,
                 timeout=timeout,
-                session_id="local-" + secrets.token_hex(8),
                 allow_insecure_tfp=insecure_tfp,
                 threads=threads,
             )
         except ValidationError as exc:
             raise config_error(exc) from None
-        configs = list(by_role.values())
-        reports = _run(configs, work, timeout, deadline, on_progress)
+        reports = _run(configs, timeout, deadline, on_progress)
 
     mine = [CandidateResult.model_validate(r) for r in reports["model_owner"]["results"]]
     theirs = [CandidateResult.model_validate(r) for r in reports["data_owner"]["results"]]
@@ -248,33 +259,94 @@ def run_local(
             streamed_score(job, state, inputs.train, inputs.test, c.chunks)
             for c in inputs.candidates
         ]
-    dealer = reports.get("dealer", {})
-    rss = dealer.get("peak_rss_mb")
+    dealers = [r for name, r in reports.items() if name.partition("@")[0] == "dealer"]
+    rss = [float(d["peak_rss_mb"]) for d in dealers if "peak_rss_mb" in d]
     return LocalRun(
         job,
         mine,
         theirs,
-        int(dealer.get("bytes_sent", 0)),
+        sum(int(d.get("bytes_sent", 0)) for d in dealers),
         plain,
-        None if rss is None else float(rss),
+        max(rss) if rss else None,
+        {
+            name: [CandidateResult.model_validate(r) for r in report["results"]]
+            for name, report in reports.items()
+            if "@" in name and "results" in report
+        },
     )
+
+
+def session_shards(
+    job: JobSpec,
+    work: Path,
+    role_inputs: dict[str, dict[str, Any]],
+    *,
+    shards: int,
+    timeout: float,
+    **options: Any,
+) -> list[PartyConfig]:
+    """Every party's configuration of one local session in ``shards`` shards
+    (:mod:`common.mpc.shards`): each shard its own session of
+    :func:`~common.runtime.supervisor.session_configs` (its own keys and rendezvous port), its
+    files in its own private workdir (``work`` for shard 0, ``work/shard-s`` for the others) and,
+    with several shards, each owner's hand-off directory. ``options`` go to every party."""
+    session_id = "local-" + secrets.token_hex(8)
+    inputs_of = _shard_inputs(role_inputs, work, shards)
+    configs: list[PartyConfig] = []
+    for shard in range(shards):
+        by_role = session_configs(
+            job,
+            work if shard == 0 else _private(work / f"shard-{shard}"),
+            inputs_of,
+            timeout=timeout,
+            session_id=session_id if shards == 1 else f"{session_id}-{shard}",
+            shard=shard,
+            shards=shards,
+            **options,
+        )
+        configs += by_role.values()
+    return configs
+
+
+def _private(directory: Path) -> Path:
+    directory.mkdir(mode=0o700)
+    return directory
+
+
+def _shard_inputs(
+    role_inputs: dict[str, dict[str, Any]], work: Path, count: int
+) -> dict[str, dict[str, Any]]:
+    """Each role's inputs in every shard's session: with several shards, each owner's hand-off
+    directory too (:mod:`common.runtime.handoff`; private, made here), the same for all of that
+    owner's shards."""
+    if count == 1:
+        return role_inputs
+    _private(work / "shares")
+    return {
+        role: extra
+        if role == "dealer"
+        else {**extra, "shard_dir": str(_private(work / "shares" / role))}
+        for role, extra in role_inputs.items()
+    }
 
 
 def _run(
     configs: list[PartyConfig],
-    work: Path,
     rendezvous_seconds: float,
     compute_seconds: float,
     on_progress: Callable[[int, int], None] | None,
 ) -> dict[str, dict[str, Any]]:
-    """Start the parties and supervise them; their result payloads, or the error that ended them."""
+    """Start the parties, each in its shard's workdir, the one that holds its files
+    (:func:`~common.runtime.supervisor.party_config`), and supervise them; their result
+    payloads by party name (:attr:`~common.runtime.supervisor.Party.name`), or the error that
+    ended them."""
 
     def progressed(role: str, progress: Any) -> None:
         if on_progress is not None and role == "model_owner":
             on_progress(progress.done, progress.total)
 
     async def run() -> Any:
-        parties = [start_party(c, work) for c in configs]
+        parties = [start_party(c, Path(c.result_file).parent) for c in configs]
         return await supervise(
             parties,
             rendezvous_seconds=rendezvous_seconds,

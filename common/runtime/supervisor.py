@@ -194,6 +194,17 @@ class Party:
     def role(self) -> str:
         return self.config.role
 
+    @property
+    def name(self) -> str:
+        """The party's key in a run's reports: its role, with its shard's number past shard 0."""
+        shard = self.config.shard
+        return self.role if shard == 0 else f"{self.role}@{shard}"
+
+    @property
+    def label(self) -> str:
+        """How messages name the party: ``data owner``, or ``data owner (shard 1)`` with shards."""
+        return self.role.replace("_", " ") + self.config.part.label
+
     def error(self) -> dict[str, Any] | None:
         path = Path(self.config.error_file)
         if path.exists():
@@ -343,9 +354,9 @@ def failure_report(parties: Sequence[Party]) -> str:
         err = p.error()
         code = None if p.process is None else p.process.returncode
         if err is not None:
-            blocks.append(f"--- {p.role} (exit {code}): {err['type']}\n{err['traceback']}")
+            blocks.append(f"--- {p.name} (exit {code}): {err['type']}\n{err['traceback']}")
         elif code not in (0, None):
-            blocks.append(f"--- {p.role} (exit {code}), log tail:\n{p.log_tail()}")
+            blocks.append(f"--- {p.name} (exit {code}), log tail:\n{p.log_tail()}")
     return "\n".join(blocks)
 
 
@@ -358,8 +369,8 @@ class RunReport:
 
     outcome: Outcome
     reason: str  # why it did not complete ("" if it did)
-    results: dict[str, dict[str, Any]]  # each completed party's result payload, by role
-    progress: dict[str, WorkerProgress]  # each party's last progress, by role
+    results: dict[str, dict[str, Any]]  # each completed party's result payload, by name
+    progress: dict[str, WorkerProgress]  # each party's last progress, by name (Party.name)
     report: str = ""  # every failed party's traceback
 
     @property
@@ -397,8 +408,9 @@ async def supervise(
     the rendezvous clock starts once every party is ready: all must have joined within
     ``rendezvous_seconds`` of that (plus a slack: the workers enforce that deadline themselves),
     and all must finish within ``compute_seconds`` after the last one joined. ``on_progress(role,
-    progress)`` is called whenever a party's progress changes. A party that fails with a timeout
-    before every party joined makes the run ``expired``.
+    progress)`` is called whenever a party's progress changes (``role`` is the party's
+    :attr:`Party.name`: its role, unless it is a shard past the first). A party that fails with a
+    timeout before every party joined makes the run ``expired``.
     """
     started = time.monotonic()
     ready_at: dict[str, float] = {}
@@ -411,25 +423,25 @@ async def supervise(
         for p in parties:
             if p.process is not None and p.process.poll() == 0:
                 with contextlib.suppress(OSError, ValueError):
-                    results[p.role] = p.result()
+                    results[p.name] = p.result()
         return RunReport(outcome, reason, results, dict(seen), failure_report(parties))
 
     try:
         while True:
             for p in parties:
-                if p.role not in ready_at and p.ready():
-                    ready_at[p.role] = time.monotonic()
+                if p.name not in ready_at and p.ready():
+                    ready_at[p.name] = time.monotonic()
                 progress = p.progress()
-                if progress is not None and progress != seen.get(p.role):
-                    seen[p.role] = progress
+                if progress is not None and progress != seen.get(p.name):
+                    seen[p.name] = progress
                     if on_progress is not None:
-                        on_progress(p.role, progress)
+                        on_progress(p.name, progress)
             if join_by is None and len(ready_at) == len(parties):
                 join_by = max(ready_at.values()) + rendezvous_seconds + JOIN_SLACK_SECONDS
             if finish_by is None and len(seen) == len(parties):
                 finish_by = time.monotonic() + compute_seconds
-            codes = {p.role: None if p.process is None else p.process.poll() for p in parties}
-            failed = [p for p in parties if codes[p.role] not in (None, 0)]
+            codes = {p.name: None if p.process is None else p.process.poll() for p in parties}
+            failed = [p for p in parties if codes[p.name] not in (None, 0)]
             if failed:
                 if cancel is not None and cancel.stopping:
                     return report(cancel.outcome, cancel.reason)
@@ -438,7 +450,7 @@ async def supervise(
                 err = first.error()
                 timed_out = err is not None and err["type"] == "PeerTimeout"
                 outcome: Outcome = "expired" if timed_out and finish_by is None else "failed"
-                reason = f"the {first.role.replace('_', ' ')} worker failed: {first.failure()}"
+                reason = f"the {first.label} worker failed: {first.failure()}"
                 if outcome == "expired":
                     reason += rendezvous_hint(first.config)
                 return report(outcome, reason)
@@ -448,15 +460,13 @@ async def supervise(
                 return report(cancel.outcome, cancel.reason)
             now = time.monotonic()
             if join_by is None and now > started + compute_seconds:
-                loading = ", ".join(
-                    p.role.replace("_", " ") for p in parties if p.role not in ready_at
-                )
+                loading = ", ".join(p.label for p in parties if p.name not in ready_at)
                 return report(
                     "failed",
                     f"the {loading} worker did not load its inputs within {compute_seconds:g} s",
                 )
             if finish_by is None and join_by is not None and now > join_by:
-                missing = ", ".join(p.role.replace("_", " ") for p in parties if p.role not in seen)
+                missing = ", ".join(p.label for p in parties if p.name not in seen)
                 return report(
                     "expired",
                     f"the parties did not meet at the rendezvous within {rendezvous_seconds:g} s "

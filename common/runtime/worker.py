@@ -38,6 +38,7 @@ import numpy as np
 from pydantic import ValidationError
 
 from common.errors import ConfigError, DataError
+from common.mpc.shards import WHOLE, Shard
 from common.protocol import RANKS, CandidateResult, JobSpec, link_name, model_owner_problem
 from common.runtime.config import CONFIG_ENV, PartyConfig
 
@@ -46,6 +47,7 @@ if TYPE_CHECKING:
     from common.mpc.plan import Item
     from common.mpc.statistics import DataOwnerInputs, ModelOwnerInputs
     from common.mpc.transport import Channel
+    from common.runtime.handoff import ShareDrop
 
 PROCESS_NAMES = {
     "model_owner": "da-model-owner",
@@ -89,6 +91,11 @@ def _write_json(path: str, payload: object) -> None:
     os.replace(tmp, path)
 
 
+def _digest(config: PartyConfig) -> bytes:
+    """What this worker's handshakes bind: the job's digest, made its shard's own with shards."""
+    return config.part.digest(config.job.digest())
+
+
 def _psk(config: PartyConfig, peer: str) -> bytes:
     link = link_name(config.role, peer)
     value = None if config.keys is None else config.keys.key(link)
@@ -111,7 +118,7 @@ def _connect_to_model_owner(config: PartyConfig) -> Channel:
         port,
         _psk(config, "model_owner"),
         session_id=config.session_id,
-        job_digest=config.job.digest(),
+        job_digest=_digest(config),
         window=config.timeout_seconds,
     )
 
@@ -127,7 +134,7 @@ def _relayed_link(config: PartyConfig, via: Channel) -> Callable[[str], bytes]:
         via,
         _psk(config, other),
         session_id=config.session_id,
-        job_digest=config.job.digest(),
+        job_digest=_digest(config),
     )
     return lambda label: schedule.derive("derived/" + label)
 
@@ -139,7 +146,7 @@ def run_dealer(config: PartyConfig) -> dict[str, object]:
     from common.mpc.streams import install_stream_rng
 
     job = config.job
-    plans = job_plans(job)  # a dealer has no inputs to load, only the public plans
+    plans = job_plans(job, config.part)  # a dealer has no inputs to load, only the public plans
     _report(config, "ready")
     mo = _connect_to_model_owner(config)
     try:
@@ -161,9 +168,9 @@ def run_dealer(config: PartyConfig) -> dict[str, object]:
     }
 
 
-def job_plans(job: JobSpec) -> list[list[Item]]:
+def job_plans(job: JobSpec, shard: Shard = WHOLE) -> list[list[Item]]:
     """Every candidate's plan (:func:`common.mpc.plan.compute_plan`), computed before the
-    rendezvous.
+    rendezvous; with ``shard``, that shard's plans (what its pair computes of each candidate).
 
     A plan is a function of the public job alone, so the dealer (which serves it) and the data
     owner (which checks its draws against it) compute them all while loading, not when each
@@ -173,7 +180,7 @@ def job_plans(job: JobSpec) -> list[list[Item]]:
     """
     from common.mpc.plan import compute_plan
 
-    return [compute_plan(job, index) for index in range(len(job.candidates))]
+    return [compute_plan(job, index, shard=shard) for index in range(len(job.candidates))]
 
 
 def _check_bound(ds: Dataset, bound: float) -> None:
@@ -194,15 +201,20 @@ def _load_model_owner(config: PartyConfig) -> ModelOwnerInputs:
     assert config.train is not None and config.test is not None  # PartyConfig requires them
     train = load_dataset(config.train, n_features=job.n_features, n_classes=job.n_classes)
     test = load_dataset(config.test, n_features=job.n_features, n_classes=job.n_classes)
+    drop = _share_drop(config)
     if config.state is not None:
         with np.load(config.state) as f:
             state = ModelOwnerState(
                 theta=f["theta"], v=f["v"], test_loss=float(f["test_loss"]), l2=job.l2
             )
+    elif drop is not None and config.shard > 0:  # shard 0 trains, every shard uses its θ̂
+        state = drop.model(config.shard, job.l2)
     else:
         state = prepare_model_owner(
             train.X, train.y, test.X, test.y, n_classes=job.n_classes, l2=job.l2
         )
+    if drop is not None and config.shard == 0:
+        drop.hand_over_model(state, config.shards)
     for ds in (train, test):
         _check_bound(ds, job.feature_bound)
     gap = logit_gap_bound(state.theta, max(1.0, job.feature_bound))
@@ -269,7 +281,7 @@ def _secure_session(config: PartyConfig, plans: list[list[Item]] | None) -> Iter
 
     job = config.job
     host, port = transport.parse_rendezvous(config.rendezvous)
-    digest = job.digest()
+    digest = _digest(config)
     with_dealer = job.provider == "TTP"
     dealer: transport.Channel | None = None
     if config.role == "model_owner":
@@ -319,12 +331,21 @@ def run_party(config: PartyConfig) -> dict[str, object]:
     from common.mpc.appraisal import secure_appraisal
 
     job = config.job
+    shard = config.part
     mo = _load_model_owner(config) if config.role == "model_owner" else None
     do = _load_data_owner(config) if config.role == "data_owner" else None
     checks_plans = config.role == "data_owner" and job.provider == "TTP"
-    plans = job_plans(job) if checks_plans else None
+    plans = job_plans(job, shard) if checks_plans else None
+    exchange = _share_drop(config)
+
+    def prefetch(index: int) -> None:
+        assert do is not None
+        part = _chunks(shard, job.candidates[index].n_samples, job.chunk_rows)
+        if part is None or part:  # a shard that skips the candidate reads none of it
+            do[index].prefetch(job.chunk_rows, job.feature_bound, part)
+
     if do:  # the first chunk read while the parties meet (wall time, not a candidate's MPC)
-        do[0].prefetch(job.chunk_rows, job.feature_bound)
+        prefetch(0)
     _report(config, "ready")
     results: list[dict[str, object]] = []
     with _secure_session(config, plans) as (comm, provider):
@@ -348,7 +369,13 @@ def run_party(config: PartyConfig) -> dict[str, object]:
                 _report(config, "step", index=index, done=done, total=total)
 
             revealed = secure_appraisal(
-                job, index, mo, None if do is None else do[index], on_step=on_step
+                job,
+                index,
+                mo,
+                None if do is None else do[index],
+                on_step=on_step,
+                shard=shard,
+                exchange=exchange,
             )
             if provider is not None:
                 provider.end()
@@ -369,8 +396,20 @@ def run_party(config: PartyConfig) -> dict[str, object]:
             results.append(result)
             _report(config, "result", index=index, result=result)
             if do is not None and index + 1 < len(do):
-                do[index + 1].prefetch(job.chunk_rows, job.feature_bound)
+                prefetch(index + 1)
     return {"role": config.role, "results": results}
+
+
+def _share_drop(config: PartyConfig) -> ShareDrop | None:
+    """Where this owner's shards hand each other their shares and θ̂ (None: a single pair)."""
+    from common.runtime.handoff import ShareDrop
+
+    return None if config.shard_dir is None else ShareDrop(config.shard_dir, config.timeout_seconds)
+
+
+def _chunks(shard: Shard, n: int, rows: int) -> range | None:
+    """The chunks a data owner's worker reads of a candidate of ``n`` rows (None: all)."""
+    return None if shard.count == 1 else shard.chunks(n, rows)
 
 
 def check_policy(config: PartyConfig) -> None:
@@ -450,7 +489,8 @@ def main() -> int:
     limit_threads(config.threads)
     logging.basicConfig(
         level=logging.INFO if os.environ.get("DATA_APPRAISAL_DEBUG") else logging.WARNING,
-        format=f"%(asctime)s {config.role} rank={RANKS[config.role]} %(levelname)s %(message)s",
+        format=f"%(asctime)s {config.role}{config.part.label} rank={RANKS[config.role]} "
+        "%(levelname)s %(message)s",
     )
     _exit_with_parent()
     # this party's temporary files (fine-tuning's spilled chunks) go to its private 0700 workdir,
