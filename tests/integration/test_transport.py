@@ -283,8 +283,10 @@ def test_altered_replayed_or_dropped_records_are_detected(attack: str) -> None:
                 mo_ch.recv()
                 mo_ch.recv()
                 mo_ch.recv()
-            if attack == "flip":
-                assert "failed authentication" in str(caught.value)
+            if attack == "flip":  # the flipped byte lands in a record's body or, with another
+                # segmentation, in its length header: either way the alteration is named
+                message = str(caught.value)
+                assert "failed authentication" in message or "corrupt stream" in message, message
             _close(do_ch, mo_ch)
     finally:
         proxy.close()
