@@ -124,9 +124,8 @@ class Masked:
         self.fallback = not hasattr(self.provider, "mask")
         self.X: torch.Tensor | None = None  # the holder's, its encoding as float64 integers
         self._small = False  # whether X is within ringmath's bound (its products through BLAS)
-        self.E: ringmath.RingMatrix | None = (
-            None  # the other owner's (the holder sends it and drops it)
-        )
+        # the other owner's (the holder sends it and drops it)
+        self.E: ringmath.RingMatrix | None = None
         self._spilled: dict[str, Path] = {}
         if self.fallback:  # TFP: an ordinary sharing, CrypTen's Beaver products
             if isinstance(value, torch.Tensor):  # already encoded: share() encodes it (exactly)

@@ -279,15 +279,17 @@ class Ledger:
                 yield torch.zeros(min(COMPARE_BATCH, 2 * total - start), dtype=torch.long)
             return
         pending: list[torch.Tensor] = []
-        held = 0
+        held = given = 0
         for c, half in self._checks:
             t = torch.full_like(c, half if self.rank == 0 else 0)
             pending += [c + t, t - c]  # < 0 iff c < −E/2, iff c > E/2
             held += 2 * c.numel()
+            given += 2 * c.numel()
             while held >= COMPARE_BATCH:
                 joined = torch.cat(pending)
                 yield joined[:COMPARE_BATCH]
                 pending, held = [joined[COMPARE_BATCH:].clone()], held - COMPARE_BATCH
+        assert given == 2 * total  # the recorded check values are the sites' (the plan's) count
         if held:
             yield torch.cat(pending)
 
