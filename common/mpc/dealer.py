@@ -49,6 +49,7 @@ from common.mpc.plan import (
     COMPARE_SHIFT,
     COMPARE_WIDTH,
     PRODUCT_OPS,
+    OPENING_WIDTHS,
     RMASK_WINDOW,
     Item,
     check_item,
@@ -330,20 +331,25 @@ class DealerProvider(TupleProvider):
         return B, self._correction(item, product_size(item, shape))
 
     # -- reused openings (common.mpc.fixedpoint, docs/protocol.md "Reused openings") ----------
-    def rmask(self, size: Any) -> tuple[int, torch.Tensor]:
-        """This party's share of a fresh uniform mask a of one shared value (both owners draw
-        theirs from their streams; the dealer mirrors them and sends nothing)."""
-        item = Item("rmask", (tuple(size),))
-        self._mark(item)
+    def rmask(self, size: Any, width: int) -> tuple[int, torch.Tensor, torch.Tensor]:
+        """A fresh uniform mask a of one shared value, opened on its low ``width`` bits: this
+        party's shares of a (drawn from its stream, as the other owner draws its own), of
+        ā = the signed value of a's low ``width`` bits and of m = their top bit
+        (docs/protocol.md, "Narrow openings")."""
+        item = Item("rmask", (tuple(size),), width=width)
+        self._check(item)
         self._rmasks.append(tuple(size))
-        return len(self._rmasks) - 1, self.stream.int64(size)
+        a = self.stream.int64(size)
+        h, m = self._correction(item, (2, *tuple(size))).unbind(0)
+        return len(self._rmasks) - 1, a - (h << width), m
 
     def cross(self, i: int, j: int) -> torch.Tensor:
-        """This party's share of a_i·a_j (elementwise) for the candidate's rmasks i and j."""
+        """This party's shares of ā_i·ā_j, ā_i·m_j, m_i·ā_j and m_i·m_j (elementwise, stacked)
+        for the candidate's rmasks i and j."""
         sizes = (self._rmasks[i], self._rmasks[j])
         item = Item("cross", sizes, pair=relative_pair(len(self._rmasks), i, j))
         self._check(item)
-        return self._correction(item, torch.broadcast_shapes(*sizes))
+        return self._correction(item, (4, *torch.broadcast_shapes(*sizes)))
 
     def compare(self, size: Any) -> tuple[torch.Tensor, ...]:
         """One comparison-and-select's values, this party's shares: a uniform a (arithmetic),
@@ -479,20 +485,24 @@ class Dealer:
             assert item.op is not None  # one of PRODUCT_OPS
             C = A.product(item.op, B, rows)  # as the owners' products (products.py)
             return C - s1.int64(C.size())
-        if item.fn == "rmask" and len(sizes) == 1:
-            self._rmasks = [
-                *self._rmasks[1 - RMASK_WINDOW :],
-                s0.int64(sizes[0]) + s1.int64(sizes[0]),
-            ]
-            return None
+        if item.fn == "rmask" and len(sizes) == 1 and item.width in OPENING_WIDTHS:
+            size, width = sizes[0], item.width
+            a = s0.int64(size) + s1.int64(size)
+            low = a & ((1 << width) - 1)
+            m = low >> (width - 1)
+            a_bar = low - (m << width)  # the signed value of a's low bits
+            h = (a - a_bar) >> width  # a = ā + 2^width·h
+            self._rmasks = [*self._rmasks[1 - RMASK_WINDOW :], (a_bar, m)]
+            hm = torch.stack([h, m])
+            return hm - s1.int64(hm.size())
         if item.fn == "cross" and item.pair is not None and len(sizes) == 2:
             back_i, back_j = item.pair
             if max(back_i, back_j) >= min(len(self._rmasks), RMASK_WINDOW):
                 raise MPCError(f"the cross product {item} names an rmask that was not drawn")
-            a_i, a_j = self._rmasks[-1 - back_i], self._rmasks[-1 - back_j]
+            (a_i, m_i), (a_j, m_j) = self._rmasks[-1 - back_i], self._rmasks[-1 - back_j]
             if (tuple(a_i.shape), tuple(a_j.shape)) != tuple(sizes):
                 raise MPCError(f"the cross product {item} does not fit its rmasks' shapes")
-            c = a_i * a_j
+            c = torch.stack(torch.broadcast_tensors(a_i * a_j, a_i * m_j, m_i * a_j, m_i * m_j))
             return c - s1.int64(c.size())
         if item.fn == "compare" and len(sizes) == 1:
             size = sizes[0]

@@ -20,7 +20,7 @@ import torch
 
 from common.errors import ConfigError
 from common.mpc.compat import exact_decode, import_crypten
-from common.mpc.plan import COMPARE_SHIFT, COMPARE_WIDTH, shape_memo
+from common.mpc.plan import COMPARE_SHIFT, COMPARE_WIDTH, OPENING_WIDTHS, shape_memo
 from common.mpc.truncation import bounded
 
 crypten = import_crypten()
@@ -78,12 +78,49 @@ def matmul_truncated(x: Any, y: Any, divisor: int) -> Any:
     return result
 
 
-# -- Reused openings (docs/protocol.md, "Reused openings") -------------------------------------
+# -- Reused, narrow openings (docs/protocol.md, "Reused openings", "Narrow openings") ---------
 # A Beaver product opens both operands, masked, in both directions. A value that enters several
 # products (y in y·y and y·y², s in every Newton step) need be opened only once: x is opened as
 # δ = x − a for a fresh uniform mask a (an ``rmask``, drawn by both owners from their streams),
 # and the product of two opened values x = δ + a, y = ε + b is δε + δ[b] + ε[a] + [ab], with
 # shares of ab from the dealer (a ``cross`` item). Each opened value has its own fresh mask.
+#
+# A value of known small range needs only its low w bits opened. With |x| < 2^(w−2) ring units,
+# x̃ = x + 2^(w−2) lies in [0, 2^(w−1)); the owners open ε = x̃ − a mod 2^w (w/8 bytes an element
+# each way, for a uniform a in [0, 2^w)). Over the integers x̃ = ε + a − 2^w·c with the carry
+# c ∈ {0, 1}, and because x̃ < 2^(w−1), c = 1 exactly when the top bit of ε or of a is set: so
+# c = m_ε + m − m_ε·m with m_ε the public top bit of ε and m the top bit of a. Writing
+# ā = a − 2^w·m (the signed value of a, shared by the dealer with m), x̃ = ε − 2^w·m_ε + ā +
+# 2^w·m_ε·m: a public part plus a sharing that is linear in [ā] and [m], with no error and no
+# failure probability. A product of two such values needs [ā_iā_j], [ā_i·m_j], [m_i·ā_j] and
+# [m_i·m_j] from the dealer instead of [a_i·a_j].
+
+NARROW_WIDTHS = OPENING_WIDTHS
+# RANGE: the openings' bounds, with room above their RANGE comments' values (24-bit openings
+# hold |x| < 64): the Taylor input y = x/2^h ∈ [−2.5, 0.1] and its powers, values in (0, 2].
+TAYLOR_BOUND = 4.0
+UNIT_BOUND = 4.0
+
+
+def opening_width(bound: float) -> int:
+    """The narrowest opening of a value |x| ≤ ``bound``: the least w with |x|·2¹⁶ < 2^(w−2)."""
+    raw = float(bound) * SCALE
+    for width in NARROW_WIDTHS:
+        if raw < 2.0 ** (width - 2):
+            return width
+    raise ConfigError(f"no opening is wide enough for values up to {bound}")
+
+
+def _low_bytes(t: torch.Tensor, count: int) -> torch.Tensor:
+    """The low ``count`` bytes of each int64 (little-endian), as one flat uint8 tensor."""
+    return t.contiguous().view(torch.uint8).reshape(-1, 8)[:, :count].reshape(-1)
+
+
+def _from_low_bytes(b: torch.Tensor, count: int, like: torch.Tensor) -> torch.Tensor:
+    """Inverse of :func:`_low_bytes` (the high bytes zero)."""
+    out = torch.zeros((like.numel(), 8), dtype=torch.uint8)
+    out[:, :count] = b.reshape(-1, count)
+    return out.view(torch.int64).reshape(like.shape)
 
 
 def _reusing() -> bool:
@@ -96,16 +133,52 @@ def _rank() -> int:
 
 
 class _Opened:
-    """A shared fixed-point value opened once as δ = x − a (a: a fresh uniform rmask)."""
+    """A shared fixed-point value |x| ≤ ``bound`` opened once on its low w bits
+    (:func:`opening_width`): x = δ + α with δ public and α = ā + c·m shared, c = 2^w·m_ε public."""
 
-    def __init__(self, x: Any):
+    def __init__(self, x: Any, *, bound: float):
+        self._begin(x, bound)
+        self._finish(crypten.communicator.get().all_gather(self._mine))
+
+    @staticmethod
+    def together(*pairs: tuple[Any, float]) -> list[_Opened]:
+        """Several values (each with its bound) opened in one exchange."""
+        opened = [_Opened.__new__(_Opened) for _ in pairs]
+        for o, (x, bound) in zip(opened, pairs, strict=True):
+            o._begin(x, bound)
+        mine = torch.cat([o._mine for o in opened])
+        parts = crypten.communicator.get().all_gather(mine)
+        start = 0
+        for o in opened:
+            stop = start + o._mine.numel()
+            o._finish([part[start:stop] for part in parts])
+            start = stop
+        return opened
+
+    def _begin(self, x: Any, bound: float) -> None:
         provider = crypten.mpc.get_default_provider()
-        self.id, self.a = provider.rmask(tuple(x.size()))
-        self.delta = crypten.communicator.get().all_reduce(x._tensor.share - self.a)
+        self.width = opening_width(bound)
+        self.id, self._a, self.m = provider.rmask(tuple(x.size()), self.width)
+        self._offset = 1 << (self.width - 2)
+        share = x._tensor.share - self._a
+        self._like = share
+        if _rank() == 0:
+            share = share + self._offset
+        self._mine = _low_bytes(share, self.width // 8)
+
+    def _finish(self, parts: list[torch.Tensor]) -> None:
+        width, count = self.width, self.width // 8
+        eps = _from_low_bytes(parts[0], count, self._like)
+        eps = (eps + _from_low_bytes(parts[1], count, self._like)) & ((1 << width) - 1)
+        self.c = (eps >> (width - 1)) << width  # 2^w·m_ε
+        self.delta = eps - self.c - self._offset
+        self.a = self._a + self.c * self.m  # α: x = δ + α
+        del self._mine, self._like, self._a
 
     def times(self, other: _Opened) -> torch.Tensor:
         """This party's share of self·other at the product of their scales (no truncation)."""
-        out = crypten.mpc.get_default_provider().cross(self.id, other.id)
+        cross = crypten.mpc.get_default_provider().cross(self.id, other.id)
+        out = cross[0] + other.c * cross[1] + self.c * cross[2] + (self.c * other.c) * cross[3]
         out = out + self.delta * other.a + other.delta * self.a
         return out + self.delta * other.delta if _rank() == 0 else out
 
@@ -127,10 +200,10 @@ def _taylor_reused(y: Any, order: int) -> Any:
     for j ≤ 6 (the sum of the terms' magnitudes, not order!·p(y), decides the failures).
     """
     half = (order + 1) // 2
-    opened = [_Opened(y)]
+    opened = [_Opened(y, bound=TAYLOR_BOUND)]
     for j in range(2, half + 1):  # y^j = y^⌈j/2⌉ · y^⌊j/2⌋, truncated, then opened itself
         power = _from_raw(opened[(j + 1) // 2 - 1].times(opened[j // 2 - 1]), SCALE)
-        opened.append(_Opened(power))
+        opened.append(_Opened(power, bound=TAYLOR_BOUND**j))
     acc = y.add(1.0)
     for j in range(2, order + 1):
         raw = opened[(j + 1) // 2 - 1].times(opened[j // 2 - 1])
@@ -158,7 +231,11 @@ def exp_nonpositive(x: Any, *, halvings: int, order: int) -> Any:
         for i in range(order - 1, 0, -1):
             acc = mul_public(acc * y, 1.0 / i, bits=16).add(1.0)
     for _ in range(halvings):
-        acc = acc.square()
+        if _reusing():  # RANGE: each square's input is in (0, e^max_slack]
+            opened = _Opened(acc, bound=UNIT_BOUND)
+            acc = _from_raw(opened.times(opened), SCALE)
+        else:
+            acc = acc.square()
     return acc
 
 
@@ -427,15 +504,15 @@ def reciprocal_in_range(s: Any, *, upper: float) -> Any:
     (q0, q1, q2), eps = reciprocal_start(u)
     eps = min(eps + 0.01, 0.99)  # margin for the coefficients' 10 significant bits
     iterations = max(1, math.ceil(math.log2(math.log(2.0**-15) / math.log(eps))))
-    opened_s = _Opened(s)
+    opened_s = _Opened(s, bound=2 * u)
     square = _from_raw(opened_s.times(opened_s), SCALE)  # RANGE: s² ≤ upper²
     # RANGE: 10 bits keep x·2¹⁶·m ≤ upper²·2²⁷ (2⁻³⁰ per element for upper ≈ 10); Newton
     # corrects the start's rounding
     y = mul_public(s, q1, bits=10) + mul_public(square, q2, bits=10) + q0
     for _ in range(iterations):
-        opened_y = _Opened(y)
+        opened_y = _Opened(y, bound=UNIT_BOUND)  # RANGE: y ∈ (0, 1.3/s]
         t = 2.0 - _from_raw(opened_s.times(opened_y), SCALE)  # RANGE: s·y ∈ (0, 2)
-        y = _from_raw(opened_y.times(_Opened(t)), SCALE)
+        y = _from_raw(opened_y.times(_Opened(t, bound=UNIT_BOUND)), SCALE)
     return y
 
 
@@ -449,7 +526,11 @@ def softmax(z: Any) -> Any:
     # and m is at most max_slack(k) below the row's maximum.
     k = z.size(1)
     inv = reciprocal_in_range(e.sum(dim=1, keepdim=True), upper=k * math.exp(max_slack(k)))
-    return e * inv
+    if not _reusing():
+        return e * inv
+    # RANGE: e ∈ [0, e^max_slack], 1/Σe ∈ (0, 1]
+    opened_e, opened_inv = _Opened.together((e, UNIT_BOUND), (inv, UNIT_BOUND))
+    return _from_raw(opened_e.times(opened_inv), SCALE)
 
 
 @shape_memo

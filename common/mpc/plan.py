@@ -58,9 +58,11 @@ class Item:
     in the clear by party ``holder``, drawn from that party's stream and kept by the dealer) and
     ``product`` (a uniform B drawn by the other party and shares of ``A[rows] @ B`` or
     ``A[rows]ᵀ @ B`` for the ``mask``-th mask of the candidate); and the reused openings of
-    :mod:`common.mpc.fixedpoint` (docs/protocol.md, "Reused openings"): ``rmask`` (a uniform
-    additive mask a of one shared value, drawn by both owners from their streams, so the dealer
-    sends nothing), ``cross`` (shares of a_i·a_j for the ``pair`` of the candidate's rmasks) and
+    :mod:`common.mpc.fixedpoint` (docs/protocol.md, "Narrow openings"): ``rmask`` (a uniform
+    additive mask a of one shared value, drawn by both owners from their streams, opened on its
+    low ``width`` bits: the dealer sends shares of h and m, with ā = a − 2^width·h the signed
+    value of those bits and m their top bit), ``cross`` (shares of ā_iā_j, ā_i·m_j, m_i·ā_j and
+    m_i·m_j for the ``pair`` of the candidate's rmasks) and
     ``compare`` (a uniform a, an XOR sharing of its bits COMPARE_SHIFT … COMPARE_SHIFT + COMPARE_WIDTH − 1, a random bit ρ in both sharings
     and shares of a·ρ: one comparison-and-select of :func:`common.mpc.fixedpoint.row_max`).
     """
@@ -72,6 +74,7 @@ class Item:
     mask: int | None = None
     rows: tuple[int, ...] | None = None
     pair: tuple[int, int] | None = None
+    width: int | None = None
 
     def describe(self) -> dict[str, Any]:
         """The item as JSON (the rows as a digest): what the dealer sends with each value."""
@@ -84,6 +87,8 @@ class Item:
             out["mask"] = self.mask
         if self.pair is not None:
             out["pair"] = list(self.pair)
+        if self.width is not None:
+            out["width"] = self.width
         if self.rows is not None:
             rows = np.asarray(self.rows, dtype=np.int64).tobytes()
             out["rows"] = hashlib.sha256(rows).hexdigest()[:16]
@@ -93,11 +98,17 @@ class Item:
         return json.dumps(self.describe())
 
     def elements(self) -> int:
-        return sum(int(np.prod(s, dtype=np.int64)) for s in self.sizes)
+        each = sum(int(np.prod(s, dtype=np.int64)) for s in self.sizes)
+        if self.fn == "rmask":  # a, then h and m
+            return 3 * each
+        if self.fn == "cross":  # four products of the broadcast shape
+            return 4 * int(np.prod(torch.broadcast_shapes(*self.sizes), dtype=np.int64))
+        return each
 
 
 COMPARE_SHIFT, COMPARE_WIDTH = 9, 16  # the bits of a ``compare`` item's a that are XOR-shared
 RMASK_WINDOW = 16  # a ``cross`` item names one of the candidate's last 16 rmasks
+OPENING_WIDTHS = (16, 24, 32, 40, 48, 56)  # the bits an ``rmask``'s opening may carry
 
 
 def relative_pair(count: int, i: int, j: int) -> tuple[int, int]:
@@ -123,6 +134,8 @@ def check_item(item: Item) -> None:
         or not all(0 <= back < RMASK_WINDOW for back in item.pair)
     ):
         raise MPCError(f"the cross product {item} does not name two of the last rmasks")
+    if item.fn == "rmask" and item.width not in OPENING_WIDTHS:
+        raise MPCError(f"the reused opening {item} has no width among {list(OPENING_WIDTHS)}")
 
 
 def product_size(item: Item, mask_size: Sequence[int]) -> tuple[int, ...]:
@@ -215,15 +228,16 @@ class PlanningProvider(TupleProvider):
         return torch.zeros(_dims(size_b), dtype=torch.long), torch.zeros(out, dtype=torch.long)
 
     # -- reused openings (common.mpc.fixedpoint) ------------------------------------------------
-    def rmask(self, size: Any) -> tuple[int, torch.Tensor]:
-        self.items.append(Item("rmask", (_dims(size),)))
+    def rmask(self, size: Any, width: int) -> tuple[int, torch.Tensor, torch.Tensor]:
+        self.items.append(Item("rmask", (_dims(size),), width=width))
         self.rmasks.append(_dims(size))
-        return len(self.rmasks) - 1, torch.zeros(_dims(size), dtype=torch.long)
+        zeros = torch.zeros(_dims(size), dtype=torch.long)
+        return len(self.rmasks) - 1, zeros, zeros
 
     def cross(self, i: int, j: int) -> torch.Tensor:
         sizes = (self.rmasks[i], self.rmasks[j])
         self.items.append(Item("cross", sizes, pair=relative_pair(len(self.rmasks), i, j)))
-        return torch.zeros(torch.broadcast_shapes(*sizes), dtype=torch.long)
+        return torch.zeros((4, *torch.broadcast_shapes(*sizes)), dtype=torch.long)
 
     def compare(self, size: Any) -> tuple[torch.Tensor, ...]:
         self.items.append(Item("compare", (_dims(size),)))

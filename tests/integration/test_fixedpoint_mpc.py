@@ -73,7 +73,7 @@ def _mirror_provider(rank: int):  # type: ignore[no-untyped-def]
 
         def _mark(self, item) -> None:  # type: ignore[no-untyped-def]
             super()._mark(item)
-            if self._rank == 0 and item.fn in ("mask", "rmask"):
+            if self._rank == 0 and item.fn == "mask":
                 self.mirror.value(item)
 
     return Mirror()
@@ -149,3 +149,55 @@ def test_carry_only_comparison_matches_crypten_and_row_max_is_exact() -> None:
         assert np.array_equal(np.array(theirs), expected)
         # the maximum of the fixed-point values, to within the encoder's rounding
         np.testing.assert_allclose(np.array(top)[:, 0], grid.max(axis=1), atol=2**-15)
+
+
+def _narrow_values(width: int) -> np.ndarray:
+    """Raw ring values an opening of ``width`` bits must carry exactly: its range's two ends, zero,
+    one unit either side, and random values across the range."""
+    top = 2 ** (width - 2) - 1
+    rng = np.random.default_rng(width)
+    edge = [top, -top, 0, 1, -1, top - 1, -(top - 1)]
+    return np.concatenate([edge, rng.integers(-top, top + 1, 300)]).astype(np.int64)
+
+
+def _narrow_party(rank: int, pair: Any, out: multiprocessing.Queue) -> None:
+    import torch
+
+    from common.mpc.compat import import_crypten
+    from common.mpc.fixedpoint import SCALE, _Opened
+
+    crypten = import_crypten()
+    with pair(_mirror_provider(rank)) as comm:
+        figures = {}
+        for width in (16, 24, 32):
+            raw = torch.as_tensor(_narrow_values(width))
+            bound = (2 ** (width - 2) - 1) / SCALE
+            x = crypten.mpc.MPCTensor.from_shares(raw if rank == 1 else raw * 0, precision=16)
+            y = crypten.mpc.MPCTensor.from_shares(raw.flip(0) if rank == 1 else raw * 0, precision=16)
+            ox, oy = _Opened.together((x, bound), (y, bound))
+            assert ox.width == width
+            x2 = crypten.mpc.MPCTensor.from_shares(ox.times(ox), precision=0)
+            xy = crypten.mpc.MPCTensor.from_shares(ox.times(oy), precision=0)
+            figures[width] = (
+                crypten.mpc.MPCTensor.from_shares(
+                    ox.a + (ox.delta if rank == 0 else 0), precision=0
+                ).get_plain_text().long().tolist(),
+                x2._tensor.reveal().tolist(),
+                xy._tensor.reveal().tolist(),
+            )
+        out.put((rank, figures))
+        comm.barrier()
+
+
+def test_narrow_openings_are_exact_at_the_ends_of_their_range() -> None:
+    """x = δ + α and the products from the narrow openings (16, 24 and 32 bits) equal the
+    integers exactly, at ±(2^(w−2) − 1) ring units, at zero and across the range (mod 2⁶⁴)."""
+    for got in run_pair(_narrow_party).values():
+        for width, (x, x2, xy) in got.items():
+            raw = _narrow_values(width)
+            assert x == raw.tolist()
+            square = [int(v) * int(v) for v in raw]
+            product = [int(a) * int(b) for a, b in zip(raw, raw[::-1], strict=True)]
+            wrap = [((v + 2**63) % 2**64) - 2**63 for v in square]
+            assert x2 == wrap
+            assert xy == [((v + 2**63) % 2**64) - 2**63 for v in product]

@@ -43,11 +43,15 @@ def small_files(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str, str
 # G = XᵀR/s and ⟨G, v/c⟩ then declared their worst-case ranges (√n and 8·d·k·√n), which checks
 # them in smaller groups (more check values), and c became an integer (no truncation) (26940,
 # 25600, 41, 28304). Each of the two now declares its own range for its own truncation (G's was
-# 8·d·k·√n, which left G's elements unchecked at n ≥ 60,000): G in larger groups, fewer values.
+# 8·d·k·√n, which left G's elements unchecked at n ≥ 60,000): G in larger groups, fewer values
+# (25596, 24256, 41, 27408 / 25576, 24236, 40, 27555 / 130460, 130800, 187, 143449). The narrow
+# openings (docs/protocol.md, "Narrow openings") send 3 bytes an element for the softmax's
+# reused openings (now also its squarings and e·(1/Σe)) instead of 8; the dealer sends h and m
+# for each opening and four products for each cross instead of one.
 EXPECTED: dict[str, tuple[int, int, int, int]] = {
-    "influence": (25596, 24256, 41, 27408),
-    "gradient-norm": (25576, 24236, 40, 27555),
-    "finetune": (130460, 130800, 187, 143449),
+    "influence": (17676, 16336, 41, 98217),
+    "gradient-norm": (17656, 16316, 40, 98364),
+    "finetune": (98220, 98560, 187, 451931),
 }
 
 

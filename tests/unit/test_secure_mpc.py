@@ -123,19 +123,30 @@ def test_dealer_masked_products_are_correct_shares(holder: int) -> None:
 
 
 def test_dealer_reused_openings_are_correct_shares() -> None:
-    """rmask (both streams, nothing sent), cross a_i·a_j by relative position, and compare (a,
-    its bits 9..24 XOR-shared, ρ in both sharings, a·ρ): the shares add up."""
+    """rmask (a from both streams; h and m from the dealer, a = ā + 2^w·h with ā the signed value
+    of a's low w bits and m their top bit), cross (ā_iā_j, ā_i·m_j, m_i·ā_j, m_i·m_j) by relative
+    position, and compare (a, its bits 9..24 XOR-shared, ρ in both sharings, a·ρ): the shares add
+    up."""
     from common.mpc.plan import COMPARE_SHIFT, COMPARE_WIDTH
 
     p0, p1, dealer = _parties()
     masks = []
-    for _ in range(3):
-        assert dealer.value(Item("rmask", ((4, 2),))) is None
-        masks.append(p0.int64((4, 2)) + p1.int64((4, 2)))
+    for width in (24, 16, 56):
+        a = p0.int64((4, 2)) + p1.int64((4, 2))
+        hm0 = dealer.value(Item("rmask", ((4, 2),), width=width))
+        assert hm0 is not None
+        h, m = (hm0 + p1.int64((2, 4, 2))).unbind(0)
+        a_bar = a - (h << width)
+        low = a & ((1 << width) - 1)
+        assert torch.equal(m, low >> (width - 1))  # the top bit of a's low bits
+        assert torch.equal(a_bar, low - (m << width))  # their signed value
+        assert int(a_bar.abs().max()) <= 1 << (width - 1)
+        masks.append((a_bar, m))
     for back_i, back_j in ((0, 0), (2, 1)):  # the latest squared; the first times the second
         c0 = dealer.value(Item("cross", ((4, 2), (4, 2)), pair=(back_i, back_j)))
-        expected = masks[-1 - back_i] * masks[-1 - back_j]
-        assert c0 is not None and torch.equal(c0 + p1.int64((4, 2)), expected)
+        (a_i, m_i), (a_j, m_j) = masks[-1 - back_i], masks[-1 - back_j]
+        expected = torch.stack([a_i * a_j, a_i * m_j, m_i * a_j, m_i * m_j])
+        assert c0 is not None and torch.equal(c0 + p1.int64((4, 4, 2)), expected)
     a = p0.int64((5,)) + p1.int64((5,))
     rho = p0.kbit((5,), 1) ^ p1.kbit((5,), 1)
     ours = p1.int64((3, 5))
@@ -153,6 +164,8 @@ def test_dealer_reused_openings_are_correct_shares() -> None:
         Item("cross", ((2,), (2,)), pair=(0, 0)),  # no rmask drawn
         Item("cross", ((2,), (2,)), pair=(0, 16)),  # outside the window
         Item("cross", ((2,), (2,))),  # no pair
+        Item("rmask", ((2,),)),  # no width
+        Item("rmask", ((2,),), width=64),  # a width no opening has
         Item("additive", ((2,), (2,)), op="conv2d"),
         Item("additive", ((1, 0), (0, 4096)), op="matmul"),  # finding 3 of issue 12
         Item("square", ((1 << 20, 1 << 20),)),
