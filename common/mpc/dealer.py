@@ -345,11 +345,12 @@ class DealerProvider(TupleProvider):
 
     def cross(self, i: int, j: int) -> torch.Tensor:
         """This party's shares of ā_i·ā_j, ā_i·m_j, m_i·ā_j and m_i·m_j (elementwise, stacked)
-        for the candidate's rmasks i and j."""
+        for the candidate's rmasks i and j; of ā_i² and ā_i·m_i only for a square (i = j)."""
         sizes = (self._rmasks[i], self._rmasks[j])
         item = Item("cross", sizes, pair=relative_pair(len(self._rmasks), i, j))
         self._check(item)
-        return self._correction(item, (4, *torch.broadcast_shapes(*sizes)))
+        parts = 2 if i == j else 4  # a square: ā² and ā·m only
+        return self._correction(item, (parts, *torch.broadcast_shapes(*sizes)))
 
     def compare(self, size: Any) -> tuple[torch.Tensor, ...]:
         """One comparison-and-select's values, this party's shares: a uniform a (arithmetic),
@@ -360,6 +361,14 @@ class DealerProvider(TupleProvider):
         rho_bin = self.stream.kbit(size, 1)
         alpha, rho, a_rho = self._correction(item, (3, *tuple(size))).unbind(0)
         return a, alpha & COMPARE_BITS, rho_bin, rho, a_rho
+
+    def lift(self, size: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        """One lift's values (:func:`common.mpc.fixedpoint.lift`): this party's random bit r_i
+        (from its stream) and its share of r₀·r₁."""
+        item = Item("lift", (tuple(size),))
+        self._check(item)
+        bit = self.stream.kbit(size, 1)
+        return bit, self._correction(item, tuple(size))
 
     def finish(self) -> None:
         """Tell the dealer the run is over, with the count of values used (model owner only)."""
@@ -502,8 +511,17 @@ class Dealer:
             (a_i, m_i), (a_j, m_j) = self._rmasks[-1 - back_i], self._rmasks[-1 - back_j]
             if (tuple(a_i.shape), tuple(a_j.shape)) != tuple(sizes):
                 raise MPCError(f"the cross product {item} does not fit its rmasks' shapes")
-            c = torch.stack(torch.broadcast_tensors(a_i * a_j, a_i * m_j, m_i * a_j, m_i * m_j))
+            if back_i == back_j:  # a square: ā² and ā·m (m² = m, and m's shares are known)
+                c = torch.stack([a_i * a_i, a_i * m_i])
+            else:
+                c = torch.stack(
+                    torch.broadcast_tensors(a_i * a_j, a_i * m_j, m_i * a_j, m_i * m_j)
+                )
             return c - s1.int64(c.size())
+        if item.fn == "lift" and len(sizes) == 1:
+            size = sizes[0]
+            both = s0.kbit(size, 1) * s1.kbit(size, 1)
+            return both - s1.int64(size)
         if item.fn == "compare" and len(sizes) == 1:
             size = sizes[0]
             a = s0.int64(size) + s1.int64(size)

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from common.errors import ConfigError
+from common.mpc import ringmath
 from common.mpc.compat import exact_decode, import_crypten
 from common.mpc.plan import COMPARE_SHIFT, COMPARE_WIDTH, OPENING_WIDTHS, shape_memo
 from common.mpc.truncation import bounded
@@ -111,18 +112,6 @@ def opening_width(bound: float) -> int:
     raise ConfigError(f"no opening is wide enough for values up to {bound}")
 
 
-def _low_bytes(t: torch.Tensor, count: int) -> torch.Tensor:
-    """The low ``count`` bytes of each int64 (little-endian), as one flat uint8 tensor."""
-    return t.contiguous().view(torch.uint8).reshape(-1, 8)[:, :count].reshape(-1)
-
-
-def _from_low_bytes(b: torch.Tensor, count: int, like: torch.Tensor) -> torch.Tensor:
-    """Inverse of :func:`_low_bytes` (the high bytes zero)."""
-    out = torch.zeros((like.numel(), 8), dtype=torch.uint8)
-    out[:, :count] = b.reshape(-1, count)
-    return out.view(torch.int64).reshape(like.shape)
-
-
 def _reusing() -> bool:
     """Whether the provider serves reused openings (our dealer or the planning run; not TFP)."""
     return hasattr(crypten.mpc.get_default_provider(), "rmask")
@@ -164,12 +153,13 @@ class _Opened:
         self._like = share
         if _rank() == 0:
             share = share + self._offset
-        self._mine = _low_bytes(share, self.width // 8)
+        self._mine = ringmath.low_bytes(share, self.width // 8)
 
     def _finish(self, parts: list[torch.Tensor]) -> None:
         width, count = self.width, self.width // 8
-        eps = _from_low_bytes(parts[0], count, self._like)
-        eps = (eps + _from_low_bytes(parts[1], count, self._like)) & ((1 << width) - 1)
+        shape = self._like.shape
+        eps = ringmath.from_low_bytes(parts[0], count, shape)
+        eps = (eps + ringmath.from_low_bytes(parts[1], count, shape)) & ((1 << width) - 1)
         self.c = (eps >> (width - 1)) << width  # 2^w·m_ε
         self.delta = eps - self.c - self._offset
         self.a = self._a + self.c * self.m  # α: x = δ + α
@@ -178,9 +168,49 @@ class _Opened:
     def times(self, other: _Opened) -> torch.Tensor:
         """This party's share of self·other at the product of their scales (no truncation)."""
         cross = crypten.mpc.get_default_provider().cross(self.id, other.id)
+        if other is self:  # α² = ā² + 2c·ā·m + c²·m (m² = m): the dealer shares ā² and ā·m
+            out = cross[0] + (2 * self.c) * cross[1] + (self.c * self.c) * self.m
+            out = out + (2 * self.delta) * self.a
+            return out + self.delta * self.delta if _rank() == 0 else out
         out = cross[0] + other.c * cross[1] + self.c * cross[2] + (self.c * other.c) * cross[3]
         out = out + self.delta * other.a + other.delta * self.a
         return out + self.delta * other.delta if _rank() == 0 else out
+
+
+def _pack_bits(bits: torch.Tensor) -> torch.Tensor:
+    """Bits (0/1 int64) eight to a byte."""
+    return torch.from_numpy(np.packbits(bits.reshape(-1).numpy().astype(np.uint8)))
+
+
+def _unpack_bits(packed: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """Inverse of :func:`_pack_bits`, as int64 shaped like ``like``."""
+    bits = np.unpackbits(packed.numpy(), count=like.numel())
+    return torch.from_numpy(bits.astype(np.int64)).reshape(like.shape)
+
+
+def lift(share: torch.Tensor, width: int) -> torch.Tensor:
+    """This party's share in the ring 2⁶⁴ of a value v with |v| < 2^(width−2) ring units, from
+    shares that are correct modulo 2^width only (docs/protocol.md, "Narrow masked products").
+
+    With ṽ = v + 2^(width−2) and each party's share z_i of ṽ reduced to [0, 2^width),
+    ṽ = z₀ + z₁ − 2^width·c where the carry c is t₀ ∨ t₁, the OR of the shares' top bits (as for
+    :class:`_Opened`, because ṽ < 2^(width−1)). t₀·t₁ is a product of two private bits: each party
+    opens its bit masked by a random bit of its own (r₀, r₁: one bit each way per element, one
+    round) and the dealer shares r₀·r₁ (a ``lift`` item). Exact: no error, no failure.
+    """
+    rank = _rank()
+    r, rr = crypten.mpc.get_default_provider().lift(tuple(share.shape))
+    offset = 1 << (width - 2)
+    z = (share + offset if rank == 0 else share) & ((1 << width) - 1)
+    t = z >> (width - 1)
+    parts = crypten.communicator.get().all_gather(_pack_bits((t ^ r) & 1))
+    e0, e1 = (_unpack_bits(part, t) for part in parts)
+    if rank == 0:  # t₀·t₁ = t₀·e₁ + (1 − 2e₁)·t₀·r₁ and t₀·r₁ = e₀·r₁ + (1 − 2e₀)·r₀·r₁
+        both = t * e1 + (1 - 2 * e1) * (1 - 2 * e0) * rr
+    else:
+        both = (1 - 2 * e1) * (e0 * r + (1 - 2 * e0) * rr)
+    out = z - ((t - both) << width)
+    return out - offset if rank == 0 else out
 
 
 def _from_raw(raw: torch.Tensor, divisor: int) -> Any:

@@ -41,6 +41,7 @@ FNS = (
     "rmask",
     "cross",
     "compare",
+    "lift",
 )
 PRODUCT_OPS = ("matmul", "tmatmul")  # A[rows] @ B, or A[rows]ᵀ @ B
 
@@ -62,9 +63,11 @@ class Item:
     additive mask a of one shared value, drawn by both owners from their streams, opened on its
     low ``width`` bits: the dealer sends shares of h and m, with ā = a − 2^width·h the signed
     value of those bits and m their top bit), ``cross`` (shares of ā_iā_j, ā_i·m_j, m_i·ā_j and
-    m_i·m_j for the ``pair`` of the candidate's rmasks) and
+    m_i·m_j for the ``pair`` of the candidate's rmasks; ā_i² and ā_i·m_i for a square) and
     ``compare`` (a uniform a, an XOR sharing of its bits COMPARE_SHIFT … COMPARE_SHIFT + COMPARE_WIDTH − 1, a random bit ρ in both sharings
-    and shares of a·ρ: one comparison-and-select of :func:`common.mpc.fixedpoint.row_max`).
+    and shares of a·ρ: one comparison-and-select of :func:`common.mpc.fixedpoint.row_max`);
+    and ``lift`` (a random bit r_i from each owner's stream and shares of r₀·r₁: one
+    :func:`common.mpc.fixedpoint.lift` of a narrow masked product to the full ring).
     """
 
     fn: str
@@ -101,8 +104,9 @@ class Item:
         each = sum(int(np.prod(s, dtype=np.int64)) for s in self.sizes)
         if self.fn == "rmask":  # a, then h and m
             return 3 * each
-        if self.fn == "cross":  # four products of the broadcast shape
-            return 4 * int(np.prod(torch.broadcast_shapes(*self.sizes), dtype=np.int64))
+        if self.fn == "cross":  # four products of the broadcast shape (two for a square)
+            parts = 2 if self.pair is not None and self.pair[0] == self.pair[1] else 4
+            return parts * int(np.prod(torch.broadcast_shapes(*self.sizes), dtype=np.int64))
         return each
 
 
@@ -237,7 +241,13 @@ class PlanningProvider(TupleProvider):
     def cross(self, i: int, j: int) -> torch.Tensor:
         sizes = (self.rmasks[i], self.rmasks[j])
         self.items.append(Item("cross", sizes, pair=relative_pair(len(self.rmasks), i, j)))
-        return torch.zeros((4, *torch.broadcast_shapes(*sizes)), dtype=torch.long)
+        parts = 2 if i == j else 4
+        return torch.zeros((parts, *torch.broadcast_shapes(*sizes)), dtype=torch.long)
+
+    def lift(self, size: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        self.items.append(Item("lift", (_dims(size),)))
+        zeros = torch.zeros(_dims(size), dtype=torch.long)
+        return zeros, zeros
 
     def compare(self, size: Any) -> tuple[torch.Tensor, ...]:
         self.items.append(Item("compare", (_dims(size),)))

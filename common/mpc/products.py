@@ -40,7 +40,7 @@ import torch
 from common.errors import ConfigError
 from common.mpc import ringmath
 from common.mpc.compat import import_crypten
-from common.mpc.fixedpoint import SCALE, share
+from common.mpc.fixedpoint import SCALE, lift, share
 from common.mpc.plan import planning
 
 crypten = import_crypten()
@@ -98,6 +98,24 @@ def _select(t: torch.Tensor, rows: Sequence[int] | None) -> torch.Tensor:
     return t if rows is None else t[torch.as_tensor(rows, dtype=torch.long)]
 
 
+# RANGE: a narrow masked matrix's products are logits X·θ below LOGIT_LIMIT, or X[rows]ᵀ·R with
+# |x| ≤ 1 (the features divided by their agreed bound) and |R| ≤ 1 (R = softmax − Y), so below
+# its row count: every product's entries, at scale 2³², are below max(rows, LOGIT_LIMIT)·2³².
+LOGIT_LIMIT = 2**13
+MASKED_WIDTHS = (48, 56)
+
+
+def masked_width(rows: int) -> int:
+    """The bits of E = X − A an owner sends for a masked matrix of ``rows`` rows: the least width
+    w with every product's entries below 2^(w−2) ring units (:func:`common.mpc.fixedpoint.lift`),
+    or 64 (no lift) for a matrix too tall for 56."""
+    need = max(rows, LOGIT_LIMIT) * 2.0**32
+    for width in MASKED_WIDTHS:
+        if need < 2.0 ** (width - 2):
+            return width
+    return 64
+
+
 class Masked:
     """A matrix held in the clear by party ``holder``, opened once as E = X − A.
 
@@ -132,6 +150,7 @@ class Masked:
                 value = value.numpy() / SCALE
             self.shared = share(value, self.shape, src=holder)
             return
+        self.width = masked_width(self.shape[0])
         self.id, A = self.provider.mask(self.shape, holder)
         # the plan's run keeps no tensor: its products answer zeros (below)
         if planning() is not None:
@@ -148,15 +167,27 @@ class Masked:
             assert A is not None
             E = X.to(torch.int64)
             E -= A
-            self.comm.send(E, dst=1 - holder)
+            self.comm.send(self._wire(E), dst=1 - holder)
             del E, A
             self.X = X
             self._small = X.numel() == 0 or _within(X, 2**ringmath.SMALL_BITS)
         else:
-            E = self.comm.recv(torch.empty(self.shape, dtype=torch.long), src=holder)
+            E = self._unwire(self.comm.recv(self._wire(None), src=holder))
             self.E = ringmath.RingMatrix(E)
         if spill is not None:
             self.spill(spill)
+
+    def _wire(self, E: torch.Tensor | None) -> torch.Tensor:
+        """E as sent: its low width/8 bytes an element (None: an empty buffer of that size)."""
+        count = self.width // 8
+        if E is None:
+            return torch.empty(int(np.prod(self.shape)) * count, dtype=torch.uint8)
+        return E if self.width == 64 else ringmath.low_bytes(E, count)
+
+    def _unwire(self, data: torch.Tensor) -> torch.Tensor:
+        if self.width == 64:
+            return data.view(torch.int64).reshape(self.shape)
+        return ringmath.from_low_bytes(data, self.width // 8, self.shape)
 
     def spill(self, directory: Path) -> None:
         """Write this party's tensors to ``directory`` and drop them from memory (under the TFP
@@ -198,16 +229,19 @@ class Masked:
         B, correction = self.provider.product(self.id, op, tuple(mine.shape), rows, self.holder)
         # shapes only: the planning provider's zeros have the product's shape
         if planning() is not None:
-            return correction
+            return correction if self.width == 64 else lift(correction, self.width)
 
         if self.rank != self.holder:
             assert B is not None
             self.comm.send(mine - B, dst=self.holder)
             index = None if rows is None else torch.as_tensor(rows, dtype=torch.long)
-            return self._held_E().product(op, B, index) + correction
-        F = self.comm.recv(torch.empty(mine.shape, dtype=torch.long), src=1 - self.holder)
-        F += mine  # W_h + F = W − B
-        return self._clear_product(op, _select(self._held_X(), rows), F) + correction
+            out = self._held_E().product(op, B, index) + correction
+        else:
+            F = self.comm.recv(torch.empty(mine.shape, dtype=torch.long), src=1 - self.holder)
+            F += mine  # W_h + F = W − B
+            out = self._clear_product(op, _select(self._held_X(), rows), F) + correction
+        # E is X − A modulo 2^width only, so are the shares: lifted to the ring (exact)
+        return out if self.width == 64 else lift(out, self.width)
 
     def _clear_product(self, op: str, X: torch.Tensor, mine: torch.Tensor) -> torch.Tensor:
         """The holder's X[rows]·(W − B) (or its transpose's), exactly in the ring: through float64

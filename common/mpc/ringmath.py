@@ -130,3 +130,49 @@ def small_tmatmul(small: torch.Tensor, ring: torch.Tensor) -> torch.Tensor:
         # Xᵀ·L as (Lᵀ·X)ᵀ: MKL runs it about twice as fast at 6,000 × 785 × 30
         out += _recombine((limbs[lo : lo + MAX_INNER].t() @ small[lo : lo + MAX_INNER]).t(), k)
     return out
+
+
+# The planes :func:`low_bytes` cuts an int64 into: its low bytes as the narrowest integer types
+# (type conversions keep the low bits, and run far faster than a strided byte copy).
+_PLANES = {
+    1: (torch.uint8,),
+    2: (torch.int16,),
+    3: (torch.int16, torch.uint8),
+    4: (torch.int32,),
+    5: (torch.int32, torch.uint8),
+    6: (torch.int32, torch.int16),
+    7: (torch.int32, torch.int16, torch.uint8),
+}
+_PLANE_BYTES = {torch.uint8: 1, torch.int16: 2, torch.int32: 4}
+
+
+def low_bytes(t: torch.Tensor, count: int) -> torch.Tensor:
+    """The low ``count`` bytes (1 to 7) of each int64 of ``t``, as one flat uint8 tensor: the wire
+    form of values that matter only modulo 2^(8·count). Planar: every element's lowest plane
+    (its low 4, 2 or 1 bytes) first, then the next."""
+    flat = t.reshape(-1)
+    pieces, shift = [], 0
+    for dtype in _PLANES[count]:
+        piece = flat >> shift if shift else flat
+        pieces.append(piece.to(dtype).view(torch.uint8))
+        shift += 8 * _PLANE_BYTES[dtype]
+    return pieces[0] if len(pieces) == 1 else torch.cat(pieces)
+
+
+def from_low_bytes(b: torch.Tensor, count: int, shape: tuple[int, ...] | torch.Size) -> torch.Tensor:
+    """Inverse of :func:`low_bytes`: int64 values in [0, 2^(8·count)) of ``shape``."""
+    n = b.numel() // count
+    out: torch.Tensor | None = None
+    start = shift = 0
+    for dtype in _PLANES[count]:
+        size = _PLANE_BYTES[dtype]
+        piece = b[start : start + n * size].view(dtype).to(torch.int64)
+        if dtype != torch.uint8:  # the signed types sign-extend: keep their own bits only
+            piece &= (1 << (8 * size)) - 1
+        if shift:
+            piece <<= shift
+        out = piece if out is None else out.bitwise_or_(piece)
+        start += n * size
+        shift += 8 * size
+    assert out is not None
+    return out.reshape(shape)

@@ -92,3 +92,14 @@ def test_a_reused_ring_matrix_gives_the_int64_kernel_s_products_in_either_layout
         assert torch.equal(reused.product("tmatmul", R), M.t() @ R)
         assert torch.equal(reused.product("tmatmul", R[:4], rows), M[rows].t() @ R[:4])
     assert reused._transposed is not None and reused._transposed.is_contiguous()
+
+
+@pytest.mark.parametrize("count", range(1, 8))
+def test_low_bytes_carry_each_value_modulo_its_width(count: int) -> None:
+    """low_bytes sends count bytes an element and from_low_bytes gives back x mod 2^(8·count),
+    for the full int64 range (both signs, the extremes)."""
+    t = torch.randint(-(2**62), 2**62, (37, 5)) * 2
+    t[0, :3] = torch.tensor([-(2**63), 2**63 - 1, -1])
+    wire = ringmath.low_bytes(t, count)
+    assert wire.dtype == torch.uint8 and wire.numel() == t.numel() * count
+    assert torch.equal(ringmath.from_low_bytes(wire, count, t.shape), t & ((1 << (8 * count)) - 1))

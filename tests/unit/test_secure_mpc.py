@@ -145,8 +145,11 @@ def test_dealer_reused_openings_are_correct_shares() -> None:
     for back_i, back_j in ((0, 0), (2, 1)):  # the latest squared; the first times the second
         c0 = dealer.value(Item("cross", ((4, 2), (4, 2)), pair=(back_i, back_j)))
         (a_i, m_i), (a_j, m_j) = masks[-1 - back_i], masks[-1 - back_j]
-        expected = torch.stack([a_i * a_j, a_i * m_j, m_i * a_j, m_i * m_j])
-        assert c0 is not None and torch.equal(c0 + p1.int64((4, 4, 2)), expected)
+        if back_i == back_j:  # a square: ā² and ā·m
+            expected = torch.stack([a_i * a_i, a_i * m_i])
+        else:
+            expected = torch.stack([a_i * a_j, a_i * m_j, m_i * a_j, m_i * m_j])
+        assert c0 is not None and torch.equal(c0 + p1.int64(expected.shape), expected)
     a = p0.int64((5,)) + p1.int64((5,))
     rho = p0.kbit((5,), 1) ^ p1.kbit((5,), 1)
     ours = p1.int64((3, 5))
