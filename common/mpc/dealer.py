@@ -43,20 +43,21 @@ import torch
 
 from common.errors import MPCError
 from common.mpc.appraisal import ATTEMPTS
-from common.mpc.communicator import nbytes, pack, unpack
+from common.mpc.communicator import pack, unpack
 from common.mpc.compat import import_crypten
 from common.mpc.plan import (
+    COMPARE_OPENING,
     COMPARE_SHIFT,
     COMPARE_WIDTH,
     PRODUCT_OPS,
-    OPENING_WIDTHS,
     RMASK_WINDOW,
     Item,
     check_item,
     product_size,
     relative_pair,
+    row_bytes,
 )
-from common.mpc.ringmath import RingMatrix
+from common.mpc.ringmath import RingMatrix, from_low_bytes, low_bytes
 from common.mpc.streams import StreamRng
 from common.mpc.transport import Channel
 
@@ -121,8 +122,47 @@ def result_size(op: str, size0: Sequence[int], size1: Sequence[int]) -> torch.Si
 
 def _message(index: int, item: Item, value: torch.Tensor) -> bytes:
     header = json.dumps({"index": index, "item": item.describe()}).encode()
-    body = pack([value])
-    return _HEADER.pack(len(header)) + header + bytes(body)
+    rows = row_bytes(item)
+    if rows is None:
+        parts = [pack([value])]
+    else:  # each row's low bytes only (plan.row_bytes)
+        parts = [
+            pack([low_bytes(row, count) if count < 8 else row.reshape(-1)])
+            for row, count in zip(value.unbind(0), rows, strict=True)
+            if count
+        ]
+    return b"".join([_HEADER.pack(len(header)), header, *parts])  # one copy of the values
+
+
+def _value_bytes(item: Item, size: Sequence[int]) -> int:
+    """The body's length of the dealer's message for ``item`` of (stacked) shape ``size``."""
+    rows = row_bytes(item)
+    if rows is None:
+        return 8 * math.prod(size)
+    return sum(rows) * math.prod(size[1:])
+
+
+def _decode(item: Item, body: bytearray, size: Sequence[int]) -> torch.Tensor:
+    rows = row_bytes(item)
+    like = torch.empty(tuple(size), dtype=torch.long)
+    if rows is None:
+        return unpack(body, [like])[0]
+    each = math.prod(size[1:])
+    data = (
+        torch.frombuffer(body, dtype=torch.uint8)
+        if len(body)
+        else torch.empty(0, dtype=torch.uint8)
+    )
+    out, start = [], 0
+    for count in rows:
+        if count == 0:
+            out.append(torch.zeros(each, dtype=torch.long))
+        elif count == 8:
+            out.append(data[start : start + 8 * each].clone().view(torch.int64))
+        else:
+            out.append(from_low_bytes(data[start : start + count * each], count, (each,)))
+        start += count * each
+    return torch.stack(out).reshape(tuple(size))
 
 
 class DealerProvider(TupleProvider):
@@ -159,7 +199,8 @@ class DealerProvider(TupleProvider):
         self._next = 0  # the index of the next item (of the whole session)
         self._in_plan = 0  # the index of the next item within the current candidate's plan
         self._masks: list[tuple[tuple[int, ...], int]] = []  # per candidate: shape, holder
-        self._rmasks: list[tuple[int, ...]] = []  # per candidate: the rmasks' shapes
+        # per candidate: the rmasks' shapes and widths
+        self._rmasks: list[tuple[tuple[int, ...], int]] = []
         self._retried = False  # whether the current candidate was recomputed
 
     @property
@@ -244,11 +285,10 @@ class DealerProvider(TupleProvider):
                 f"the dealer served {header} where this computation asks for item {index} "
                 f"{item}: the parties' plans diverged"
             )
-        like = torch.empty(tuple(size), dtype=torch.long)
         body = message[_HEADER.size + length :]
-        if len(body) != nbytes([like]):
+        if len(body) != _value_bytes(item, tuple(size)):
             raise MPCError(f"the dealer's value for {item} has {len(body)} bytes")
-        return unpack(bytearray(body), [like])[0]
+        return _decode(item, bytearray(body), tuple(size))
 
     def _mark(self, item: Item) -> None:
         """An item that carries no value for the model owner (a mask): checked and counted."""
@@ -336,9 +376,9 @@ class DealerProvider(TupleProvider):
         party's shares of a (drawn from its stream, as the other owner draws its own), of
         ā = the signed value of a's low ``width`` bits and of m = their top bit
         (docs/protocol.md, "Narrow openings")."""
-        item = Item("rmask", (tuple(size),), width=width)
+        item = Item("rmask", (tuple(size),), widths=(width,))
         self._check(item)
-        self._rmasks.append(tuple(size))
+        self._rmasks.append((tuple(size), width))
         a = self.stream.int64(size)
         h, m = self._correction(item, (2, *tuple(size))).unbind(0)
         return len(self._rmasks) - 1, a - (h << width), m
@@ -346,29 +386,34 @@ class DealerProvider(TupleProvider):
     def cross(self, i: int, j: int) -> torch.Tensor:
         """This party's shares of ā_i·ā_j, ā_i·m_j, m_i·ā_j and m_i·m_j (elementwise, stacked)
         for the candidate's rmasks i and j; of ā_i² and ā_i·m_i only for a square (i = j)."""
-        sizes = (self._rmasks[i], self._rmasks[j])
-        item = Item("cross", sizes, pair=relative_pair(len(self._rmasks), i, j))
+        (size_i, width_i), (size_j, width_j) = self._rmasks[i], self._rmasks[j]
+        sizes = (size_i, size_j)
+        pair = relative_pair(len(self._rmasks), i, j)
+        item = Item("cross", sizes, pair=pair, widths=(width_i, width_j))
         self._check(item)
         parts = 2 if i == j else 4  # a square: ā² and ā·m only
         return self._correction(item, (parts, *torch.broadcast_shapes(*sizes)))
 
     def compare(self, size: Any) -> tuple[torch.Tensor, ...]:
-        """One comparison-and-select's values, this party's shares: a uniform a (arithmetic),
-        bits COMPARE_SHIFT … COMPARE_SHIFT + COMPARE_WIDTH − 1 of a (XOR), a random bit ρ (XOR and arithmetic) and a·ρ (arithmetic)."""
+        """One comparison-and-select's values, this party's shares: a uniform a in
+        [0, 2^COMPARE_OPENING) (arithmetic; its stream value less 2^COMPARE_OPENING·h), bits
+        COMPARE_SHIFT … COMPARE_SHIFT + COMPARE_WIDTH − 1 of a (XOR), a random bit ρ (XOR and
+        arithmetic), a·ρ, the top bit m of a and m·ρ (arithmetic)."""
         item = Item("compare", (tuple(size),))
         self._check(item)
-        a = self.stream.int64(size)
+        u = self.stream.int64(size)
         rho_bin = self.stream.kbit(size, 1)
-        alpha, rho, a_rho = self._correction(item, (3, *tuple(size))).unbind(0)
-        return a, alpha & COMPARE_BITS, rho_bin, rho, a_rho
+        alpha, rho, a_rho, h, m, m_rho = self._correction(item, (6, *tuple(size))).unbind(0)
+        a = u - (h << COMPARE_OPENING)
+        return a, alpha & COMPARE_BITS, rho_bin, rho, a_rho, m, m_rho
 
-    def lift(self, size: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    def lift(self, size: Any, width: int) -> tuple[torch.Tensor, torch.Tensor]:
         """One lift's values (:func:`common.mpc.fixedpoint.lift`): this party's random bit r_i
         (from its stream) and its share of r₀·r₁."""
-        item = Item("lift", (tuple(size),))
+        item = Item("lift", (tuple(size),), widths=(width,))
         self._check(item)
         bit = self.stream.kbit(size, 1)
-        return bit, self._correction(item, tuple(size))
+        return bit, self._correction(item, (1, *tuple(size)))[0]
 
     def finish(self) -> None:
         """Tell the dealer the run is over, with the count of values used (model owner only)."""
@@ -401,7 +446,8 @@ class Dealer:
         self.spill = spill
         self.memory_elements = memory_elements
         self._masks: list[tuple[RingMatrix | Path | None, int]] = []  # masks A (or files)
-        self._rmasks: list[torch.Tensor] = []  # the candidate's last rmasks a (both shares' sum)
+        # the candidate's last rmasks: ā (both shares' sum), m and the width
+        self._rmasks: list[tuple[torch.Tensor, torch.Tensor, int]] = []
 
     def begin(self, index: int, attempt: int) -> None:
         """Attempt ``attempt`` at candidate ``index``: its own streams, no masks."""
@@ -494,41 +540,44 @@ class Dealer:
             assert item.op is not None  # one of PRODUCT_OPS
             C = A.product(item.op, B, rows)  # as the owners' products (products.py)
             return C - s1.int64(C.size())
-        if item.fn == "rmask" and len(sizes) == 1 and item.width in OPENING_WIDTHS:
-            size, width = sizes[0], item.width
+        if item.fn == "rmask" and len(sizes) == 1 and item.widths is not None:
+            size, (width,) = sizes[0], item.widths
             a = s0.int64(size) + s1.int64(size)
             low = a & ((1 << width) - 1)
             m = low >> (width - 1)
             a_bar = low - (m << width)  # the signed value of a's low bits
             h = (a - a_bar) >> width  # a = ā + 2^width·h
-            self._rmasks = [*self._rmasks[1 - RMASK_WINDOW :], (a_bar, m)]
+            self._rmasks = [*self._rmasks[1 - RMASK_WINDOW :], (a_bar, m, width)]
             hm = torch.stack([h, m])
             return hm - s1.int64(hm.size())
         if item.fn == "cross" and item.pair is not None and len(sizes) == 2:
             back_i, back_j = item.pair
             if max(back_i, back_j) >= min(len(self._rmasks), RMASK_WINDOW):
                 raise MPCError(f"the cross product {item} names an rmask that was not drawn")
-            (a_i, m_i), (a_j, m_j) = self._rmasks[-1 - back_i], self._rmasks[-1 - back_j]
+            (a_i, m_i, w_i), (a_j, m_j, w_j) = self._rmasks[-1 - back_i], self._rmasks[-1 - back_j]
             if (tuple(a_i.shape), tuple(a_j.shape)) != tuple(sizes):
                 raise MPCError(f"the cross product {item} does not fit its rmasks' shapes")
+            if item.widths != (w_i, w_j):
+                raise MPCError(f"the cross product {item} does not name its rmasks' widths")
             if back_i == back_j:  # a square: ā² and ā·m (m² = m, and m's shares are known)
                 c = torch.stack([a_i * a_i, a_i * m_i])
             else:
-                c = torch.stack(
-                    torch.broadcast_tensors(a_i * a_j, a_i * m_j, m_i * a_j, m_i * m_j)
-                )
+                c = torch.stack(torch.broadcast_tensors(a_i * a_j, a_i * m_j, m_i * a_j, m_i * m_j))
             return c - s1.int64(c.size())
         if item.fn == "lift" and len(sizes) == 1:
             size = sizes[0]
-            both = s0.kbit(size, 1) * s1.kbit(size, 1)
-            return both - s1.int64(size)
+            both = (s0.kbit(size, 1) * s1.kbit(size, 1)).unsqueeze(0)
+            return both - s1.int64(both.size())
         if item.fn == "compare" and len(sizes) == 1:
             size = sizes[0]
-            a = s0.int64(size) + s1.int64(size)
+            u = s0.int64(size) + s1.int64(size)
+            a = u & ((1 << COMPARE_OPENING) - 1)
+            m = a >> (COMPARE_OPENING - 1)
             rho = s0.kbit(size, 1) ^ s1.kbit(size, 1)
-            r1 = s1.int64((3, *size))
+            r1 = s1.int64((6, *size))
             alpha0 = ((a >> COMPARE_SHIFT) & COMPARE_BITS) ^ (r1[0] & COMPARE_BITS)
-            return torch.stack([alpha0, rho - r1[1], a * rho - r1[2]])
+            values = [rho, a * rho, (u - a) >> COMPARE_OPENING, m, m * rho]
+            return torch.stack([alpha0, *(v - r for v, r in zip(values, r1[1:], strict=True))])
         raise MPCError(f"the dealer does not serve {item}")
 
 

@@ -21,7 +21,13 @@ import torch
 from common.errors import ConfigError
 from common.mpc import ringmath
 from common.mpc.compat import exact_decode, import_crypten
-from common.mpc.plan import COMPARE_SHIFT, COMPARE_WIDTH, OPENING_WIDTHS, shape_memo
+from common.mpc.plan import (
+    COMPARE_OPENING,
+    COMPARE_SHIFT,
+    COMPARE_WIDTH,
+    OPENING_WIDTHS,
+    shape_memo,
+)
 from common.mpc.truncation import bounded
 
 crypten = import_crypten()
@@ -199,7 +205,7 @@ def lift(share: torch.Tensor, width: int) -> torch.Tensor:
     round) and the dealer shares r₀·r₁ (a ``lift`` item). Exact: no error, no failure.
     """
     rank = _rank()
-    r, rr = crypten.mpc.get_default_provider().lift(tuple(share.shape))
+    r, rr = crypten.mpc.get_default_provider().lift(tuple(share.shape), width)
     offset = 1 << (width - 2)
     z = (share + offset if rank == 0 else share) & ((1 << width) - 1)
     t = z >> (width - 1)
@@ -424,9 +430,10 @@ def _select_max(x: Any, y: Any) -> Any:
     """max(x, y) elementwise (within 2^SHIFT raw), as x − d·[d < 0] with d = x − y, from one
     opening of d.
 
-    The dealer's ``compare`` item gives a uniform a, an XOR sharing of α = bits SHIFT … SHIFT +
-    WIDTH − 1 of a, a random bit ρ in both sharings and shares of a·ρ. Opening c = d + a (both
-    directions, the only full-width opening) serves both halves:
+    The dealer's ``compare`` item gives a uniform a in [0, 2^COMPARE_OPENING), an XOR sharing of
+    α = bits SHIFT … SHIFT + WIDTH − 1 of a, a random bit ρ in both sharings, a's top bit m and
+    shares of a·ρ and m·ρ. Opening c = d̃ + a on COMPARE_OPENING bits (both directions; d̃ = d plus
+    an offset above the compared bits, docs/protocol.md "Narrow openings") serves both halves:
 
     * the sign: with u = the same bits of c, (u − α) mod 2^WIDTH = ⌊d/2^SHIFT⌋ + κ (κ ∈ {0, 1},
       the borrow from the dropped low bits), whose top bit is [d < 0] whenever d ≥ 0 or
@@ -434,13 +441,22 @@ def _select_max(x: Any, y: Any) -> Any:
       generate and propagate bits u ∧ ¬α and u ⊕ ¬α are local; the carry into the top bit is a tree
       of log₂ WIDTH levels, 64/WIDTH elements to a word (¼, ⅛, … word per element and level).
     * the select: the bit is opened once masked by ρ (β = bit ⊕ ρ, 64 bits a word), so
-      [bit] = β + ρ − 2βρ and d·bit = c·[bit] − β[a] − (1 − 2β)[aρ]: no product is opened.
+      [bit] = β + ρ − 2βρ and, with d = c − offset − a + 2^w(1 − m_c)·m exactly,
+      d·bit = (c − offset)·[bit] − β[a] − (1 − 2β)[aρ] + 2^w(1 − m_c)(β[m] + (1 − 2β)[mρ]): no
+      product is opened.
     """
     d = x - y
     rank = _rank()
     width, top = COMPARE_WIDTH, COMPARE_WIDTH - 1
-    a, alpha, rho_bin, rho, a_rho = crypten.mpc.get_default_provider().compare(tuple(d.size()))
-    c = crypten.communicator.get().all_reduce(d._tensor.share + a)
+    provider = crypten.mpc.get_default_provider()
+    a, alpha, rho_bin, rho, a_rho, m, m_rho = provider.compare(tuple(d.size()))
+    # c = d̃ + a mod 2^w for d̃ = d + 2^(w−2): the narrow opening (RANGE: |d| < 2^(w−2) raw)
+    opening, offset = COMPARE_OPENING, 1 << (COMPARE_OPENING - 2)
+    count = opening // 8
+    mine = d._tensor.share + a + (offset if rank == 0 else 0)
+    parts = crypten.communicator.get().all_gather(ringmath.low_bytes(mine, count))
+    c = ringmath.from_low_bytes(parts[0], count, mine.shape)
+    c = (c + ringmath.from_low_bytes(parts[1], count, mine.shape)) & ((1 << opening) - 1)
     u = (c >> COMPARE_SHIFT) & COMPARE_BITS
     w = (~alpha & COMPARE_BITS) if rank == 0 else alpha  # XOR shares of ¬α
     g = u & w  # generate: a public AND a shared value, local
@@ -457,7 +473,11 @@ def _select_max(x: Any, y: Any) -> Any:
     opened = BinarySharedTensor.from_shares(_pack((negative ^ rho_bin) & 1, 64)).reveal()
     beta = _unpack(opened, 64, 1, negative)
     bit = rho - 2 * beta * rho + (beta if rank == 0 else 0)  # arithmetic shares of [d < 0]
-    d_bit = c * bit - beta * a - (1 - 2 * beta) * a_rho  # shares of d·[d < 0], scale 2¹⁶
+    # d = c − 2^(w−2) − a + 2^w·(1 − m_c)·m exactly (the wrap of d̃ + a), so d·[d < 0] is linear
+    # in [bit], [a·bit] = β[a] + (1 − 2β)[aρ] and [m·bit] = β[m] + (1 − 2β)[mρ]
+    wrap = (1 - (c >> (opening - 1))) << opening
+    d_bit = (c - offset) * bit - beta * a - (1 - 2 * beta) * a_rho
+    d_bit = d_bit + wrap * (beta * m + (1 - 2 * beta) * m_rho)  # shares of d·[d < 0], scale 2¹⁶
     return x - crypten.mpc.MPCTensor.from_shares(d_bit, precision=PRECISION_BITS)
 
 

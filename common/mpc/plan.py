@@ -64,8 +64,9 @@ class Item:
     low ``width`` bits: the dealer sends shares of h and m, with ā = a − 2^width·h the signed
     value of those bits and m their top bit), ``cross`` (shares of ā_iā_j, ā_i·m_j, m_i·ā_j and
     m_i·m_j for the ``pair`` of the candidate's rmasks; ā_i² and ā_i·m_i for a square) and
-    ``compare`` (a uniform a, an XOR sharing of its bits COMPARE_SHIFT … COMPARE_SHIFT + COMPARE_WIDTH − 1, a random bit ρ in both sharings
-    and shares of a·ρ: one comparison-and-select of :func:`common.mpc.fixedpoint.row_max`);
+    ``compare`` (a uniform a in [0, 2^COMPARE_OPENING), an XOR sharing of its bits COMPARE_SHIFT …
+    COMPARE_SHIFT + COMPARE_WIDTH − 1, a random bit ρ in both sharings, its top bit m and shares
+    of a·ρ and m·ρ: one comparison-and-select of :func:`common.mpc.fixedpoint.row_max`);
     and ``lift`` (a random bit r_i from each owner's stream and shares of r₀·r₁: one
     :func:`common.mpc.fixedpoint.lift` of a narrow masked product to the full ring).
     """
@@ -77,7 +78,7 @@ class Item:
     mask: int | None = None
     rows: tuple[int, ...] | None = None
     pair: tuple[int, int] | None = None
-    width: int | None = None
+    widths: tuple[int, ...] | None = None
 
     def describe(self) -> dict[str, Any]:
         """The item as JSON (the rows as a digest): what the dealer sends with each value."""
@@ -90,8 +91,8 @@ class Item:
             out["mask"] = self.mask
         if self.pair is not None:
             out["pair"] = list(self.pair)
-        if self.width is not None:
-            out["width"] = self.width
+        if self.widths is not None:
+            out["widths"] = list(self.widths)
         if self.rows is not None:
             rows = np.asarray(self.rows, dtype=np.int64).tobytes()
             out["rows"] = hashlib.sha256(rows).hexdigest()[:16]
@@ -111,8 +112,14 @@ class Item:
 
 
 COMPARE_SHIFT, COMPARE_WIDTH = 9, 16  # the bits of a ``compare`` item's a that are XOR-shared
+# A comparison's difference is opened on its low COMPARE_OPENING bits (docs/protocol.md, "Narrow
+# openings"): the XOR-shared bits lie below them, and the offset 2^(COMPARE_OPENING − 2) added
+# before the opening lies above them (it does not change the compared bits).
+COMPARE_OPENING = 32
+assert COMPARE_OPENING - 2 - COMPARE_SHIFT >= COMPARE_WIDTH
 RMASK_WINDOW = 16  # a ``cross`` item names one of the candidate's last 16 rmasks
 OPENING_WIDTHS = (16, 24, 32, 40, 48, 56)  # the bits an ``rmask``'s opening may carry
+MASKED_WIDTHS = (48, 56)  # the bits of a narrow masked matrix (a ``lift`` item's width)
 
 
 def relative_pair(count: int, i: int, j: int) -> tuple[int, int]:
@@ -138,8 +145,33 @@ def check_item(item: Item) -> None:
         or not all(0 <= back < RMASK_WINDOW for back in item.pair)
     ):
         raise MPCError(f"the cross product {item} does not name two of the last rmasks")
-    if item.fn == "rmask" and item.width not in OPENING_WIDTHS:
-        raise MPCError(f"the reused opening {item} has no width among {list(OPENING_WIDTHS)}")
+    if item.fn in ("rmask", "cross", "lift"):
+        count = {"rmask": 1, "cross": 2, "lift": 1}[item.fn]
+        allowed = MASKED_WIDTHS if item.fn == "lift" else OPENING_WIDTHS
+        if item.widths is None or len(item.widths) != count or not set(item.widths) <= set(allowed):
+            raise MPCError(f"the item {item} does not name {count} width(s) among {list(allowed)}")
+
+
+def row_bytes(item: Item) -> tuple[int, ...] | None:
+    """The bytes of each row of a stacked value the dealer sends (``rmask``, ``cross``, ``lift``,
+    ``compare``), or None for whole int64 values. A row that the computation only ever multiplies
+    by 2^k matters modulo 2^(64 − k) only: its higher bytes are not sent (docs/protocol.md,
+    "Narrow openings")."""
+    if item.fn == "rmask":  # h and m, both multiplied by 2^w
+        (w,) = item.widths or (64,)
+        return (8 - w // 8, 8 - w // 8)
+    if item.fn == "cross":  # ā_iā_j; ā_i·m_j times 2^w_j; m_i·ā_j times 2^w_i; m_i·m_j times both
+        wi, wj = item.widths or (64, 64)
+        if item.pair is not None and item.pair[0] == item.pair[1]:
+            return (8, 8 - wi // 8)  # ā², and ā·m times 2^(w+1)
+        return (8, 8 - wj // 8, 8 - wi // 8, max(0, 8 - (wi + wj) // 8))
+    if item.fn == "lift":  # r₀·r₁, whose carry term is multiplied by 2^width
+        (w,) = item.widths or (64,)
+        return (8 - w // 8,)
+    if item.fn == "compare":  # α (16 XOR bits), ρ, a·ρ, then h, m and m·ρ times 2^COMPARE_OPENING
+        high = 8 - COMPARE_OPENING // 8
+        return (2, 8, 8, high, high, high)
+    return None
 
 
 def product_size(item: Item, mask_size: Sequence[int]) -> tuple[int, ...]:
@@ -164,7 +196,7 @@ class PlanningProvider(TupleProvider):
         super().__init__()
         self.items: list[Item] = []
         self.masks: list[tuple[int, ...]] = []
-        self.rmasks: list[tuple[int, ...]] = []
+        self.rmasks: list[tuple[tuple[int, ...], int]] = []  # shapes and widths
         self.memo: dict[Any, tuple[list[Item], tuple[int, ...], int, list[Any]]] = {}
 
     @staticmethod
@@ -233,26 +265,28 @@ class PlanningProvider(TupleProvider):
 
     # -- reused openings (common.mpc.fixedpoint) ------------------------------------------------
     def rmask(self, size: Any, width: int) -> tuple[int, torch.Tensor, torch.Tensor]:
-        self.items.append(Item("rmask", (_dims(size),), width=width))
-        self.rmasks.append(_dims(size))
+        self.items.append(Item("rmask", (_dims(size),), widths=(width,)))
+        self.rmasks.append((_dims(size), width))
         zeros = torch.zeros(_dims(size), dtype=torch.long)
         return len(self.rmasks) - 1, zeros, zeros
 
     def cross(self, i: int, j: int) -> torch.Tensor:
-        sizes = (self.rmasks[i], self.rmasks[j])
-        self.items.append(Item("cross", sizes, pair=relative_pair(len(self.rmasks), i, j)))
+        (size_i, width_i), (size_j, width_j) = self.rmasks[i], self.rmasks[j]
+        sizes = (size_i, size_j)
+        pair = relative_pair(len(self.rmasks), i, j)
+        self.items.append(Item("cross", sizes, pair=pair, widths=(width_i, width_j)))
         parts = 2 if i == j else 4
         return torch.zeros((parts, *torch.broadcast_shapes(*sizes)), dtype=torch.long)
 
-    def lift(self, size: Any) -> tuple[torch.Tensor, torch.Tensor]:
-        self.items.append(Item("lift", (_dims(size),)))
+    def lift(self, size: Any, width: int) -> tuple[torch.Tensor, torch.Tensor]:
+        self.items.append(Item("lift", (_dims(size),), widths=(width,)))
         zeros = torch.zeros(_dims(size), dtype=torch.long)
         return zeros, zeros
 
     def compare(self, size: Any) -> tuple[torch.Tensor, ...]:
         self.items.append(Item("compare", (_dims(size),)))
         zeros = torch.zeros(_dims(size), dtype=torch.long)
-        return zeros, zeros, zeros, zeros, zeros
+        return (zeros,) * 7
 
 
 def _planning_communicator(rank: int) -> Any:
@@ -329,7 +363,9 @@ def shape_memo(fn: _Fn) -> _Fn:
         if cached is not None:
             items, shape, bits, sites = cached
             provider.items.extend(items)
-            provider.rmasks.extend(it.sizes[0] for it in items if it.fn == "rmask")
+            provider.rmasks.extend(
+                (it.sizes[0], (it.widths or (64,))[0]) for it in items if it.fn == "rmask"
+            )
             if ledger is not None:  # the truncations it would have checked
                 ledger.replay(sites)
             return crypten.mpc.MPCTensor.from_shares(

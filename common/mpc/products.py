@@ -41,7 +41,7 @@ from common.errors import ConfigError
 from common.mpc import ringmath
 from common.mpc.compat import import_crypten
 from common.mpc.fixedpoint import SCALE, lift, share
-from common.mpc.plan import planning
+from common.mpc.plan import MASKED_WIDTHS, planning
 
 crypten = import_crypten()
 from crypten.mpc.primitives import beaver  # noqa: E402
@@ -102,7 +102,6 @@ def _select(t: torch.Tensor, rows: Sequence[int] | None) -> torch.Tensor:
 # |x| ≤ 1 (the features divided by their agreed bound) and |R| ≤ 1 (R = softmax − Y), so below
 # its row count: every product's entries, at scale 2³², are below max(rows, LOGIT_LIMIT)·2³².
 LOGIT_LIMIT = 2**13
-MASKED_WIDTHS = (48, 56)
 
 
 def masked_width(rows: int) -> int:
@@ -231,14 +230,22 @@ class Masked:
         if planning() is not None:
             return correction if self.width == 64 else lift(correction, self.width)
 
+        # F = W_o − B matters modulo 2^width only too: its low width/8 bytes cross
+        count = self.width // 8
         if self.rank != self.holder:
             assert B is not None
-            self.comm.send(mine - B, dst=self.holder)
+            F = mine - B
+            self.comm.send(F if count == 8 else ringmath.low_bytes(F, count), dst=self.holder)
             index = None if rows is None else torch.as_tensor(rows, dtype=torch.long)
             out = self._held_E().product(op, B, index) + correction
         else:
-            F = self.comm.recv(torch.empty(mine.shape, dtype=torch.long), src=1 - self.holder)
-            F += mine  # W_h + F = W − B
+            if count == 8:
+                F = self.comm.recv(torch.empty(mine.shape, dtype=torch.long), src=1 - self.holder)
+            else:
+                wire = torch.empty(mine.numel() * count, dtype=torch.uint8)
+                wire = self.comm.recv(wire, src=1 - self.holder)
+                F = ringmath.from_low_bytes(wire, count, mine.shape)
+            F += mine  # W_h + F = W − B (modulo 2^width)
             out = self._clear_product(op, _select(self._held_X(), rows), F) + correction
         # E is X − A modulo 2^width only, so are the shares: lifted to the ring (exact)
         return out if self.width == 64 else lift(out, self.width)

@@ -159,9 +159,13 @@ def low_bytes(t: torch.Tensor, count: int) -> torch.Tensor:
     return pieces[0] if len(pieces) == 1 else torch.cat(pieces)
 
 
-def from_low_bytes(b: torch.Tensor, count: int, shape: tuple[int, ...] | torch.Size) -> torch.Tensor:
+def from_low_bytes(
+    b: torch.Tensor, count: int, shape: tuple[int, ...] | torch.Size
+) -> torch.Tensor:
     """Inverse of :func:`low_bytes`: int64 values in [0, 2^(8·count)) of ``shape``."""
     n = b.numel() // count
+    if b.storage_offset() % 8:  # a slice of a received buffer: the planes' views need alignment
+        b = b.clone()
     out: torch.Tensor | None = None
     start = shift = 0
     for dtype in _PLANES[count]:

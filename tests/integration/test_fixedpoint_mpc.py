@@ -173,7 +173,9 @@ def _narrow_party(rank: int, pair: Any, out: multiprocessing.Queue) -> None:
             raw = torch.as_tensor(_narrow_values(width))
             bound = (2 ** (width - 2) - 1) / SCALE
             x = crypten.mpc.MPCTensor.from_shares(raw if rank == 1 else raw * 0, precision=16)
-            y = crypten.mpc.MPCTensor.from_shares(raw.flip(0) if rank == 1 else raw * 0, precision=16)
+            y = crypten.mpc.MPCTensor.from_shares(
+                raw.flip(0) if rank == 1 else raw * 0, precision=16
+            )
             ox, oy = _Opened.together((x, bound), (y, bound))
             assert ox.width == width
             x2 = crypten.mpc.MPCTensor.from_shares(ox.times(ox), precision=0)
@@ -181,7 +183,10 @@ def _narrow_party(rank: int, pair: Any, out: multiprocessing.Queue) -> None:
             figures[width] = (
                 crypten.mpc.MPCTensor.from_shares(
                     ox.a + (ox.delta if rank == 0 else 0), precision=0
-                ).get_plain_text().long().tolist(),
+                )
+                .get_plain_text()
+                .long()
+                .tolist(),
                 x2._tensor.reveal().tolist(),
                 xy._tensor.reveal().tolist(),
             )

@@ -44,14 +44,16 @@ def small_files(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str, str
 # them in smaller groups (more check values), and c became an integer (no truncation) (26940,
 # 25600, 41, 28304). Each of the two now declares its own range for its own truncation (G's was
 # 8·d·k·√n, which left G's elements unchecked at n ≥ 60,000): G in larger groups, fewer values
-# (25596, 24256, 41, 27408 / 25576, 24236, 40, 27555 / 130460, 130800, 187, 143449). The narrow
-# openings (docs/protocol.md, "Narrow openings") send 3 bytes an element for the softmax's
-# reused openings (now also its squarings and e·(1/Σe)) instead of 8; the dealer sends h and m
-# for each opening and four products for each cross instead of one.
+# (25596, 24256, 41, 27408 / 25576, 24236, 40, 27555 / 130460, 130800, 187, 143449). Then
+# (docs/protocol.md, "Narrow openings" and "Narrow masked products") the softmax's reused openings
+# (now also exp's squarings and e·(1/Σe)) send 3 bytes an element instead of 8, a comparison's
+# difference 4, E = X − A and each F = W − B 6 bytes an element, each masked product's shares then lifted to the
+# ring with one bit each way and one round; the dealer sends h and m for each opening, three or
+# four products for each cross, a lift's r₀·r₁ (each row only in the bytes that matter).
 EXPECTED: dict[str, tuple[int, int, int, int]] = {
-    "influence": (17676, 16336, 41, 98217),
-    "gradient-norm": (17656, 16316, 40, 98364),
-    "finetune": (98220, 98560, 187, 451931),
+    "influence": (16697, 15699, 43, 58897),
+    "gradient-norm": (16677, 15679, 42, 59044),
+    "finetune": (96042, 96290, 197, 281505),
 }
 
 
@@ -73,7 +75,7 @@ def test_bytes_and_rounds_are_exact(method: str, small_files) -> None:
     ]
     assert figures[0] == figures[1]  # deterministic: the same in every run
     sent, received, _, _ = figures[0]
-    e_bytes = N * (D + 1) * 8  # the masked candidate E, n × (d+1) int64
+    e_bytes = N * (D + 1) * 6  # the masked candidate E, n × (d+1) ring elements of 48 bits
     assert sent >= e_bytes
     if method != "finetune":
         # the model owner sends the data owner far less than the candidate's size: only masked

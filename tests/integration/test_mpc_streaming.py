@@ -99,7 +99,8 @@ def test_one_softmax_per_group_of_chunks_saves_its_rounds(digits_split, candidat
     """3 chunks with softmax_chunks 1, 2 and 3: 3, 2 and 1 softmaxes (the groups' logits
     stacked, their masked chunks kept on disk meanwhile). The score stays the plaintext twin's;
     each softmax fewer saves the same rounds exactly, while the bytes barely move (the softmax's
-    bytes are per row)."""
+    bytes are mostly per row; each softmax call adds about 9 kB of its own here, its truncation
+    checks and per-call openings, a few per cent of these 384 rows' narrow openings)."""
     runs = [_run("influence", digits_split, candidate_384, N // 3, g) for g in (1, 2, 3)]
     one = runs[0].results[0].score
     for run in runs:
@@ -107,7 +108,7 @@ def test_one_softmax_per_group_of_chunks_saves_its_rounds(digits_split, candidat
     rounds = [r.results[0].rounds for r in runs]
     assert rounds[0] - rounds[1] == rounds[1] - rounds[2] > 0, rounds
     sent = [r.data_owner[0].bytes_sent for r in runs]
-    assert max(sent) < 1.05 * min(sent), sent
+    assert max(sent) < 1.08 * min(sent), sent
 
 
 def test_a_short_last_chunk_is_appraised_like_the_others(digits_split, candidate_384) -> None:

@@ -56,7 +56,16 @@ def run_pair(party: Party, timeout: float = 120) -> dict[int, Any]:
     def pair_of(rank: int) -> Callable[..., Any]:
         return lambda provider=None: secure_pair(rank, port, psk, provider)
 
-    parties = [ctx.Process(target=party, args=(r, pair_of(r), out)) for r in (0, 1)]
+    def child(rank: int) -> None:
+        import torch
+
+        # A forked child must not enter an OpenMP parallel region once the parent (pytest) has
+        # started OpenMP's threads: libgomp's pool does not survive fork, and the child hangs in
+        # its first parallel torch operation. One thread, as a worker runs by default.
+        torch.set_num_threads(1)
+        party(rank, pair_of(rank), out)
+
+    parties = [ctx.Process(target=child, args=(r,)) for r in (0, 1)]
     for p in parties:
         p.start()
     try:

@@ -127,13 +127,13 @@ def test_dealer_reused_openings_are_correct_shares() -> None:
     of a's low w bits and m their top bit), cross (ā_iā_j, ā_i·m_j, m_i·ā_j, m_i·m_j) by relative
     position, and compare (a, its bits 9..24 XOR-shared, ρ in both sharings, a·ρ): the shares add
     up."""
-    from common.mpc.plan import COMPARE_SHIFT, COMPARE_WIDTH
+    from common.mpc.plan import COMPARE_OPENING, COMPARE_SHIFT, COMPARE_WIDTH
 
     p0, p1, dealer = _parties()
     masks = []
     for width in (24, 16, 56):
         a = p0.int64((4, 2)) + p1.int64((4, 2))
-        hm0 = dealer.value(Item("rmask", ((4, 2),), width=width))
+        hm0 = dealer.value(Item("rmask", ((4, 2),), widths=(width,)))
         assert hm0 is not None
         h, m = (hm0 + p1.int64((2, 4, 2))).unbind(0)
         a_bar = a - (h << width)
@@ -142,33 +142,41 @@ def test_dealer_reused_openings_are_correct_shares() -> None:
         assert torch.equal(a_bar, low - (m << width))  # their signed value
         assert int(a_bar.abs().max()) <= 1 << (width - 1)
         masks.append((a_bar, m))
+    widths = (24, 16, 56)
     for back_i, back_j in ((0, 0), (2, 1)):  # the latest squared; the first times the second
-        c0 = dealer.value(Item("cross", ((4, 2), (4, 2)), pair=(back_i, back_j)))
+        pair_widths = (widths[2 - back_i], widths[2 - back_j])
+        item = Item("cross", ((4, 2), (4, 2)), pair=(back_i, back_j), widths=pair_widths)
+        c0 = dealer.value(item)
         (a_i, m_i), (a_j, m_j) = masks[-1 - back_i], masks[-1 - back_j]
         if back_i == back_j:  # a square: ā² and ā·m
             expected = torch.stack([a_i * a_i, a_i * m_i])
         else:
             expected = torch.stack([a_i * a_j, a_i * m_j, m_i * a_j, m_i * m_j])
         assert c0 is not None and torch.equal(c0 + p1.int64(expected.shape), expected)
-    a = p0.int64((5,)) + p1.int64((5,))
+    u = p0.int64((5,)) + p1.int64((5,))
     rho = p0.kbit((5,), 1) ^ p1.kbit((5,), 1)
-    ours = p1.int64((3, 5))
+    ours = p1.int64((6, 5))
     theirs = dealer.value(Item("compare", ((5,),)))
     assert theirs is not None
     bits = (1 << COMPARE_WIDTH) - 1
+    a = u & ((1 << COMPARE_OPENING) - 1)  # the mask of the narrow opening
+    m = a >> (COMPARE_OPENING - 1)
     assert torch.equal((theirs[0] ^ ours[0]) & bits, (a >> COMPARE_SHIFT) & bits)
     assert torch.equal(theirs[1] + ours[1], rho)
     assert torch.equal(theirs[2] + ours[2], a * rho)
+    assert torch.equal(u - ((theirs[3] + ours[3]) << COMPARE_OPENING), a)  # a = u − 2^w·h
+    assert torch.equal(theirs[4] + ours[4], m)
+    assert torch.equal(theirs[5] + ours[5], m * rho)
 
 
 @pytest.mark.parametrize(
     "item",
     [
-        Item("cross", ((2,), (2,)), pair=(0, 0)),  # no rmask drawn
-        Item("cross", ((2,), (2,)), pair=(0, 16)),  # outside the window
+        Item("cross", ((2,), (2,)), pair=(0, 0), widths=(24, 24)),  # no rmask drawn
+        Item("cross", ((2,), (2,)), pair=(0, 16), widths=(24, 24)),  # outside the window
         Item("cross", ((2,), (2,))),  # no pair
         Item("rmask", ((2,),)),  # no width
-        Item("rmask", ((2,),), width=64),  # a width no opening has
+        Item("rmask", ((2,),), widths=(64,)),  # a width no opening has
         Item("additive", ((2,), (2,)), op="conv2d"),
         Item("additive", ((1, 0), (0, 4096)), op="matmul"),  # finding 3 of issue 12
         Item("square", ((1 << 20, 1 << 20),)),
