@@ -146,37 +146,55 @@ _PLANES = {
 _PLANE_BYTES = {torch.uint8: 1, torch.int16: 2, torch.int32: 4}
 
 
+_BLOCK = 1 << 15  # elements converted at a time: each block's passes stay in the cache
+
+
+def _plane_views(buffer: torch.Tensor, n: int, count: int) -> list[tuple[torch.Tensor, int]]:
+    """The planes of ``count`` bytes an element over ``buffer`` (uint8): (view, bytes) each."""
+    views, start = [], 0
+    for dtype in _PLANES[count]:
+        size = _PLANE_BYTES[dtype]
+        views.append((buffer[start : start + n * size].view(dtype), size))
+        start += n * size
+    return views
+
+
 def low_bytes(t: torch.Tensor, count: int) -> torch.Tensor:
     """The low ``count`` bytes (1 to 7) of each int64 of ``t``, as one flat uint8 tensor: the wire
     form of values that matter only modulo 2^(8·count). Planar: every element's lowest plane
-    (its low 4, 2 or 1 bytes) first, then the next."""
+    (its low 4, 2 or 1 bytes) first, then the next. Converted a block at a time (a masked
+    candidate chunk is millions of elements: whole-tensor passes would each go to memory)."""
     flat = t.reshape(-1)
-    pieces, shift = [], 0
-    for dtype in _PLANES[count]:
-        piece = flat >> shift if shift else flat
-        pieces.append(piece.to(dtype).view(torch.uint8))
-        shift += 8 * _PLANE_BYTES[dtype]
-    return pieces[0] if len(pieces) == 1 else torch.cat(pieces)
+    n = flat.numel()
+    out = torch.empty(n * count, dtype=torch.uint8)
+    views = _plane_views(out, n, count)
+    for lo in range(0, n, _BLOCK):
+        hi = min(n, lo + _BLOCK)
+        block, shift = flat[lo:hi], 0
+        for view, size in views:  # copy_ converts to the narrower type: it keeps the low bits
+            view[lo:hi].copy_(block >> shift if shift else block)
+            shift += 8 * size
+    return out
 
 
-def from_low_bytes(
-    b: torch.Tensor, count: int, shape: tuple[int, ...] | torch.Size
-) -> torch.Tensor:
+def from_low_bytes(b: torch.Tensor, count: int, shape: tuple[int, ...] | torch.Size) -> torch.Tensor:
     """Inverse of :func:`low_bytes`: int64 values in [0, 2^(8·count)) of ``shape``."""
     n = b.numel() // count
     if b.storage_offset() % 8:  # a slice of a received buffer: the planes' views need alignment
         b = b.clone()
-    out: torch.Tensor | None = None
-    start = shift = 0
-    for dtype in _PLANES[count]:
-        size = _PLANE_BYTES[dtype]
-        piece = b[start : start + n * size].view(dtype).to(torch.int64)
-        if dtype != torch.uint8:  # the signed types sign-extend: keep their own bits only
-            piece &= (1 << (8 * size)) - 1
-        if shift:
-            piece <<= shift
-        out = piece if out is None else out.bitwise_or_(piece)
-        start += n * size
-        shift += 8 * size
-    assert out is not None
+    views = _plane_views(b, n, count)
+    out = torch.empty(n, dtype=torch.int64)
+    spare = torch.empty(min(n, _BLOCK), dtype=torch.int64)
+    for lo in range(0, n, _BLOCK):
+        hi = min(n, lo + _BLOCK)
+        block, shift = out[lo:hi], 0
+        for i, (view, size) in enumerate(views):
+            target = block if i == 0 else spare[: hi - lo]
+            target.copy_(view[lo:hi])
+            if size > 1:  # the signed types sign-extend: keep their own bits only
+                target &= (1 << (8 * size)) - 1
+            if i:
+                target <<= shift
+                block |= target
+            shift += 8 * size
     return out.reshape(shape)
