@@ -177,7 +177,9 @@ def low_bytes(t: torch.Tensor, count: int) -> torch.Tensor:
     return out
 
 
-def from_low_bytes(b: torch.Tensor, count: int, shape: tuple[int, ...] | torch.Size) -> torch.Tensor:
+def from_low_bytes(
+    b: torch.Tensor, count: int, shape: tuple[int, ...] | torch.Size
+) -> torch.Tensor:
     """Inverse of :func:`low_bytes`: int64 values in [0, 2^(8·count)) of ``shape``."""
     n = b.numel() // count
     if b.storage_offset() % 8:  # a slice of a received buffer: the planes' views need alignment
