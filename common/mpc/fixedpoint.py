@@ -102,7 +102,6 @@ def matmul_truncated(x: Any, y: Any, divisor: int) -> Any:
 # failure probability. A product of two such values needs [ā_iā_j], [ā_i·m_j], [m_i·ā_j] and
 # [m_i·m_j] from the dealer instead of [a_i·a_j].
 
-NARROW_WIDTHS = OPENING_WIDTHS
 # RANGE: the openings' bounds, with room above their RANGE comments' values (24-bit openings
 # hold |x| < 64): the Taylor input y = x/2^h ∈ [−2.5, 0.1] and its powers, values in (0, 2].
 TAYLOR_BOUND = 4.0
@@ -112,7 +111,7 @@ UNIT_BOUND = 4.0
 def opening_width(bound: float) -> int:
     """The narrowest opening of a value |x| ≤ ``bound``: the least w with |x|·2¹⁶ < 2^(w−2)."""
     raw = float(bound) * SCALE
-    for width in NARROW_WIDTHS:
+    for width in OPENING_WIDTHS:
         if raw < 2.0 ** (width - 2):
             return width
     raise ConfigError(f"no opening is wide enough for values up to {bound}")
