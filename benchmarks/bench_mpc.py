@@ -160,7 +160,13 @@ def side_by_side(method: str, plain: dict, naive: dict, ours: dict) -> list[str]
 
 
 def wan_rows(
-    rtts: list[float | None], methods: list[str], paths, rate: str, plain: dict, naive: dict
+    rtts: list[float | None],
+    methods: list[str],
+    paths,
+    rate: str,
+    plain: dict,
+    naive: dict,
+    openings: str = "narrow",
 ) -> list[dict]:
     """Each method at each RTT, this project's real workers in the WAN's namespaces. With the
     naive script's loopback row of a method, also its lower bound at that RTT: its loopback time
@@ -178,6 +184,7 @@ def wan_rows(
                         train=Path(paths[0]),
                         test=Path(paths[1]),
                         candidate=Path(paths[2]),
+                        openings=openings,
                     )
                 except (MPCRunError, RuntimeError) as exc:  # one failed run: say so, go on
                     print(f"{method:<14}{rtt!s:>7}  failed: {str(exc).splitlines()[0]}", flush=True)
@@ -297,6 +304,12 @@ def main() -> None:
         "--only-wan", action="store_true", help="with --wan: skip the loopback tables"
     )
     parser.add_argument("--plot-from", type=Path, help="redraw --plot from a --json file, no run")
+    parser.add_argument(
+        "--openings",
+        choices=("narrow", "full"),
+        default="narrow",
+        help="the job's openings: narrow (the default) or full (docs/protocol.md)",
+    )
     args = parser.parse_args()
     if args.plot_from:
         if not args.plot:
@@ -341,7 +354,13 @@ def main() -> None:
             plain_s, plain_score, plain_peak = plaintext_measured(method, state, train, test, cand)
             plain_scores[method] = plain_score
             start = time.perf_counter()
-            run = run_local(method=method, train=paths[0], test=paths[1], candidates=[paths[2]])
+            run = run_local(
+                method=method,
+                train=paths[0],
+                test=paths[1],
+                candidates=[paths[2]],
+                openings=args.openings,
+            )
             wall = time.perf_counter() - start
             (result,), (theirs,) = run.results, run.data_owner
             assert result.score is not None
@@ -403,7 +422,9 @@ def main() -> None:
                 f"{args.wan_rate} (tc tbf), RTT added by a user-space relay (RTT/2 each way)"
             )
             print(WAN_HEADER)
-            wan_table = wan_rows(rtts, methods, paths, args.wan_rate, plain_scores, naive_rows)
+            wan_table = wan_rows(
+                rtts, methods, paths, args.wan_rate, plain_scores, naive_rows, args.openings
+            )
             print(load_line())
         title = f"{case.split(',')[0]}; links {args.wan_rate}"
         if args.plot and wan_table:

@@ -154,6 +154,7 @@ class ModelOwnerClient:
         noise_epsilon: float | None = None,
         chunk_rows: int | None = None,
         softmax_chunks: int | None = None,
+        openings: str | None = None,
         on_open: Callable[[SessionView], None] | None = None,
         on_progress: Callable[[SessionView], None] | None = None,
     ) -> list[CandidateResult]:
@@ -170,6 +171,7 @@ class ModelOwnerClient:
             noise_epsilon=noise_epsilon,
             chunk_rows=chunk_rows,
             softmax_chunks=softmax_chunks,
+            openings=openings,
         )
         view = self.open_session(body)
         if on_open is not None:
@@ -196,6 +198,7 @@ def session_request(
     noise_epsilon: float | None = None,
     chunk_rows: int | None = None,
     softmax_chunks: int | None = None,
+    openings: str | None = None,
 ) -> dict[str, Any]:
     """The body of ``POST /v1/sessions`` (:class:`SessionCreate`); ``None`` leaves a field to the
     model owner's default."""
@@ -213,6 +216,7 @@ def session_request(
         "noise_epsilon": noise_epsilon,
         "chunk_rows": chunk_rows,  # else the protocol's default
         "softmax_chunks": softmax_chunks,
+        "openings": openings,  # else narrow
     }
     body.update({k: v for k, v in optional.items() if v is not None})
     return body

@@ -32,6 +32,7 @@ RANKS: dict[str, int] = {"model_owner": 0, "data_owner": 1, "dealer": 2}  # Cryp
 Reveal = Literal["score", "threshold"]
 RevealTo = Literal["both", "model_owner"]
 Provider = Literal["TTP", "TFP"]
+Openings = Literal["narrow", "full"]
 
 MAX_CANDIDATES = 100  # candidates in one session
 MAX_STEPS = 10_000  # fine-tuning steps
@@ -251,6 +252,12 @@ class JobSpec(Strict):
         description="chunks per softmax: the softmax and its rounds run once per group of this "
         "many chunks (rounds ≈ ⌈chunks / softmax_chunks⌉ softmaxes), the group's masked chunks "
         "kept on each party's disk meanwhile",
+    )
+    openings: Openings = Field(
+        default="narrow",
+        description="narrow: the softmax's values cross on the low bits their range needs (fewer "
+        "bytes between the owners, more from the dealer); full: 64 bits each (fewer bytes in all: "
+        "for a dealer whose link is as slow as the owners')",
     )
     reveal: Reveal = "score"
     direction: Direction | None = Field(

@@ -246,6 +246,7 @@ class ModelOwner:
             softmax_chunks=(
                 DEFAULT_SOFTMAX_CHUNKS if body.softmax_chunks is None else body.softmax_chunks
             ),
+            openings=body.openings or "narrow",
             reveal=body.reveal,
             direction=body.direction,
             provider=body.provider,

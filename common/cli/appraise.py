@@ -19,6 +19,7 @@ from common.cli.options import (
     MethodChoice,
     MethodOpt,
     NoiseOpt,
+    OpeningsOpt,
     RevealChoice,
     RevealOpt,
     RevealToOpt,
@@ -52,6 +53,7 @@ def appraise(
     noise_epsilon: NoiseOpt = None,
     chunk_rows: ChunkRowsOpt = None,
     softmax_chunks: SoftmaxChunksOpt = None,
+    openings: OpeningsOpt = None,
     json_output: JsonOpt = False,
     cancel_on_interrupt: Annotated[
         bool,
@@ -84,6 +86,7 @@ def appraise(
         noise_epsilon=noise_epsilon,
         chunk_rows=chunk_rows,
         softmax_chunks=softmax_chunks,
+        openings=openings,
     )
     show = not json_output and err_console.is_terminal
     with connect(model_owner, tls_ca, tls_cert, tls_key) as client:

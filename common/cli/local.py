@@ -18,6 +18,7 @@ from common.cli.options import (
     MethodChoice,
     MethodOpt,
     NoiseOpt,
+    OpeningsOpt,
     RevealChoice,
     RevealOpt,
     RevealToOpt,
@@ -49,6 +50,7 @@ def local(
     noise_epsilon: NoiseOpt = None,
     chunk_rows: ChunkRowsOpt = None,
     softmax_chunks: SoftmaxChunksOpt = None,
+    openings: OpeningsOpt = None,
     insecure_tfp: Annotated[
         bool,
         typer.Option(
@@ -111,6 +113,7 @@ def local(
                 noise_epsilon=noise_epsilon,
                 chunk_rows=DEFAULT_CHUNK_ROWS if chunk_rows is None else chunk_rows,
                 softmax_chunks=DEFAULT_SOFTMAX_CHUNKS if softmax_chunks is None else softmax_chunks,
+                openings=openings or "narrow",
                 check=check,
                 label_column=label_column,
                 timeout=timeout,

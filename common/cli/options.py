@@ -80,6 +80,14 @@ SoftmaxChunksOpt = Annotated[
         f"Default: 1, at most {MAX_SOFTMAX_CHUNKS}.",
     ),
 ]
+OpeningsOpt = Annotated[
+    str | None,
+    typer.Option(
+        help="Width of the softmax's openings (public): narrow sends the fewest bytes between the "
+        "owners and more from the dealer; full sends 64 bits each, the fewest bytes in all. "
+        "Default: narrow.",
+    ),
+]
 JsonOpt = Annotated[
     bool, typer.Option("--json", help="Print only a JSON list, one object per candidate.")
 ]

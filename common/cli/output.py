@@ -30,6 +30,7 @@ OPTIONS = {
     "batch_size": "--batch-size",
     "chunk_rows": "--chunk-rows",
     "softmax_chunks": "--softmax-chunks",
+    "openings": "--openings",
     "method": "--method",
     "shards": "--shards",
 }

@@ -28,7 +28,7 @@ from common.errors import ConfigError, TruncationFailure
 from common.methods import METHODS
 from common.mpc import truncation
 from common.mpc.compat import import_crypten
-from common.mpc.fixedpoint import DATA_OWNER, MODEL_OWNER, reveal_float, share
+from common.mpc.fixedpoint import DATA_OWNER, MODEL_OWNER, openings, reveal_float, share
 from common.mpc.noise import influence_sensitivity, laplace
 from common.mpc.shards import WHOLE, Exchange, Shard
 from common.mpc.statistics import (
@@ -114,7 +114,21 @@ def secure_appraisal(
     ``on_step(done, total)`` is called after each step of the computation (fine-tuning's gradient
     steps; once for a one-shot method). With ``shard`` one of several, this pair computes its own
     chunks only; ``exchange`` passes this party's raw shares between its shards (none in the
-    plan's inputless run, which hands nothing over)."""
+    plan's inputless run, which hands nothing over). The job's ``openings`` decides the width of
+    the softmax's openings (docs/protocol.md, "Narrow openings")."""
+    with openings(job.openings):
+        return _appraise(job, index, mo, do, on_step, shard, exchange)
+
+
+def _appraise(
+    job: JobSpec,
+    index: int,
+    mo: ModelOwnerInputs | None,
+    do: DataOwnerInputs | None,
+    on_step: StepCallback | None,
+    shard: Shard,
+    exchange: Exchange | None,
+) -> Revealed:
     method = METHODS[job.method]
     shapes = Shapes.of(job, index)
     sizes = job.sizes(index)

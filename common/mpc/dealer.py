@@ -46,13 +46,14 @@ from common.mpc.appraisal import ATTEMPTS
 from common.mpc.communicator import pack, unpack
 from common.mpc.compat import import_crypten
 from common.mpc.plan import (
-    COMPARE_OPENING,
     COMPARE_SHIFT,
     COMPARE_WIDTH,
+    FULL,
     PRODUCT_OPS,
     RMASK_WINDOW,
     Item,
     check_item,
+    cross_rows,
     product_size,
     relative_pair,
     row_bytes,
@@ -377,9 +378,12 @@ class DealerProvider(TupleProvider):
         ā = the signed value of a's low ``width`` bits and of m = their top bit
         (docs/protocol.md, "Narrow openings")."""
         item = Item("rmask", (tuple(size),), widths=(width,))
-        self._check(item)
         self._rmasks.append((tuple(size), width))
         a = self.stream.int64(size)
+        if width == FULL:  # a full opening: a itself, no carry; the dealer sends nothing
+            self._mark(item)
+            return len(self._rmasks) - 1, a, torch.zeros_like(a)
+        self._check(item)
         h, m = self._correction(item, (2, *tuple(size))).unbind(0)
         return len(self._rmasks) - 1, a - (h << width), m
 
@@ -391,20 +395,20 @@ class DealerProvider(TupleProvider):
         pair = relative_pair(len(self._rmasks), i, j)
         item = Item("cross", sizes, pair=pair, widths=(width_i, width_j))
         self._check(item)
-        parts = 2 if i == j else 4  # a square: ā² and ā·m only
+        parts = cross_rows(width_i, width_j, i == j)
         return self._correction(item, (parts, *torch.broadcast_shapes(*sizes)))
 
-    def compare(self, size: Any) -> tuple[torch.Tensor, ...]:
+    def compare(self, size: Any, width: int) -> tuple[torch.Tensor, ...]:
         """One comparison-and-select's values, this party's shares: a uniform a in
         [0, 2^COMPARE_OPENING) (arithmetic; its stream value less 2^COMPARE_OPENING·h), bits
         COMPARE_SHIFT … COMPARE_SHIFT + COMPARE_WIDTH − 1 of a (XOR), a random bit ρ (XOR and
         arithmetic), a·ρ, the top bit m of a and m·ρ (arithmetic)."""
-        item = Item("compare", (tuple(size),))
+        item = Item("compare", (tuple(size),), widths=(width,))
         self._check(item)
         u = self.stream.int64(size)
         rho_bin = self.stream.kbit(size, 1)
         alpha, rho, a_rho, h, m, m_rho = self._correction(item, (6, *tuple(size))).unbind(0)
-        a = u - (h << COMPARE_OPENING)
+        a = u if width == FULL else u - (h << width)
         return a, alpha & COMPARE_BITS, rho_bin, rho, a_rho, m, m_rho
 
     def lift(self, size: Any, width: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -543,6 +547,9 @@ class Dealer:
         if item.fn == "rmask" and len(sizes) == 1 and item.widths is not None:
             size, (width,) = sizes[0], item.widths
             a = s0.int64(size) + s1.int64(size)
+            if width == FULL:  # a full opening's mask: nothing to send
+                self._rmasks = [*self._rmasks[1 - RMASK_WINDOW :], (a, torch.zeros_like(a), width)]
+                return None
             low = a & ((1 << width) - 1)
             m = low >> (width - 1)
             a_bar = low - (m << width)  # the signed value of a's low bits
@@ -559,7 +566,9 @@ class Dealer:
                 raise MPCError(f"the cross product {item} does not fit its rmasks' shapes")
             if item.widths != (w_i, w_j):
                 raise MPCError(f"the cross product {item} does not name its rmasks' widths")
-            if back_i == back_j:  # a square: ā² and ā·m (m² = m, and m's shares are known)
+            if w_i == w_j == FULL:  # two full openings: a_i·a_j
+                c = (a_i * a_j).unsqueeze(0)
+            elif back_i == back_j:  # a square: ā² and ā·m (m² = m, and m's shares are known)
                 c = torch.stack([a_i * a_i, a_i * m_i])
             else:
                 c = torch.stack(torch.broadcast_tensors(a_i * a_j, a_i * m_j, m_i * a_j, m_i * m_j))
@@ -570,13 +579,16 @@ class Dealer:
             return both - s1.int64(both.size())
         if item.fn == "compare" and len(sizes) == 1:
             size = sizes[0]
+            (width,) = item.widths or (FULL,)
             u = s0.int64(size) + s1.int64(size)
-            a = u & ((1 << COMPARE_OPENING) - 1)
-            m = a >> (COMPARE_OPENING - 1)
+            full = width == FULL  # the whole of u is the mask: no h, no top bit
+            a = u if full else u & ((1 << width) - 1)
+            m = torch.zeros_like(u) if full else a >> (width - 1)
             rho = s0.kbit(size, 1) ^ s1.kbit(size, 1)
             r1 = s1.int64((6, *size))
             alpha0 = ((a >> COMPARE_SHIFT) & COMPARE_BITS) ^ (r1[0] & COMPARE_BITS)
-            values = [rho, a * rho, (u - a) >> COMPARE_OPENING, m, m * rho]
+            h = torch.zeros_like(u) if full else (u - a) >> width
+            values = [rho, a * rho, h, m, m * rho]
             return torch.stack([alpha0, *(v - r for v, r in zip(values, r1[1:], strict=True))])
         raise MPCError(f"the dealer does not serve {item}")
 

@@ -11,8 +11,10 @@ approximation inside the range where it is accurate; each scaling names the rang
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -25,6 +27,7 @@ from common.mpc.plan import (
     COMPARE_OPENING,
     COMPARE_SHIFT,
     COMPARE_WIDTH,
+    FULL,
     OPENING_WIDTHS,
     shape_memo,
 )
@@ -108,8 +111,33 @@ TAYLOR_BOUND = 4.0
 UNIT_BOUND = 4.0
 
 
+_FULL_OPENINGS = False  # the job's ``openings`` = "full": every reused opening 64 bits wide
+
+
+@contextlib.contextmanager
+def openings(kind: str) -> Iterator[None]:
+    """Within this block the reused openings and the comparisons are ``kind``: "narrow" (each on
+    the low bits its range needs) or "full" (64 bits, the dealer sending far less)."""
+    global _FULL_OPENINGS
+    if kind not in ("narrow", "full"):
+        raise ConfigError(f"openings must be 'narrow' or 'full', not {kind!r}")
+    before, _FULL_OPENINGS = _FULL_OPENINGS, kind == "full"
+    try:
+        yield
+    finally:
+        _FULL_OPENINGS = before
+
+
+def compare_width() -> int:
+    """The bits a comparison's difference is opened on."""
+    return FULL if _FULL_OPENINGS else COMPARE_OPENING
+
+
 def opening_width(bound: float) -> int:
-    """The narrowest opening of a value |x| ≤ ``bound``: the least w with |x|·2¹⁶ < 2^(w−2)."""
+    """The narrowest opening of a value |x| ≤ ``bound``: the least w with |x|·2¹⁶ < 2^(w−2)
+    (64, a full opening, under ``openings("full")``)."""
+    if _FULL_OPENINGS:
+        return FULL
     raw = float(bound) * SCALE
     for width in OPENING_WIDTHS:
         if raw < 2.0 ** (width - 2):
@@ -164,8 +192,12 @@ class _Opened:
         width, count = self.width, self.width // 8
         shape = self._like.shape
         eps = ringmath.from_low_bytes(parts[0], count, shape)
-        eps = (eps + ringmath.from_low_bytes(parts[1], count, shape)) & ((1 << width) - 1)
-        self.c = (eps >> (width - 1)) << width  # 2^w·m_ε
+        eps = eps + ringmath.from_low_bytes(parts[1], count, shape)
+        if width == FULL:  # the ring's own wrap: no carry to recover
+            self.c = torch.zeros_like(eps)
+        else:
+            eps &= (1 << width) - 1
+            self.c = (eps >> (width - 1)) << width  # 2^w·m_ε
         self.delta = eps - self.c - self._offset
         self.a = self._a + self.c * self.m  # α: x = δ + α
         del self._mine, self._like, self._a
@@ -173,6 +205,9 @@ class _Opened:
     def times(self, other: _Opened) -> torch.Tensor:
         """This party's share of self·other at the product of their scales (no truncation)."""
         cross = crypten.mpc.get_default_provider().cross(self.id, other.id)
+        if self.width == other.width == FULL:  # a_i·a_j alone
+            out = cross[0] + self.delta * other.a + other.delta * self.a
+            return out + self.delta * other.delta if _rank() == 0 else out
         if other is self:  # α² = ā² + 2c·ā·m + c²·m (m² = m): the dealer shares ā² and ā·m
             out = cross[0] + (2 * self.c) * cross[1] + (self.c * self.c) * self.m
             out = out + (2 * self.delta) * self.a
@@ -448,14 +483,16 @@ def _select_max(x: Any, y: Any) -> Any:
     rank = _rank()
     width, top = COMPARE_WIDTH, COMPARE_WIDTH - 1
     provider = crypten.mpc.get_default_provider()
-    a, alpha, rho_bin, rho, a_rho, m, m_rho = provider.compare(tuple(d.size()))
+    opening = compare_width()
+    a, alpha, rho_bin, rho, a_rho, m, m_rho = provider.compare(tuple(d.size()), opening)
     # c = d̃ + a mod 2^w for d̃ = d + 2^(w−2): the narrow opening (RANGE: |d| < 2^(w−2) raw)
-    opening, offset = COMPARE_OPENING, 1 << (COMPARE_OPENING - 2)
-    count = opening // 8
+    offset, count = 1 << (opening - 2), opening // 8
     mine = d._tensor.share + a + (offset if rank == 0 else 0)
     parts = crypten.communicator.get().all_gather(ringmath.low_bytes(mine, count))
     c = ringmath.from_low_bytes(parts[0], count, mine.shape)
-    c = (c + ringmath.from_low_bytes(parts[1], count, mine.shape)) & ((1 << opening) - 1)
+    c = c + ringmath.from_low_bytes(parts[1], count, mine.shape)
+    if opening != FULL:
+        c &= (1 << opening) - 1
     u = (c >> COMPARE_SHIFT) & COMPARE_BITS
     w = (~alpha & COMPARE_BITS) if rank == 0 else alpha  # XOR shares of ¬α
     g = u & w  # generate: a public AND a shared value, local
@@ -474,9 +511,10 @@ def _select_max(x: Any, y: Any) -> Any:
     bit = rho - 2 * beta * rho + (beta if rank == 0 else 0)  # arithmetic shares of [d < 0]
     # d = c − 2^(w−2) − a + 2^w·(1 − m_c)·m exactly (the wrap of d̃ + a), so d·[d < 0] is linear
     # in [bit], [a·bit] = β[a] + (1 − 2β)[aρ] and [m·bit] = β[m] + (1 − 2β)[mρ]
-    wrap = (1 - (c >> (opening - 1))) << opening
-    d_bit = (c - offset) * bit - beta * a - (1 - 2 * beta) * a_rho
-    d_bit = d_bit + wrap * (beta * m + (1 - 2 * beta) * m_rho)  # shares of d·[d < 0], scale 2¹⁶
+    d_bit = (c - offset) * bit - beta * a - (1 - 2 * beta) * a_rho  # shares of d·[d < 0], 2¹⁶
+    if opening != FULL:  # (a full opening wraps in the ring itself)
+        wrap = (1 - (c >> (opening - 1))) << opening
+        d_bit = d_bit + wrap * (beta * m + (1 - 2 * beta) * m_rho)
     return x - crypten.mpc.MPCTensor.from_shares(d_bit, precision=PRECISION_BITS)
 
 

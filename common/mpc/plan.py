@@ -105,9 +105,11 @@ class Item:
         each = sum(int(np.prod(s, dtype=np.int64)) for s in self.sizes)
         if self.fn == "rmask":  # a, then h and m
             return 3 * each
-        if self.fn == "cross":  # four products of the broadcast shape (two for a square)
-            parts = 2 if self.pair is not None and self.pair[0] == self.pair[1] else 4
-            return parts * int(np.prod(torch.broadcast_shapes(*self.sizes), dtype=np.int64))
+        if self.fn == "cross":  # up to four products of the broadcast shape
+            rows = row_bytes(self)
+            return len(rows or (0,)) * int(
+                np.prod(torch.broadcast_shapes(*self.sizes), dtype=np.int64)
+            )
         return each
 
 
@@ -118,7 +120,8 @@ COMPARE_SHIFT, COMPARE_WIDTH = 9, 16  # the bits of a ``compare`` item's a that 
 COMPARE_OPENING = 32
 assert COMPARE_OPENING - 2 - COMPARE_SHIFT >= COMPARE_WIDTH
 RMASK_WINDOW = 16  # a ``cross`` item names one of the candidate's last 16 rmasks
-OPENING_WIDTHS = (16, 24, 32, 40, 48, 56)  # the bits an ``rmask``'s opening may carry
+OPENING_WIDTHS = (16, 24, 32, 40, 48, 56)  # the bits a narrow ``rmask``'s opening may carry
+FULL = 64  # a full opening: the job's ``openings`` = "full" (no carry, nothing but ā_iā_j shared)
 MASKED_WIDTHS = (48, 56)  # the bits of a narrow masked matrix (a ``lift`` item's width)
 
 
@@ -145,9 +148,12 @@ def check_item(item: Item) -> None:
         or not all(0 <= back < RMASK_WINDOW for back in item.pair)
     ):
         raise MPCError(f"the cross product {item} does not name two of the last rmasks")
-    if item.fn in ("rmask", "cross", "lift"):
-        count = {"rmask": 1, "cross": 2, "lift": 1}[item.fn]
-        allowed = MASKED_WIDTHS if item.fn == "lift" else OPENING_WIDTHS
+    if item.fn in ("rmask", "cross", "lift", "compare"):
+        count = {"rmask": 1, "cross": 2, "lift": 1, "compare": 1}[item.fn]
+        allowed = {
+            "lift": MASKED_WIDTHS,
+            "compare": (COMPARE_OPENING, FULL),
+        }.get(item.fn, (*OPENING_WIDTHS, FULL))
         if item.widths is None or len(item.widths) != count or not set(item.widths) <= set(allowed):
             raise MPCError(f"the item {item} does not name {count} width(s) among {list(allowed)}")
 
@@ -157,21 +163,32 @@ def row_bytes(item: Item) -> tuple[int, ...] | None:
     ``compare``), or None for whole int64 values. A row that the computation only ever multiplies
     by 2^k matters modulo 2^(64 − k) only: its higher bytes are not sent (docs/protocol.md,
     "Narrow openings")."""
-    if item.fn == "rmask":  # h and m, both multiplied by 2^w
-        (w,) = item.widths or (64,)
+    if item.fn == "rmask":  # h and m, both multiplied by 2^w (a full opening: none, no message)
+        (w,) = item.widths or (FULL,)
         return (8 - w // 8, 8 - w // 8)
     if item.fn == "cross":  # ā_iā_j; ā_i·m_j times 2^w_j; m_i·ā_j times 2^w_i; m_i·m_j times both
-        wi, wj = item.widths or (64, 64)
+        wi, wj = item.widths or (FULL, FULL)
+        if wi == wj == FULL:
+            return (8,)  # a_i·a_j only
         if item.pair is not None and item.pair[0] == item.pair[1]:
             return (8, 8 - wi // 8)  # ā², and ā·m times 2^(w+1)
         return (8, 8 - wj // 8, 8 - wi // 8, max(0, 8 - (wi + wj) // 8))
     if item.fn == "lift":  # r₀·r₁, whose carry term is multiplied by 2^width
         (w,) = item.widths or (64,)
         return (8 - w // 8,)
-    if item.fn == "compare":  # α (16 XOR bits), ρ, a·ρ, then h, m and m·ρ times 2^COMPARE_OPENING
-        high = 8 - COMPARE_OPENING // 8
+    if item.fn == "compare":  # α (16 XOR bits), ρ, a·ρ, then h, m and m·ρ times 2^w
+        (w,) = item.widths or (FULL,)
+        high = 8 - w // 8
         return (2, 8, 8, high, high, high)
     return None
+
+
+def cross_rows(width_i: int, width_j: int, square: bool) -> int:
+    """The rows of a ``cross`` value: a_i·a_j alone for two full openings, ā² and ā·m for a
+    square, else the four products."""
+    if width_i == width_j == FULL:
+        return 1
+    return 2 if square else 4
 
 
 def product_size(item: Item, mask_size: Sequence[int]) -> tuple[int, ...]:
@@ -275,16 +292,18 @@ class PlanningProvider(TupleProvider):
         sizes = (size_i, size_j)
         pair = relative_pair(len(self.rmasks), i, j)
         self.items.append(Item("cross", sizes, pair=pair, widths=(width_i, width_j)))
-        parts = 2 if i == j else 4
-        return torch.zeros((parts, *torch.broadcast_shapes(*sizes)), dtype=torch.long)
+        return torch.zeros(
+            (cross_rows(width_i, width_j, i == j), *torch.broadcast_shapes(*sizes)),
+            dtype=torch.long,
+        )
 
     def lift(self, size: Any, width: int) -> tuple[torch.Tensor, torch.Tensor]:
         self.items.append(Item("lift", (_dims(size),), widths=(width,)))
         zeros = torch.zeros(_dims(size), dtype=torch.long)
         return zeros, zeros
 
-    def compare(self, size: Any) -> tuple[torch.Tensor, ...]:
-        self.items.append(Item("compare", (_dims(size),)))
+    def compare(self, size: Any, width: int) -> tuple[torch.Tensor, ...]:
+        self.items.append(Item("compare", (_dims(size),), widths=(width,)))
         zeros = torch.zeros(_dims(size), dtype=torch.long)
         return (zeros,) * 7
 

@@ -160,11 +160,13 @@ def _plane_views(buffer: torch.Tensor, n: int, count: int) -> list[tuple[torch.T
 
 
 def low_bytes(t: torch.Tensor, count: int) -> torch.Tensor:
-    """The low ``count`` bytes (1 to 7) of each int64 of ``t``, as one flat uint8 tensor: the wire
+    """The low ``count`` bytes (1 to 8) of each int64 of ``t``, as one flat uint8 tensor: the wire
     form of values that matter only modulo 2^(8·count). Planar: every element's lowest plane
     (its low 4, 2 or 1 bytes) first, then the next. Converted a block at a time (a masked
     candidate chunk is millions of elements: whole-tensor passes would each go to memory)."""
     flat = t.reshape(-1)
+    if count == 8:  # the whole value
+        return flat.contiguous().view(torch.uint8).clone()
     n = flat.numel()
     out = torch.empty(n * count, dtype=torch.uint8)
     views = _plane_views(out, n, count)
@@ -184,6 +186,8 @@ def from_low_bytes(
     n = b.numel() // count
     if b.storage_offset() % 8:  # a slice of a received buffer: the planes' views need alignment
         b = b.clone()
+    if count == 8:
+        return b.view(torch.int64).reshape(shape)
     views = _plane_views(b, n, count)
     out = torch.empty(n, dtype=torch.int64)
     spare = torch.empty(min(n, _BLOCK), dtype=torch.int64)

@@ -28,6 +28,7 @@ from common.protocol import (
     DatasetId,
     JobSpec,
     MethodName,
+    Openings,
     Provider,
     Rendezvous,
     Reveal,
@@ -162,6 +163,12 @@ class SessionCreate(Strict):
         "on its own, so each party's memory is bounded by one chunk; rounds grow with the chunk "
         "count ⌈n / chunk_rows⌉. The data owner refuses more than its DATA_OWNER_MAX_CHUNK_ROWS. "
         "Default: 8192",
+    )
+    openings: Openings | None = Field(
+        default=None,
+        description="the width of the softmax's openings (public): narrow (default) sends the "
+        "fewest bytes between the owners and more from the dealer; full sends 64 bits each and "
+        "the fewest bytes in all (for a dealer whose link is as slow as the owners')",
     )
     softmax_chunks: int | None = Field(
         default=None,

@@ -73,7 +73,7 @@ def _mirror_provider(rank: int):  # type: ignore[no-untyped-def]
 
         def _mark(self, item) -> None:  # type: ignore[no-untyped-def]
             super()._mark(item)
-            if self._rank == 0 and item.fn == "mask":
+            if self._rank == 0 and (item.fn == "mask" or item.widths == (64,)):
                 self.mirror.value(item)
 
     return Mirror()

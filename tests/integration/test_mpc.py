@@ -99,6 +99,21 @@ def test_mnist_size_score_matches_plaintext(method: str, mnist_files) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("method", ["influence", "finetune"])
+def test_mnist_size_score_with_full_openings_matches_plaintext(method: str, mnist_files) -> None:
+    """openings = "full" (64-bit openings of the softmax's values) at the MNIST-sized case."""
+    results = run_local(
+        method=method,
+        train=mnist_files.train,
+        test=mnist_files.test,
+        candidates=[mnist_files.clean],
+        openings="full",
+        check=True,
+    )
+    _assert_close(results)
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("method", METHOD_NAMES)
 def test_mnist_size_threshold_bits(method: str, mnist_files) -> None:
     _threshold_run(

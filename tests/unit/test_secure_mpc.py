@@ -156,7 +156,7 @@ def test_dealer_reused_openings_are_correct_shares() -> None:
     u = p0.int64((5,)) + p1.int64((5,))
     rho = p0.kbit((5,), 1) ^ p1.kbit((5,), 1)
     ours = p1.int64((6, 5))
-    theirs = dealer.value(Item("compare", ((5,),)))
+    theirs = dealer.value(Item("compare", ((5,),), widths=(COMPARE_OPENING,)))
     assert theirs is not None
     bits = (1 << COMPARE_WIDTH) - 1
     a = u & ((1 << COMPARE_OPENING) - 1)  # the mask of the narrow opening
@@ -169,6 +169,19 @@ def test_dealer_reused_openings_are_correct_shares() -> None:
     assert torch.equal(theirs[5] + ours[5], m * rho)
 
 
+def test_dealer_full_openings_send_nothing_for_the_mask_and_one_product_per_cross() -> None:
+    """openings = "full": an rmask of width 64 is the two stream values' sum and the dealer sends
+    nothing for it; a cross of two such masks is a_i·a_j alone, as before the narrow openings."""
+    p0, p1, dealer = _parties()
+    masks = []
+    for _ in range(2):
+        assert dealer.value(Item("rmask", ((3,),), widths=(64,))) is None
+        masks.append(p0.int64((3,)) + p1.int64((3,)))
+    c0 = dealer.value(Item("cross", ((3,), (3,)), pair=(1, 0), widths=(64, 64)))
+    assert c0 is not None and c0.shape == (1, 3)
+    assert torch.equal(c0 + p1.int64((1, 3)), (masks[0] * masks[1]).unsqueeze(0))
+
+
 @pytest.mark.parametrize(
     "item",
     [
@@ -176,7 +189,8 @@ def test_dealer_reused_openings_are_correct_shares() -> None:
         Item("cross", ((2,), (2,)), pair=(0, 16), widths=(24, 24)),  # outside the window
         Item("cross", ((2,), (2,))),  # no pair
         Item("rmask", ((2,),)),  # no width
-        Item("rmask", ((2,),), widths=(64,)),  # a width no opening has
+        Item("rmask", ((2,),), widths=(8,)),  # a width no opening has
+        Item("compare", ((2,),), widths=(24,)),  # nor a comparison
         Item("additive", ((2,), (2,)), op="conv2d"),
         Item("additive", ((1, 0), (0, 4096)), op="matmul"),  # finding 3 of issue 12
         Item("square", ((1 << 20, 1 << 20),)),
