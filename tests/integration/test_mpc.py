@@ -86,28 +86,19 @@ def test_threshold_direction_override_flips_the_bits(digits_split) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("method", METHOD_NAMES)
-def test_mnist_size_score_matches_plaintext(method: str, mnist_files) -> None:
+@pytest.mark.parametrize(
+    ("method", "openings"),
+    [*((m, "narrow") for m in METHOD_NAMES), ("influence", "full"), ("finetune", "full")],
+)
+def test_mnist_size_score_matches_plaintext(method: str, openings: str, mnist_files) -> None:
+    """Each method with the default narrow openings, and with full (64-bit) openings of the
+    softmax's values."""
     results = run_local(
         method=method,
         train=mnist_files.train,
         test=mnist_files.test,
         candidates=[mnist_files.clean],
-        check=True,
-    )
-    _assert_close(results)
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("method", ["influence", "finetune"])
-def test_mnist_size_score_with_full_openings_matches_plaintext(method: str, mnist_files) -> None:
-    """openings = "full" (64-bit openings of the softmax's values) at the MNIST-sized case."""
-    results = run_local(
-        method=method,
-        train=mnist_files.train,
-        test=mnist_files.test,
-        candidates=[mnist_files.clean],
-        openings="full",
+        openings=openings,
         check=True,
     )
     _assert_close(results)
