@@ -138,11 +138,21 @@ def opening_width(bound: float) -> int:
     (64, a full opening, under ``openings("full")``)."""
     if _FULL_OPENINGS:
         return FULL
-    raw = float(bound) * SCALE
-    for width in OPENING_WIDTHS:
-        if raw < 2.0 ** (width - 2):
-            return width
-    raise ConfigError(f"no opening is wide enough for values up to {bound}")
+    width = ringmath.narrowest(float(bound) * SCALE, OPENING_WIDTHS)
+    if width is None:
+        raise ConfigError(f"no opening is wide enough for values up to {bound}")
+    return width
+
+
+def _open_sum(parts: list[torch.Tensor], width: int, shape: torch.Size) -> torch.Tensor:
+    """The opened value from both parties' low width/8 bytes: their sum modulo 2^width (a full
+    opening wraps in the ring itself)."""
+    count = width // 8
+    total = ringmath.from_low_bytes(parts[0], count, shape)
+    total = total + ringmath.from_low_bytes(parts[1], count, shape)
+    if width != FULL:
+        total &= (1 << width) - 1
+    return total
 
 
 def _reusing() -> bool:
@@ -189,14 +199,11 @@ class _Opened:
         self._mine = ringmath.low_bytes(share, self.width // 8)
 
     def _finish(self, parts: list[torch.Tensor]) -> None:
-        width, count = self.width, self.width // 8
-        shape = self._like.shape
-        eps = ringmath.from_low_bytes(parts[0], count, shape)
-        eps = eps + ringmath.from_low_bytes(parts[1], count, shape)
+        width = self.width
+        eps = _open_sum(parts, width, self._like.shape)
         if width == FULL:  # the ring's own wrap: no carry to recover
             self.c = torch.zeros_like(eps)
         else:
-            eps &= (1 << width) - 1
             self.c = (eps >> (width - 1)) << width  # 2^w·m_ε
         self.delta = eps - self.c - self._offset
         self.a = self._a + self.c * self.m  # α: x = δ + α
@@ -294,14 +301,15 @@ def exp_nonpositive(x: Any, *, halvings: int, order: int) -> Any:
     ⌈order/2⌉ reused openings (:func:`_taylor_reused`); under TFP, Horner's rule.
     """
     y = x.div(2**halvings)
-    if _reusing():  # the powers from ⌈order/2⌉ reused openings
+    reusing = _reusing()
+    if reusing:  # the powers from ⌈order/2⌉ reused openings
         acc = _taylor_reused(y, order)
     else:  # Horner: 1 + y(1 + y/2(1 + y/3(...)))
         acc = y.div(order).add(1.0)
         for i in range(order - 1, 0, -1):
             acc = mul_public(acc * y, 1.0 / i, bits=16).add(1.0)
     for _ in range(halvings):
-        if _reusing():  # RANGE: each square's input is in (0, e^max_slack]
+        if reusing:  # RANGE: each square's input is in (0, e^max_slack]
             opened = _Opened(acc, bound=UNIT_BOUND)
             acc = _from_raw(opened.times(opened), SCALE)
         else:
@@ -486,13 +494,10 @@ def _select_max(x: Any, y: Any) -> Any:
     opening = compare_width()
     a, alpha, rho_bin, rho, a_rho, m, m_rho = provider.compare(tuple(d.size()), opening)
     # c = d̃ + a mod 2^w for d̃ = d + 2^(w−2): the narrow opening (RANGE: |d| < 2^(w−2) raw)
-    offset, count = 1 << (opening - 2), opening // 8
+    offset = 1 << (opening - 2)
     mine = d._tensor.share + a + (offset if rank == 0 else 0)
-    parts = crypten.communicator.get().all_gather(ringmath.low_bytes(mine, count))
-    c = ringmath.from_low_bytes(parts[0], count, mine.shape)
-    c = c + ringmath.from_low_bytes(parts[1], count, mine.shape)
-    if opening != FULL:
-        c &= (1 << opening) - 1
+    parts = crypten.communicator.get().all_gather(ringmath.low_bytes(mine, opening // 8))
+    c = _open_sum(parts, opening, mine.shape)
     u = (c >> COMPARE_SHIFT) & COMPARE_BITS
     w = (~alpha & COMPARE_BITS) if rank == 0 else alpha  # XOR shares of ¬α
     g = u & w  # generate: a public AND a shared value, local

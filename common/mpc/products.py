@@ -108,11 +108,8 @@ def masked_width(rows: int) -> int:
     """The bits of E = X − A an owner sends for a masked matrix of ``rows`` rows: the least width
     w with every product's entries below 2^(w−2) ring units (:func:`common.mpc.fixedpoint.lift`),
     or 64 (no lift) for a matrix too tall for 56."""
-    need = max(rows, LOGIT_LIMIT) * 2.0**32
-    for width in MASKED_WIDTHS:
-        if need < 2.0 ** (width - 2):
-            return width
-    return 64
+    width = ringmath.narrowest(max(rows, LOGIT_LIMIT) * 2.0**32, MASKED_WIDTHS)
+    return 64 if width is None else width
 
 
 class Masked:
@@ -166,27 +163,25 @@ class Masked:
             assert A is not None
             E = X.to(torch.int64)
             E -= A
-            self.comm.send(self._wire(E), dst=1 - holder)
+            self._send_low(E, dst=1 - holder)
             del E, A
             self.X = X
             self._small = X.numel() == 0 or _within(X, 2**ringmath.SMALL_BITS)
         else:
-            E = self._unwire(self.comm.recv(self._wire(None), src=holder))
+            E = self._recv_low(self.shape, src=holder)
             self.E = ringmath.RingMatrix(E)
         if spill is not None:
             self.spill(spill)
 
-    def _wire(self, E: torch.Tensor | None) -> torch.Tensor:
-        """E as sent: its low width/8 bytes an element (None: an empty buffer of that size)."""
-        count = self.width // 8
-        if E is None:
-            return torch.empty(int(np.prod(self.shape)) * count, dtype=torch.uint8)
-        return E if self.width == 64 else ringmath.low_bytes(E, count)
+    def _send_low(self, t: torch.Tensor, dst: int) -> None:
+        """Send ``t``, which matters modulo 2^width only, in its low width/8 bytes an element."""
+        self.comm.send(ringmath.low_bytes(t, self.width // 8), dst=dst)
 
-    def _unwire(self, data: torch.Tensor) -> torch.Tensor:
-        if self.width == 64:
-            return data.view(torch.int64).reshape(self.shape)
-        return ringmath.from_low_bytes(data, self.width // 8, self.shape)
+    def _recv_low(self, shape: tuple[int, ...] | torch.Size, src: int) -> torch.Tensor:
+        """The other side of :meth:`_send_low`: values in [0, 2^width) of ``shape``."""
+        count = self.width // 8
+        wire = torch.empty(int(np.prod(shape)) * count, dtype=torch.uint8)
+        return ringmath.from_low_bytes(self.comm.recv(wire, src=src), count, shape)
 
     def spill(self, directory: Path) -> None:
         """Write this party's tensors to ``directory`` and drop them from memory (under the TFP
@@ -226,25 +221,15 @@ class Masked:
             return beaver.matmul(left, W._tensor).share
         mine = W._tensor.share
         B, correction = self.provider.product(self.id, op, tuple(mine.shape), rows, self.holder)
-        # shapes only: the planning provider's zeros have the product's shape
-        if planning() is not None:
-            return correction if self.width == 64 else lift(correction, self.width)
-
-        # F = W_o − B matters modulo 2^width only too: its low width/8 bytes cross
-        count = self.width // 8
-        if self.rank != self.holder:
+        if planning() is not None:  # shapes only: the planning provider's zeros
+            out = correction
+        elif self.rank != self.holder:  # F = W_o − B matters modulo 2^width only too
             assert B is not None
-            F = mine - B
-            self.comm.send(F if count == 8 else ringmath.low_bytes(F, count), dst=self.holder)
+            self._send_low(mine - B, dst=self.holder)
             index = None if rows is None else torch.as_tensor(rows, dtype=torch.long)
             out = self._held_E().product(op, B, index) + correction
         else:
-            if count == 8:
-                F = self.comm.recv(torch.empty(mine.shape, dtype=torch.long), src=1 - self.holder)
-            else:
-                wire = torch.empty(mine.numel() * count, dtype=torch.uint8)
-                wire = self.comm.recv(wire, src=1 - self.holder)
-                F = ringmath.from_low_bytes(wire, count, mine.shape)
+            F = self._recv_low(mine.shape, src=1 - self.holder)
             F += mine  # W_h + F = W − B (modulo 2^width)
             out = self._clear_product(op, _select(self._held_X(), rows), F) + correction
         # E is X − A modulo 2^width only, so are the shares: lifted to the ring (exact)

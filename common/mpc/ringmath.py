@@ -132,6 +132,12 @@ def small_tmatmul(small: torch.Tensor, ring: torch.Tensor) -> torch.Tensor:
     return out
 
 
+def narrowest(magnitude: float, widths: tuple[int, ...]) -> int | None:
+    """The least of ``widths`` (ascending) whose ring holds values below ``magnitude`` ring units
+    with the two bits of headroom a narrow recovery needs (magnitude < 2^(w−2)), or None."""
+    return next((w for w in widths if magnitude < 2.0 ** (w - 2)), None)
+
+
 # The planes :func:`low_bytes` cuts an int64 into: its low bytes as the narrowest integer types
 # (type conversions keep the low bits, and run far faster than a strided byte copy).
 _PLANES = {
