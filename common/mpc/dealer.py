@@ -43,7 +43,6 @@ import torch
 
 from common.errors import MPCError
 from common.mpc.appraisal import ATTEMPTS
-from common.mpc.communicator import pack, unpack
 from common.mpc.compat import import_crypten
 from common.mpc.plan import (
     COMPARE_SHIFT,
@@ -121,18 +120,29 @@ def result_size(op: str, size0: Sequence[int], size1: Sequence[int]) -> torch.Si
     return torch.Size(out)
 
 
-def _message(index: int, item: Item, value: torch.Tensor) -> bytes:
+def _message(index: int, item: Item, value: torch.Tensor) -> bytearray:
+    """The header, then the values (each row in its low bytes only, plan.row_bytes), written
+    once into the message's own buffer, the values at an 8-aligned offset (the header is padded
+    with spaces, which JSON ignores)."""
     header = json.dumps({"index": index, "item": item.describe()}).encode()
+    header += b" " * (-(_HEADER.size + len(header)) % 8)
+    start = _HEADER.size + len(header)
+    message = bytearray(start + _value_bytes(item, tuple(value.shape)))
+    _HEADER.pack_into(message, 0, len(header))
+    message[_HEADER.size : start] = header
+    if len(message) == start:  # no values (an empty shape)
+        return message
+    buffer = torch.frombuffer(message, dtype=torch.uint8)
     rows = row_bytes(item)
     if rows is None:
-        parts = [pack([value])]
-    else:  # each row's low bytes only (plan.row_bytes)
-        parts = [
-            pack([low_bytes(row, count) if count < 8 else row.reshape(-1)])
-            for row, count in zip(value.unbind(0), rows, strict=True)
-            if count
-        ]
-    return b"".join([_HEADER.pack(len(header)), header, *parts])  # one copy of the values
+        buffer[start:].view(torch.int64).copy_(value.reshape(-1))
+        return message
+    each = value[0].numel()
+    for row, count in zip(value.unbind(0), rows, strict=True):
+        if count:
+            low_bytes(row, count, out=buffer[start : start + count * each])
+            start += count * each
+    return message
 
 
 def _value_bytes(item: Item, size: Sequence[int]) -> int:
@@ -143,27 +153,22 @@ def _value_bytes(item: Item, size: Sequence[int]) -> int:
     return sum(rows) * math.prod(size[1:])
 
 
-def _decode(item: Item, body: bytearray, size: Sequence[int]) -> torch.Tensor:
+def _decode(item: Item, data: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+    """The value of shape ``size`` from its bytes ``data`` (uint8, a view of the message), decoded
+    once into its own tensor."""
     rows = row_bytes(item)
-    like = torch.empty(tuple(size), dtype=torch.long)
+    out = torch.empty(tuple(size), dtype=torch.long)
     if rows is None:
-        return unpack(body, [like])[0]
-    each = math.prod(size[1:])
-    data = (
-        torch.frombuffer(body, dtype=torch.uint8)
-        if len(body)
-        else torch.empty(0, dtype=torch.uint8)
-    )
-    out, start = [], 0
-    for count in rows:
+        out.reshape(-1).view(torch.uint8).copy_(data)
+        return out
+    each, start = math.prod(size[1:]), 0
+    for row, count in zip(out.reshape(len(rows), -1), rows, strict=True):
         if count == 0:
-            out.append(torch.zeros(each, dtype=torch.long))
-        elif count == 8:
-            out.append(data[start : start + 8 * each].clone().view(torch.int64))
+            row.zero_()
         else:
-            out.append(from_low_bytes(data[start : start + count * each], count, (each,)))
+            from_low_bytes(data[start : start + count * each], count, (each,), out=row)
         start += count * each
-    return torch.stack(out).reshape(tuple(size))
+    return out
 
 
 class DealerProvider(TupleProvider):
@@ -286,10 +291,12 @@ class DealerProvider(TupleProvider):
                 f"the dealer served {header} where this computation asks for item {index} "
                 f"{item}: the parties' plans diverged"
             )
-        body = message[_HEADER.size + length :]
-        if len(body) != _value_bytes(item, tuple(size)):
-            raise MPCError(f"the dealer's value for {item} has {len(body)} bytes")
-        return _decode(item, bytearray(body), tuple(size))
+        start = _HEADER.size + length
+        if len(message) - start != _value_bytes(item, tuple(size)):
+            raise MPCError(f"the dealer's value for {item} has {len(message) - start} bytes")
+        data = torch.frombuffer(message, dtype=torch.uint8) if message else None
+        body = torch.empty(0, dtype=torch.uint8) if data is None else data[start:]
+        return _decode(item, body, tuple(size))
 
     def _mark(self, item: Item) -> None:
         """An item that carries no value for the model owner (a mask): checked and counted."""
@@ -326,14 +333,18 @@ class DealerProvider(TupleProvider):
         r = self.stream.int64(size)
         return self._arithmetic(r, self._correction(item, size))
 
-    def generate_binary_triple(self, size0: Any, size1: Any, device: Any = None) -> tuple[Any, ...]:
-        from crypten.mpc.primitives import BinarySharedTensor
-
+    def binary_triple(self, size0: Any, size1: Any) -> tuple[torch.Tensor, ...]:
+        """This party's XOR shares of a, b and c = a ∧ b (the tensors themselves)."""
         item = Item("binary", (tuple(size0), tuple(size1)))
         self._check(item)
         a, b = self.stream.int64(size0), self.stream.int64(size1)
         c = self._correction(item, torch.broadcast_shapes(tuple(size0), tuple(size1)))
-        return tuple(BinarySharedTensor.from_shares(t) for t in (a, b, c))
+        return a, b, c
+
+    def generate_binary_triple(self, size0: Any, size1: Any, device: Any = None) -> tuple[Any, ...]:
+        from crypten.mpc.primitives import BinarySharedTensor
+
+        return tuple(BinarySharedTensor.from_shares(t) for t in self.binary_triple(size0, size1))
 
     def B2A_rng(self, size: Any, device: Any = None) -> tuple[Any, ...]:
         from crypten.mpc.primitives import BinarySharedTensor

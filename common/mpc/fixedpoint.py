@@ -335,10 +335,20 @@ def _lanes(stride: int) -> int:
 
 
 def _and(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """This party's XOR share of x ∧ y (x, y: this party's XOR shares): one binary Beaver AND."""
-    from crypten.mpc.primitives import BinarySharedTensor
+    """This party's XOR share of x ∧ y (x, y: this party's XOR shares): one binary Beaver AND,
+    as CrypTen's (the same triple, the same one exchange of x ⊕ a and y ⊕ b) on the shares
+    themselves: x ∧ y = c ⊕ (ε ∧ b) ⊕ (a ∧ δ) ⊕ (ε ∧ δ), the public ε ∧ δ XORed in by rank 0."""
+    provider = crypten.mpc.get_default_provider()
+    if not hasattr(provider, "binary_triple"):  # CrypTen's own provider (TFP)
+        from crypten.mpc.primitives import BinarySharedTensor
 
-    return (BinarySharedTensor.from_shares(x) & BinarySharedTensor.from_shares(y)).share
+        return (BinarySharedTensor.from_shares(x) & BinarySharedTensor.from_shares(y)).share
+    a, b, c = provider.binary_triple(x.size(), y.size())
+    eps, delta = crypten.communicator.get().all_reduce(
+        [x ^ a, y ^ b], op=torch.distributed.ReduceOp.BXOR, batched=True
+    )
+    z = c ^ (b & eps) ^ (a & delta)
+    return z ^ (eps & delta) if _rank() == 0 else z
 
 
 def _pack(t: torch.Tensor, r: int) -> torch.Tensor:

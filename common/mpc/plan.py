@@ -241,15 +241,15 @@ class PlanningProvider(TupleProvider):
         self.items.append(Item("wraps", (_dims(size),)))
         return self._arith(size, size)
 
+    def binary_triple(self, size0: Any, size1: Any) -> tuple[torch.Tensor, ...]:
+        self.items.append(Item("binary", (_dims(size0), _dims(size1))))
+        size2 = torch.broadcast_shapes(_dims(size0), _dims(size1))
+        return tuple(torch.zeros(_dims(s), dtype=torch.long) for s in (size0, size1, size2))
+
     def generate_binary_triple(self, size0: Any, size1: Any, device: Any = None) -> tuple[Any, ...]:
         from crypten.mpc.primitives import BinarySharedTensor
 
-        self.items.append(Item("binary", (_dims(size0), _dims(size1))))
-        size2 = torch.broadcast_shapes(_dims(size0), _dims(size1))
-        return tuple(
-            BinarySharedTensor.from_shares(torch.zeros(_dims(s), dtype=torch.long))
-            for s in (size0, size1, size2)
-        )
+        return tuple(BinarySharedTensor.from_shares(t) for t in self.binary_triple(size0, size1))
 
     def B2A_rng(self, size: Any, device: Any = None) -> tuple[Any, ...]:
         from crypten.mpc.primitives import BinarySharedTensor

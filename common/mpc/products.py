@@ -140,6 +140,7 @@ class Masked:
         self._small = False  # whether X is within ringmath's bound (its products through BLAS)
         # the other owner's (the holder sends it and drops it)
         self.E: ringmath.RingMatrix | None = None
+        self._ring: ringmath.RingMatrix | None = None  # the holder's int64 X, for its products
         self._spilled: dict[str, Path] = {}
         if self.fallback:  # TFP: an ordinary sharing, CrypTen's Beaver products
             if isinstance(value, torch.Tensor):  # already encoded: share() encodes it (exactly)
@@ -161,12 +162,18 @@ class Masked:
                     f"party {holder} input has shape {tuple(X.shape)}, agreed {shape}"
                 )
             assert A is not None
-            E = X.to(torch.int64)
-            E -= A
+            X_ring = X.to(torch.int64)
+            E = X_ring - A
             self._send_low(E, dst=1 - holder)
             del E, A
-            self.X = X
-            self._small = X.numel() == 0 or _within(X, 2**ringmath.SMALL_BITS)
+            small = X.numel() == 0 or _within(X, 2**ringmath.SMALL_BITS)
+            # one thread: torch's int64 kernel in its fast layout (RingMatrix) beats three float64
+            # products of limbs (8–9 ms against 19–25 at 6,000 × 785 × 10); BLAS scales with the
+            # worker's threads, the int64 kernel does not
+            self._small = small and torch.get_num_threads() > 1
+            self.X = X if self._small else X_ring
+            self._ring = None if self._small else ringmath.RingMatrix(X_ring)
+            del X_ring
         else:
             E = self._recv_low(self.shape, src=holder)
             self.E = ringmath.RingMatrix(E)
@@ -196,9 +203,11 @@ class Masked:
             np.save(file, tensor.numpy())
             self._spilled[name] = file
             setattr(self, name, None)
+        self._ring = None
 
     def _held_X(self) -> torch.Tensor:
-        """The holder's X: in memory, or read back from its spill file."""
+        """The holder's X (float64 for the BLAS products, else int64): in memory, or read back
+        from its spill file."""
         file = self._spilled.get("X")
         if file is not None:
             return torch.from_numpy(np.load(file))
@@ -231,20 +240,29 @@ class Masked:
         else:
             F = self._recv_low(mine.shape, src=1 - self.holder)
             F += mine  # W_h + F = W − B (modulo 2^width)
-            out = self._clear_product(op, _select(self._held_X(), rows), F) + correction
+            out = self._clear_product(op, rows, F) + correction
         # E is X − A modulo 2^width only, so are the shares: lifted to the ring (exact)
         return out if self.width == 64 else lift(out, self.width)
 
-    def _clear_product(self, op: str, X: torch.Tensor, mine: torch.Tensor) -> torch.Tensor:
+    def _clear_product(
+        self, op: str, rows: Sequence[int] | None, mine: torch.Tensor
+    ) -> torch.Tensor:
         """The holder's X[rows]·(W − B) (or its transpose's), exactly in the ring: through float64
-        BLAS when X is within :mod:`common.mpc.ringmath`'s bound, else torch's int64 kernel."""
+        BLAS when X is within :mod:`common.mpc.ringmath`'s bound and the worker has threads for
+        it, else torch's int64 kernel (:class:`~common.mpc.ringmath.RingMatrix`: from the second
+        product on, in its fast layout, unless X was spilled)."""
         if self._small:
+            X = _select(self._held_X(), rows)
             return (
                 ringmath.small_matmul(X, mine)
                 if op == "matmul"
                 else ringmath.small_tmatmul(X, mine)
             )
-        return ringmath.ring_product(op, X.to(torch.int64), mine)
+        ring = self._ring if "X" not in self._spilled else None
+        if ring is None:
+            ring = ringmath.RingMatrix(self._held_X())
+        index = None if rows is None else torch.as_tensor(rows, dtype=torch.long)
+        return ring.product(op, mine, index)
 
     def discard(self) -> None:
         """Forget this matrix after its last product: its spill files deleted, its tensors
@@ -252,7 +270,7 @@ class Masked:
         for file in self._spilled.values():
             file.unlink(missing_ok=True)
         self._spilled.clear()
-        self.X = self.E = None
+        self.X = self.E = self._ring = None
 
     def matmul(self, W: Any, rows: Sequence[int] | None = None, *, divisor: int = SCALE) -> Any:
         """X[rows] @ W, truncated once by ``divisor`` (2¹⁶: an ordinary fixed-point product)."""

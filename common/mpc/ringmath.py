@@ -165,16 +165,22 @@ def _plane_views(buffer: torch.Tensor, n: int, count: int) -> list[tuple[torch.T
     return views
 
 
-def low_bytes(t: torch.Tensor, count: int) -> torch.Tensor:
-    """The low ``count`` bytes (1 to 8) of each int64 of ``t``, as one flat uint8 tensor: the wire
-    form of values that matter only modulo 2^(8·count). Planar: every element's lowest plane
-    (its low 4, 2 or 1 bytes) first, then the next. Converted a block at a time (a masked
-    candidate chunk is millions of elements: whole-tensor passes would each go to memory)."""
+def low_bytes(t: torch.Tensor, count: int, out: torch.Tensor | None = None) -> torch.Tensor:
+    """The low ``count`` bytes (1 to 8) of each int64 of ``t``, as one flat uint8 tensor (written
+    into ``out``, n·count bytes at an 8-aligned offset, when given): the wire form of values that
+    matter only modulo 2^(8·count). Planar: every element's lowest plane (its low 4, 2 or 1 bytes)
+    first, then the next. Converted a block at a time (a masked candidate chunk is millions of
+    elements: whole-tensor passes would each go to memory)."""
     flat = t.reshape(-1)
-    if count == 8:  # the whole value
-        return flat.contiguous().view(torch.uint8).clone()
     n = flat.numel()
-    out = torch.empty(n * count, dtype=torch.uint8)
+    if out is not None and out.storage_offset() % 8:  # the planes' views need alignment
+        out.copy_(low_bytes(t, count))
+        return out
+    if out is None:
+        out = torch.empty(n * count, dtype=torch.uint8)
+    if count == 8:  # the whole value
+        out.view(torch.int64).copy_(flat)
+        return out
     views = _plane_views(out, n, count)
     for lo in range(0, n, _BLOCK):
         hi = min(n, lo + _BLOCK)
@@ -186,16 +192,23 @@ def low_bytes(t: torch.Tensor, count: int) -> torch.Tensor:
 
 
 def from_low_bytes(
-    b: torch.Tensor, count: int, shape: tuple[int, ...] | torch.Size
+    b: torch.Tensor,
+    count: int,
+    shape: tuple[int, ...] | torch.Size,
+    out: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Inverse of :func:`low_bytes`: int64 values in [0, 2^(8·count)) of ``shape``."""
+    """Inverse of :func:`low_bytes`: int64 values in [0, 2^(8·count)) of ``shape`` (written into
+    ``out``, a contiguous int64 tensor of as many elements, when given)."""
     n = b.numel() // count
     if b.storage_offset() % 8:  # a slice of a received buffer: the planes' views need alignment
         b = b.clone()
     if count == 8:
-        return b.view(torch.int64).reshape(shape)
+        if out is None:
+            return b.view(torch.int64).reshape(shape)
+        out.reshape(-1).copy_(b.view(torch.int64))
+        return out.reshape(shape)
     views = _plane_views(b, n, count)
-    out = torch.empty(n, dtype=torch.int64)
+    out = torch.empty(n, dtype=torch.int64) if out is None else out.reshape(-1)
     spare = torch.empty(min(n, _BLOCK), dtype=torch.int64)
     for lo in range(0, n, _BLOCK):
         hi = min(n, lo + _BLOCK)

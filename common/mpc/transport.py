@@ -131,10 +131,9 @@ class Framing:
         return _recv_exact(self.sock, n)
 
 
-def _recv_exact(sock: socket.socket, n: int) -> bytes:
-    buf = bytearray(n)
-    view = memoryview(buf)
-    got = 0
+def _recv_into(sock: socket.socket, view: memoryview) -> None:
+    """Fill ``view`` from the socket."""
+    n, got = len(view), 0
     while got < n:
         try:
             k = sock.recv_into(view[got:], n - got)
@@ -145,6 +144,11 @@ def _recv_exact(sock: socket.socket, n: int) -> bytes:
         if k == 0:
             raise ChannelClosed("the peer closed the connection")
         got += k
+
+
+def _recv_exact(sock: socket.socket, n: int) -> bytes:
+    buf = bytearray(n)
+    _recv_into(sock, memoryview(buf))
     return bytes(buf)
 
 
@@ -253,6 +257,10 @@ class Channel:
         self._queue: queue.Queue[tuple[bytes | bytearray | memoryview, Future[None]] | None] = (
             queue.Queue()
         )
+        self._tx_view = memoryview(bytearray(_LEN.size + RECORD_BYTES + 16))
+        self._rx_header = memoryview(bytearray(_LEN.size))
+        self._rx_body = memoryview(bytearray(RECORD_BYTES + 16))
+        self._rx_plain = memoryview(bytearray(RECORD_BYTES))
         self._writer = threading.Thread(target=self._write_loop, name=f"tx-{peer}", daemon=True)
         self._closed = False
         sock.settimeout(timeout)
@@ -263,24 +271,44 @@ class Channel:
         return self._schedule.derive("derived/" + label)
 
     # -- records ---------------------------------------------------------------------------------
+    # A record is ``length (4 bytes) | AES-GCM(plaintext) | tag (16 bytes)``, the length being the
+    # associated data. Each end seals and opens its records in buffers of its own, allocated once:
+    # a record costs one copy of the plaintext at most (the first record of a message, which
+    # carries the message's length), and the bytes a message is received into are written once.
     @staticmethod
     def _nonce(counter: int) -> bytes:
         return counter.to_bytes(12, "big")
 
-    def _seal(self, data: bytes | memoryview) -> bytes:
-        aad = _LEN.pack(len(data) + 16)
-        record = self._tx.encrypt(self._nonce(self._tx_count), data, aad)
+    def _send_record(self, plain: bytes | bytearray | memoryview) -> None:
+        """Seal ``plain`` (at most RECORD_BYTES) into the writer's buffer and send it."""
+        n = len(plain) + 16
+        out = self._tx_view[: _LEN.size + n]
+        _LEN.pack_into(out, 0, n)
+        self._tx.encrypt_into(
+            self._nonce(self._tx_count), plain, out[: _LEN.size], out[_LEN.size :]
+        )
         self._tx_count += 1
-        return aad + record
+        self.sock.sendall(out)
+        self.bytes_sent += len(out)
 
-    def _open(self) -> bytes:
-        header = _recv_exact(self.sock, _LEN.size)
+    def _recv_record(self, into: memoryview | None = None) -> memoryview:
+        """The next record's plaintext, opened into ``into`` (exactly its size) or into this end's
+        own buffer (valid until the next record)."""
+        header = self._rx_header
+        _recv_into(self.sock, header)
         (n,) = _LEN.unpack(header)
         if n > RECORD_BYTES + 16 or n < 16:
             raise ChannelClosed(f"the {self.peer} sent a record of {n} bytes (corrupt stream)")
-        body = _recv_exact(self.sock, n)
+        body = self._rx_body[:n]
+        _recv_into(self.sock, body)
+        plain = self._rx_plain[: n - 16] if into is None else into
+        if len(plain) != n - 16:
+            raise ChannelClosed(
+                f"the {self.peer} sent a record of {n - 16} bytes where {len(plain)} were left of "
+                "its message (corrupt stream)"
+            )
         try:
-            plain = self._rx.decrypt(self._nonce(self._rx_count), body, header)
+            self._rx.decrypt_into(self._nonce(self._rx_count), body, header, plain)
         except Exception as exc:  # cryptography's InvalidTag
             raise ChannelClosed(
                 f"a record from the {self.peer} failed authentication: the traffic was altered, "
@@ -292,6 +320,7 @@ class Channel:
 
     # -- messages --------------------------------------------------------------------------------
     def _write_loop(self) -> None:
+        first = bytearray(RECORD_BYTES)  # a message's first record: its length, then its start
         while True:
             item = self._queue.get()
             if item is None:
@@ -299,14 +328,12 @@ class Channel:
             data, future = item
             try:
                 view = memoryview(data).cast("B")
-                first = RECORD_BYTES - _MSG.size
-                record = self._seal(_MSG.pack(len(view)) + bytes(view[:first]))
-                self.sock.sendall(record)
-                self.bytes_sent += len(record)
-                for start in range(first, len(view), RECORD_BYTES):
-                    record = self._seal(view[start : start + RECORD_BYTES])
-                    self.sock.sendall(record)
-                    self.bytes_sent += len(record)
+                head = min(len(view), RECORD_BYTES - _MSG.size)
+                _MSG.pack_into(first, 0, len(view))
+                first[_MSG.size : _MSG.size + head] = view[:head]
+                self._send_record(memoryview(first)[: _MSG.size + head])
+                for start in range(head, len(view), RECORD_BYTES):
+                    self._send_record(view[start : start + RECORD_BYTES])
                 future.set_result(None)
             except BaseException as exc:
                 future.set_exception(exc)
@@ -326,7 +353,7 @@ class Channel:
     def recv(self, expected: int | None = None) -> bytearray:
         """The next message; ``expected`` (bytes) guards against a diverged computation."""
         try:
-            head = self._open()
+            head = self._recv_record()
             if len(head) < _MSG.size:
                 raise ChannelClosed(f"the {self.peer} sent a malformed message header")
             (total,) = _MSG.unpack(head[: _MSG.size])
@@ -335,16 +362,16 @@ class Channel:
                     f"the {self.peer} sent a {total}-byte message where {expected} were expected: "
                     "the parties' computations diverged"
                 )
-            if len(head) - _MSG.size == total:
-                out = bytearray(head[_MSG.size :])
-            else:
-                out = bytearray(total)
-                out[: len(head) - _MSG.size] = head[_MSG.size :]
             got = len(head) - _MSG.size
+            if got > total or (got < total and len(head) != RECORD_BYTES):
+                raise ChannelClosed(f"the {self.peer} sent a malformed message header")
+            out = bytearray(total)
+            view = memoryview(out)
+            view[:got] = head[_MSG.size :]
             while got < total:
-                chunk = self._open()
-                out[got : got + len(chunk)] = chunk
-                got += len(chunk)
+                size = min(RECORD_BYTES, total - got)
+                self._recv_record(view[got : got + size])
+                got += size
         except TimeoutError as exc:
             raise PeerTimeout(
                 f"the {self.peer} sent nothing for {self.timeout:g} s (it stopped or hangs)"

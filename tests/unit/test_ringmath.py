@@ -103,3 +103,21 @@ def test_low_bytes_carry_each_value_modulo_its_width(count: int) -> None:
     wire = ringmath.low_bytes(t, count)
     assert wire.dtype == torch.uint8 and wire.numel() == t.numel() * count
     assert torch.equal(ringmath.from_low_bytes(wire, count, t.shape), t & ((1 << (8 * count)) - 1))
+
+
+@pytest.mark.parametrize("count", range(1, 9))
+@pytest.mark.parametrize("offset", [0, 8, 3])
+def test_low_bytes_write_into_a_buffer_at_any_offset(count: int, offset: int) -> None:
+    """Into ``out`` (a message's buffer, at an aligned or unaligned offset) and back into a row
+    of a tensor: the same bytes and values as without ``out``."""
+    t = torch.randint(-(2**62), 2**62, (7, 3)) * 2
+    buffer = torch.zeros(offset + t.numel() * count + 5, dtype=torch.uint8)
+    window = buffer[offset : offset + t.numel() * count]
+    assert ringmath.low_bytes(t, count, out=window) is window
+    assert torch.equal(window, ringmath.low_bytes(t, count))
+    assert not buffer[:offset].any() and not buffer[offset + window.numel() :].any()
+    rows = torch.full((2, t.numel()), 7, dtype=torch.int64)
+    back = ringmath.from_low_bytes(window, count, t.shape, out=rows[1])
+    mask = -1 if count == 8 else (1 << (8 * count)) - 1
+    assert torch.equal(back, t & mask) and torch.equal(rows[1], (t & mask).reshape(-1))
+    assert (rows[0] == 7).all()

@@ -355,10 +355,11 @@ class _ScriptedModelOwner:
         self.pushed = 0
         self.values: list[torch.Tensor] = []  # the corrections pushed, in order
 
-    def send(self, data: bytes) -> None:
+    def send(self, data: bytes | memoryview) -> None:
         from common.mpc.communicator import unpack
         from common.mpc.dealer import _HEADER
 
+        data = bytes(data)  # a channel takes any bytes-like message
         self.pushed += 1
         (length,) = _HEADER.unpack(data[: _HEADER.size])
         header = json.loads(data[_HEADER.size : _HEADER.size + length])
