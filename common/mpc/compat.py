@@ -1,7 +1,7 @@
 """Make CrypTen 0.4.1 (its last release, 2022) importable and correct on torch 2.x.
 
 Import CrypTen only through :func:`import_crypten`, never with a bare ``import crypten``: this module
-applies two small, documented patches first, and each is idempotent.
+applies small, documented patches first, and each is idempotent.
 
 1. ``crypten/nn/onnx_converter.py`` imports the ``onnx`` package and
    ``torch.onnx._internal.registration`` (gone in torch 2.x) at import time, only to *convert*
@@ -21,6 +21,12 @@ applies two small, documented patches first, and each is idempotent.
    plain dictionaries (:class:`_Section`), rebuilt whenever its config is replaced (as
    ``temp_override`` and ``load_config`` do) and written through on assignment, so that what
    is read is always what OmegaConf holds.
+
+4. ``MPCTensor.from_shares``, ``clone`` and ``shallow_copy`` start from ``MPCTensor([])``, whose
+   constructor means to skip the empty tensor (``if tensor is []``, never true) and instead
+   encodes it and draws a zero-sharing of it (two empty draws and a subtraction): about 0.14 ms
+   each, some 1,700 times per fine-tuning run per party. They now start from an empty shell and
+   set its tensor, as CrypTen does right after; no draw is skipped that would move a generator.
 
 CrypTen's own transport (torch.distributed over gloo) is not used: the workers run CrypTen's
 protocols over :mod:`common.mpc.transport`.
@@ -157,6 +163,43 @@ def _patch_config(crypten_module: Any) -> None:
     crypten_module.cfg.config = crypten_module.cfg.config
 
 
+def _patch_empty_tensors(crypten_module: Any) -> None:
+    from crypten.cryptensor import CrypTensor
+    from crypten.mpc.mpc import MPCTensor
+    from crypten.mpc.ptype import ptype as Ptype
+
+    if getattr(MPCTensor, "_data_appraisal_patched", False):
+        return
+
+    def shell() -> Any:
+        result = MPCTensor.__new__(MPCTensor)
+        CrypTensor.__init__(result, requires_grad=False)
+        return result
+
+    def from_shares(share: Any, precision: Any = None, ptype: Any = Ptype.arithmetic) -> Any:
+        result = shell()
+        result._tensor = ptype.to_tensor().from_shares(share, precision=precision)
+        result.ptype = ptype
+        return result
+
+    def clone(self: Any) -> Any:
+        result = shell()
+        result._tensor = self._tensor.clone()
+        result.ptype = self.ptype
+        return result
+
+    def shallow_copy(self: Any) -> Any:
+        result = shell()
+        result._tensor = self._tensor
+        result.ptype = self.ptype
+        return result
+
+    MPCTensor.from_shares = staticmethod(from_shares)
+    MPCTensor.clone = clone
+    MPCTensor.shallow_copy = shallow_copy
+    MPCTensor._data_appraisal_patched = True
+
+
 def import_crypten() -> Any:
     """Apply the patches above and return the ``crypten`` module."""
     global _PATCHED
@@ -166,5 +209,6 @@ def import_crypten() -> Any:
     if not _PATCHED:
         _patch_encoder(crypten)
         _patch_config(crypten)
+        _patch_empty_tensors(crypten)
         _PATCHED = True
     return crypten

@@ -40,22 +40,27 @@ def _pool(threads: int) -> ThreadPoolExecutor:
     return _POOLS[threads]
 
 
-def _keystream_into(encryptor: Any, out: memoryview) -> None:
-    """Write ``encryptor``'s next ``len(out)`` key-stream bytes into ``out``, in place.
+def _keystream_into(encryptor: Any, out: memoryview, size: int | None = None) -> None:
+    """Write ``encryptor``'s next ``size`` (default ``len(out)``) key-stream bytes into ``out``, in
+    place.
 
     update_into wants BLOCK − 1 bytes of room after what it writes (it writes exactly as many
-    bytes as it reads in CTR mode): each piece that the rest of ``out`` leaves room for is
-    written in place, the last one (< PIECE + BLOCK bytes) through a small scratch buffer.
+    bytes as it reads in CTR mode): each piece that ``out`` leaves room for (its bytes past
+    ``size`` count: :meth:`StreamRng.int64` allocates them) is written in place, a last one
+    without room through a small scratch buffer.
     """
-    size, start = len(out), 0
+    size = len(out) if size is None else size
     zeros = memoryview(_ZEROS)
-    while size - start >= PIECE + _SLACK:
-        encryptor.update_into(zeros[:PIECE], out[start : start + PIECE + _SLACK])
-        start += PIECE
-    tail = size - start
-    scratch = bytearray(tail + _SLACK)
-    encryptor.update_into(zeros[:tail], scratch)
-    out[start:] = memoryview(scratch)[:tail]
+    start = 0
+    while start < size:
+        piece = min(PIECE, size - start)
+        if start + piece + _SLACK <= len(out):
+            encryptor.update_into(zeros[:piece], out[start : start + piece + _SLACK])
+        else:
+            scratch = bytearray(piece + _SLACK)
+            encryptor.update_into(zeros[:piece], scratch)
+            out[start : start + piece] = memoryview(scratch)[:piece]
+        start += piece
 
 
 class StreamRng:
@@ -86,14 +91,16 @@ class StreamRng:
             encryptor.update(bytes(skip))
         return encryptor
 
-    def _fill(self, out: memoryview) -> None:
-        """The next ``len(out)`` bytes of the key stream, into ``out``."""
-        size = len(out)
+    def _fill(self, out: memoryview, size: int | None = None) -> None:
+        """The next ``size`` (default ``len(out)``) bytes of the key stream, into ``out`` (whose
+        bytes past ``size``, if any, are room for :func:`_keystream_into`)."""
+        size = len(out) if size is None else size
         threads = self.threads or torch.get_num_threads()
         if threads == 1 or size < PARALLEL_BYTES:
-            _keystream_into(self._encryptor, out)
+            _keystream_into(self._encryptor, out, size)
             self._position += size
             return
+        out = out[:size]
         # inner cuts on block boundaries of the stream, so that each range's cipher starts at
         # a counter; the first range goes on with this generator's own encryptor
         first = -self._position % BLOCK
@@ -114,9 +121,9 @@ class StreamRng:
         """Uniform int64 (every value of the ring Z/2^64, as CrypTen's signed representation)."""
         shape = (size,) if isinstance(size, int) else tuple(size)
         n = int(np.prod(shape, dtype=np.int64)) if shape else 1
-        out = torch.empty(n, dtype=torch.int64)
-        self._fill(out.numpy().view(np.uint8).data)
-        return out.reshape(shape)
+        raw = torch.empty(8 * n + _SLACK, dtype=torch.uint8)  # with room: written in place
+        self._fill(raw.numpy().data, 8 * n)
+        return raw[: 8 * n].view(torch.int64).reshape(shape)
 
     def kbit(self, size: Sequence[int] | torch.Size | int, bits: int) -> torch.Tensor:
         values = self.int64(size)

@@ -89,3 +89,19 @@ def test_rendezvous_timeout_injects_and_restores(monkeypatch) -> None:
         dist.new_group([0])
     assert seen == {"init": datetime.timedelta(seconds=7), "group": datetime.timedelta(seconds=7)}
     assert dist.init_process_group is fake_init and dist.new_group is fake_group
+
+
+def test_tensors_made_from_shares_draw_nothing_and_keep_their_shares() -> None:
+    """from_shares, clone and shallow_copy start from an empty shell: no zero-sharing is drawn
+    (the generators would fail here, with no communicator), and each keeps CrypTen's meaning."""
+    crypten = import_crypten()
+    MPCTensor = crypten.mpc.MPCTensor
+    share = torch.tensor([3, -5, 1 << 40])
+    x = MPCTensor.from_shares(share, precision=0)
+    assert x.share is share and x._tensor.encoder.scale == 1
+    assert not x.requires_grad and x.ptype == crypten.mpc.arithmetic
+    copy, shallow = x.clone(), x.shallow_copy()
+    assert torch.equal(copy.share, share) and copy.share is not share
+    assert shallow._tensor is x._tensor and shallow.ptype == x.ptype
+    bits = MPCTensor.from_shares(share, ptype=crypten.mpc.binary)
+    assert bits.ptype == crypten.mpc.binary and bits.share is share
