@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+import numpy as np
 import pytest
 
 from common.errors import ChannelClosed, PeerAuthError, PeerTimeout
@@ -348,3 +349,36 @@ def test_a_joined_peer_learns_why_the_rendezvous_failed() -> None:
         with pytest.raises(PeerTimeout):
             mo.result(timeout=20)
         do_ch.close()
+
+
+def test_both_ends_sending_at_once_neither_blocks_and_order_holds() -> None:
+    """Both ends send a burst of messages before either reads: small ones (on the caller's
+    thread), ones that fill the socket's buffers (the rest handed to the writer) and large ones
+    (the writer's), all of it 52 MB each way. Nothing blocks, and each end receives the other's
+    messages whole and in order."""
+    k, port = keys(), free_port()
+    rng = np.random.default_rng(3)
+    sizes = [1 << 20] * 12 + [8, 900_000, 5_000_000, 1, 700_000, 12_000_000, 64, 1 << 20] * 2
+    bursts = {
+        side: [rng.integers(0, 256, n, dtype=np.uint8).tobytes() for n in sizes]
+        for side in ("mo", "do")
+    }
+    with pool() as ex:
+        mo_future = ex.submit(_mo, port, k, ("data_owner",))
+        do = _client("data_owner", port, k["mo_do"])
+        mo = mo_future.result()["data_owner"]
+        try:
+
+            def burst(channel: Channel, mine: list[bytes]) -> list[bytes]:
+                futures = [channel.send(m) for m in mine]
+                got = [bytes(channel.recv()) for _ in mine]
+                for f in futures:
+                    channel.wait(f)
+                return got
+
+            at_do = ex.submit(burst, do, bursts["do"])
+            at_mo = burst(mo, bursts["mo"])
+            assert at_mo == bursts["do"] and at_do.result(timeout=60) == bursts["mo"]
+            assert mo.bytes_sent == do.bytes_received and do.bytes_sent == mo.bytes_received
+        finally:
+            _close(mo, do)
