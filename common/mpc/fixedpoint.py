@@ -149,7 +149,7 @@ def _open_sum(parts: list[torch.Tensor], width: int, shape: torch.Size) -> torch
     opening wraps in the ring itself)."""
     count = width // 8
     total = ringmath.from_low_bytes(parts[0], count, shape)
-    total = total + ringmath.from_low_bytes(parts[1], count, shape)
+    total += ringmath.from_low_bytes(parts[1], count, shape)
     if width != FULL:
         total &= (1 << width) - 1
     return total
@@ -193,35 +193,52 @@ class _Opened:
         self.id, self._a, self.m = provider.rmask(tuple(x.size()), self.width)
         self._offset = 1 << (self.width - 2)
         share = x._tensor.share - self._a
-        self._like = share
+        self._shape = share.shape
         if _rank() == 0:
-            share = share + self._offset
+            share += self._offset
         self._mine = ringmath.low_bytes(share, self.width // 8)
 
     def _finish(self, parts: list[torch.Tensor]) -> None:
         width = self.width
-        eps = _open_sum(parts, width, self._like.shape)
+        eps = _open_sum(parts, width, self._shape)
         if width == FULL:  # the ring's own wrap: no carry to recover
             self.c = torch.zeros_like(eps)
         else:
             self.c = (eps >> (width - 1)) << width  # 2^w·m_ε
-        self.delta = eps - self.c - self._offset
-        self.a = self._a + self.c * self.m  # α: x = δ + α
-        del self._mine, self._like, self._a
+        eps -= self.c
+        eps -= self._offset
+        self.delta = eps
+        self.a = torch.addcmul(self._a, self.c, self.m)  # α = ā + c·m: x = δ + α
+        del self._mine, self._shape, self._a
+
+    # The products below are computed in place where a fresh tensor allows it (the dealer's
+    # cross values are this call's own), in as few passes as the algebra allows.
+    def _public_part(self, out: torch.Tensor, other: _Opened) -> torch.Tensor:
+        """out + δ_s·α_o + δ_o·α_s, and + δ_s·δ_o by rank 0 (as δ_s·(α_o + δ_o))."""
+        if _rank() == 0:
+            out += self.delta * (other.a + other.delta)
+        else:
+            out += self.delta * other.a
+        out += other.delta * self.a
+        return out
 
     def times(self, other: _Opened) -> torch.Tensor:
         """This party's share of self·other at the product of their scales (no truncation)."""
         cross = crypten.mpc.get_default_provider().cross(self.id, other.id)
         if self.width == other.width == FULL:  # a_i·a_j alone
-            out = cross[0] + self.delta * other.a + other.delta * self.a
-            return out + self.delta * other.delta if _rank() == 0 else out
+            return self._public_part(cross[0], other)
         if other is self:  # α² = ā² + 2c·ā·m + c²·m (m² = m): the dealer shares ā² and ā·m
-            out = cross[0] + (2 * self.c) * cross[1] + (self.c * self.c) * self.m
-            out = out + (2 * self.delta) * self.a
-            return out + self.delta * self.delta if _rank() == 0 else out
-        out = cross[0] + other.c * cross[1] + self.c * cross[2] + (self.c * other.c) * cross[3]
-        out = out + self.delta * other.a + other.delta * self.a
-        return out + self.delta * other.delta if _rank() == 0 else out
+            out = cross[1] * (2 * self.c)
+            out += cross[0]
+            out += (self.c * self.c) * self.m
+            return self._public_part(out, self)
+        # ā_sā_o + c_o·ā_s·m_o + c_s·m_s·ā_o + c_s·c_o·m_s·m_o, as c_o(ā_s m_o + c_s m_s m_o) + …
+        out = cross[3] * self.c
+        out += cross[1]
+        out *= other.c
+        out += cross[0]
+        out += self.c * cross[2]
+        return self._public_part(out, other)
 
 
 def _pack_bits(bits: torch.Tensor) -> torch.Tensor:
