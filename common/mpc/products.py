@@ -163,7 +163,8 @@ class Masked:
                 )
             assert A is not None
             X_ring = X.to(torch.int64)
-            E = X_ring - A
+            E = A.neg_()  # E = X − A in A's own buffer (A is needed for nothing else)
+            E += X_ring
             self._send_low(E, dst=1 - holder)
             del E, A
             small = X.numel() == 0 or _within(X, 2**ringmath.SMALL_BITS)
