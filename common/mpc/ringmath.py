@@ -140,16 +140,17 @@ def narrowest(magnitude: float, widths: tuple[int, ...]) -> int | None:
 
 # The planes :func:`low_bytes` cuts an int64 into: its low bytes as the narrowest integer types
 # (type conversions keep the low bits, and run far faster than a strided byte copy).
+# Unsigned, so that widening a plane back to int64 needs no mask.
 _PLANES = {
     1: (torch.uint8,),
-    2: (torch.int16,),
-    3: (torch.int16, torch.uint8),
-    4: (torch.int32,),
-    5: (torch.int32, torch.uint8),
-    6: (torch.int32, torch.int16),
-    7: (torch.int32, torch.int16, torch.uint8),
+    2: (torch.uint16,),
+    3: (torch.uint16, torch.uint8),
+    4: (torch.uint32,),
+    5: (torch.uint32, torch.uint8),
+    6: (torch.uint32, torch.uint16),
+    7: (torch.uint32, torch.uint16, torch.uint8),
 }
-_PLANE_BYTES = {torch.uint8: 1, torch.int16: 2, torch.int32: 4}
+_PLANE_BYTES = {torch.uint8: 1, torch.uint16: 2, torch.uint32: 4}
 
 
 _BLOCK = 1 << 15  # elements converted at a time: each block's passes stay in the cache
@@ -215,9 +216,7 @@ def from_low_bytes(
         block, shift = out[lo:hi], 0
         for i, (view, size) in enumerate(views):
             target = block if i == 0 else spare[: hi - lo]
-            target.copy_(view[lo:hi])
-            if size > 1:  # the signed types sign-extend: keep their own bits only
-                target &= (1 << (8 * size)) - 1
+            target.copy_(view[lo:hi])  # unsigned: zero-extended
             if i:
                 target <<= shift
                 block |= target
