@@ -260,10 +260,11 @@ class Channel:
         ] = queue.Queue()
         self._lock = threading.Lock()  # guards _queued and the inline send
         self._queued = 0  # messages handed to the writer and not yet written
-        self._tx_view = memoryview(bytearray(_LEN.size + RECORD_BYTES + 16))
+        # each end's own buffers, grown to the largest record seen (up to a record's 4 MiB)
+        self._tx_view = memoryview(bytearray(0))
         self._rx_header = memoryview(bytearray(_LEN.size))
-        self._rx_body = memoryview(bytearray(RECORD_BYTES + 16))
-        self._rx_plain = memoryview(bytearray(RECORD_BYTES))
+        self._rx_body = memoryview(bytearray(0))
+        self._rx_plain = memoryview(bytearray(0))
         self._writer = threading.Thread(target=self._write_loop, name=f"tx-{peer}", daemon=True)
         self._closed = False
         sock.settimeout(timeout)
@@ -285,6 +286,8 @@ class Channel:
     def _send_record(self, plain: bytes | bytearray | memoryview) -> None:
         """Seal ``plain`` (at most RECORD_BYTES) into the writer's buffer and send it."""
         n = len(plain) + 16
+        if len(self._tx_view) < _LEN.size + n:
+            self._tx_view = memoryview(bytearray(_LEN.size + n))
         out = self._tx_view[: _LEN.size + n]
         _LEN.pack_into(out, 0, n)
         self._tx.encrypt_into(
@@ -302,8 +305,12 @@ class Channel:
         (n,) = _LEN.unpack(header)
         if n > RECORD_BYTES + 16 or n < 16:
             raise ChannelClosed(f"the {self.peer} sent a record of {n} bytes (corrupt stream)")
+        if len(self._rx_body) < n:
+            self._rx_body = memoryview(bytearray(n))
         body = self._rx_body[:n]
         _recv_into(self.sock, body)
+        if into is None and len(self._rx_plain) < n - 16:
+            self._rx_plain = memoryview(bytearray(n - 16))
         plain = self._rx_plain[: n - 16] if into is None else into
         if len(plain) != n - 16:
             raise ChannelClosed(
@@ -329,7 +336,7 @@ class Channel:
     # that send at the same time still cannot block each other. Larger messages, and any message
     # while the writer is busy (their order is the records' nonces' order), go to the writer.
     def _write_loop(self) -> None:
-        first = bytearray(RECORD_BYTES)  # a message's first record: its length, then its start
+        first = bytearray(0)  # a message's first record: its length, then its start (grown)
         while True:
             item = self._queue.get()
             if item is None:
@@ -341,6 +348,8 @@ class Channel:
                     self.sock.sendall(view)
                 else:
                     head = min(len(view), RECORD_BYTES - _MSG.size)
+                    if len(first) < _MSG.size + head:
+                        first = bytearray(_MSG.size + head)
                     _MSG.pack_into(first, 0, len(view))
                     first[_MSG.size : _MSG.size + head] = view[:head]
                     self._send_record(memoryview(first)[: _MSG.size + head])
