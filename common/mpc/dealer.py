@@ -294,9 +294,8 @@ class DealerProvider(TupleProvider):
         start = _HEADER.size + length
         if len(message) - start != _value_bytes(item, tuple(size)):
             raise MPCError(f"the dealer's value for {item} has {len(message) - start} bytes")
-        data = torch.frombuffer(message, dtype=torch.uint8) if message else None
-        body = torch.empty(0, dtype=torch.uint8) if data is None else data[start:]
-        return _decode(item, body, tuple(size))
+        # the message holds at least its header (checked above): never an empty buffer
+        return _decode(item, torch.frombuffer(message, dtype=torch.uint8)[start:], tuple(size))
 
     def _mark(self, item: Item) -> None:
         """An item that carries no value for the model owner (a mask): checked and counted."""
