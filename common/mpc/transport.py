@@ -283,17 +283,21 @@ class Channel:
     def _nonce(counter: int) -> bytes:
         return counter.to_bytes(12, "big")
 
-    def _send_record(self, plain: bytes | bytearray | memoryview) -> None:
-        """Seal ``plain`` (at most RECORD_BYTES) into the writer's buffer and send it."""
-        n = len(plain) + 16
-        if len(self._tx_view) < _LEN.size + n:
-            self._tx_view = memoryview(bytearray(_LEN.size + n))
-        out = self._tx_view[: _LEN.size + n]
-        _LEN.pack_into(out, 0, n)
+    def _seal_into(self, plain: bytes | bytearray | memoryview, out: memoryview) -> None:
+        """One record of ``plain`` into ``out`` (exactly its length: header, ciphertext, tag)."""
+        _LEN.pack_into(out, 0, len(out) - _LEN.size)
         self._tx.encrypt_into(
             self._nonce(self._tx_count), plain, out[: _LEN.size], out[_LEN.size :]
         )
         self._tx_count += 1
+
+    def _send_record(self, plain: bytes | bytearray | memoryview) -> None:
+        """Seal ``plain`` (at most RECORD_BYTES) into the writer's buffer and send it."""
+        size = _LEN.size + len(plain) + 16
+        if len(self._tx_view) < size:
+            self._tx_view = memoryview(bytearray(size))
+        out = self._tx_view[:size]
+        self._seal_into(plain, out)
         self.sock.sendall(out)
         self.bytes_sent += len(out)
 
@@ -366,17 +370,11 @@ class Channel:
 
     def _seal_message(self, view: memoryview) -> bytearray:
         """A message of one record, sealed: length, AES-GCM of (its length, its bytes), tag."""
-        n = _MSG.size + len(view) + 16
-        record = bytearray(_LEN.size + n)
-        _LEN.pack_into(record, 0, n)
         plain = bytearray(_MSG.size + len(view))
         _MSG.pack_into(plain, 0, len(view))
         plain[_MSG.size :] = view
-        out = memoryview(record)
-        self._tx.encrypt_into(
-            self._nonce(self._tx_count), plain, out[: _LEN.size], out[_LEN.size :]
-        )
-        self._tx_count += 1
+        record = bytearray(_LEN.size + len(plain) + 16)
+        self._seal_into(plain, memoryview(record))
         return record
 
     def send(self, data: bytes | bytearray | memoryview) -> Future[None]:
